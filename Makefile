@@ -1,0 +1,89 @@
+# nodeforge: bootable node images for hybrid Kubernetes clusters.
+# `make help` lists the targets. Every target installs what it needs first (`make deps`).
+
+SHELL       := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+SITE   ?= onprem
+VENV   ?= .venv
+PYTHON ?= python3
+BUILDER := $(VENV)/bin/builder
+PYTEST  := $(VENV)/bin/pytest
+ARGS   ?=
+
+# System tools (Debian/Ubuntu package names). Always installed with --no-install-recommends:
+# wireguard-tools' recommends would pull in a kernel.
+APT_PACKAGES := xorriso mtools dosfstools e2fsprogs cpio \
+  qemu-system-x86 qemu-utils ovmf grub-pc-bin grub-efi-amd64-bin grub-common busybox-static \
+  packer wireguard-tools wireguard-go iproute2 cloud-init shellcheck systemd \
+  mmdebstrap dpkg-dev sqlite3 openssl
+
+##@ Setup
+
+.PHONY: deps
+deps: $(VENV)/.installed .apt-installed ## Install system tools (apt) and the Python venv
+
+.apt-installed: Makefile
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null \
+	  | awk '$$4 != "installed" {print $$1}'; \
+	  for p in $(APT_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ -n "$${missing// }" ]; then \
+	  echo "installing: $$missing" >&2; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+##@ Build
+
+.PHONY: profiles render validate image ami
+profiles: deps ## List the site profiles
+	$(BUILDER) profiles
+
+render: deps ## Render the build tree for SITE into build/SITE
+	$(BUILDER) render $(SITE) $(ARGS)
+
+validate: deps ## Render SITE and check it with the real validators
+	$(BUILDER) validate $(SITE) $(ARGS)
+
+image: deps ## Build the image for SITE (iso, ami or qcow2, as its profile says)
+	$(BUILDER) image $(SITE) $(ARGS)
+
+ami: deps ## Alias: build the AMI for SITE (default aws)
+	$(BUILDER) image $(if $(filter onprem,$(SITE)),aws,$(SITE)) --target ami $(ARGS)
+
+##@ Test
+
+.PHONY: test test-unit test-integration lint bench
+test: deps ## Run every test lane (unit, integration, boot)
+	$(PYTEST) -q tests $(ARGS)
+
+test-unit: deps ## Unit tests only (no tools, no network, no root)
+	$(PYTEST) -q tests/unit $(ARGS)
+
+lint: deps ## ruff (format check + lint) and mypy
+	$(VENV)/bin/ruff format --check builder tests
+	$(VENV)/bin/ruff check builder tests
+	$(VENV)/bin/mypy builder
+
+bench: deps ## Benchmarks: render/validate
+	$(PYTEST) -q tests/bench --benchmark-only $(ARGS)
+
+##@ Help
+
+.PHONY: help clean
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target> [SITE=name]\n"} \
+	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+clean: ## Remove build/ and dist/ (keeps caches and the venv)
+	rm -rf build dist

@@ -1,0 +1,119 @@
+"""The only module that starts external programs.
+
+``run(argv)`` logs ``+ argv`` at debug level, turns a missing binary into a
+``ToolMissing`` with an install hint, and a non-zero exit into ``CommandFailed``
+carrying the tail of the program's output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .errors import CommandFailed, ToolMissing
+
+log = logging.getLogger("builder.run")
+
+# tool -> Debian package that provides it (for hints)
+PACKAGES = {
+    "xorriso": "xorriso",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "packer": "packer",
+    "wg": "wireguard-tools",
+    "wg-quick": "wireguard-tools",
+    "wireguard-go": "wireguard-go",
+    "cloud-init": "cloud-init",
+    "shellcheck": "shellcheck",
+    "systemd-analyze": "systemd",
+    "mmdebstrap": "mmdebstrap",
+    "dpkg-deb": "dpkg",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "ip": "iproute2",
+    "sqlite3": "sqlite3",
+    "kubeadm": "kubeadm",
+}
+
+
+def which(tool: str) -> str | None:
+    return shutil.which(tool)
+
+
+def require(tool: str) -> str:
+    """Return the path of ``tool`` or raise ToolMissing with an install hint."""
+    path = shutil.which(tool)
+    if path is None:
+        pkg = PACKAGES.get(tool, tool)
+        raise ToolMissing(
+            f"{tool} not found",
+            hint=f"is {tool} installed? (apt-get install --no-install-recommends {pkg}, "
+            "or run `make deps`)",
+        )
+    return path
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    input: str | bytes | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv``; raise CommandFailed if it exits non-zero and ``check`` is set.
+
+    With ``capture`` the output is collected (stdout and stderr separately) and
+    returned; without it the program writes straight to our stderr/stdout.
+    """
+    args = [os.fspath(a) for a in argv]
+    require(args[0])
+    log.debug("+ %s", shlex.join(args))
+    full_env = None
+    if env is not None:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    text = not isinstance(input, bytes)
+    try:
+        proc = subprocess.run(
+            args,
+            cwd=cwd,
+            env=full_env,
+            input=input,
+            text=text,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CommandFailed(
+            f"{Path(args[0]).name} timed out after {timeout:g} s", returncode=-1
+        ) from exc
+    if check and proc.returncode != 0:
+        out = ((proc.stdout or "") + (proc.stderr or "")) if capture else ""
+        if isinstance(out, bytes):
+            out = out.decode(errors="replace")
+        tail = "\n".join(out.strip().splitlines()[-20:])
+        msg = f"{Path(args[0]).name} failed (exit {proc.returncode})"
+        if tail:
+            msg += ":\n" + tail
+        raise CommandFailed(msg, proc.returncode, out)
+    return proc
+
+
+def popen(
+    argv: Sequence[str | os.PathLike[str]], **kwargs: object
+) -> subprocess.Popen[bytes]:
+    """Start a long-running program (QEMU, wireguard-go, the hub) and return it."""
+    args = [os.fspath(a) for a in argv]
+    require(args[0])
+    log.debug("+ %s &", shlex.join(args))
+    return subprocess.Popen(args, **kwargs)  # type: ignore[call-overload,no-any-return]
