@@ -75,9 +75,256 @@ def profiles_dir_option(f: Any) -> Any:
 
 # --- foundation commands (issue 2) -------------------------------------------------------
 
+
+def _complete_site(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    try:
+        from .profile import list_sites
+
+        return [s for s, _, _ in list_sites() if s.startswith(incomplete)]
+    except Exception:  # completion must never fail loudly
+        return []
+
+
+def site_argument(f: Any) -> Any:
+    return click.argument("site", shell_complete=_complete_site)(f)
+
+
+@cli.command("profiles")
+@profiles_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def profiles_cmd(profiles_dir: Path | None, as_json: bool) -> None:
+    """List the site profiles."""
+    from .profile import list_sites
+
+    sites = list_sites(profiles_dir)
+    if as_json:
+        echo_json([{"site": s, "target": t, "description": d} for s, t, d in sites])
+        return
+    for site, target, desc in sites:
+        click.echo(f"{site:<16} {target:<6} {desc}")
+
+
+@cli.command("show")
+@site_argument
+@set_option
+@profiles_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+def show_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | None,
+             as_json: bool) -> None:
+    """Print the merged, validated profile for SITE (secrets masked)."""
+    import yaml
+
+    from .profile import load_profile
+
+    data = load_profile(site, profiles_dir, overrides).masked()
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=True, default_flow_style=False), nl=False)
+
+
+@cli.command("render")
+@site_argument
+@set_option
+@profiles_dir_option
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (default: build/SITE).")
+def render_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | None,
+               output: Path | None) -> None:
+    """Render the build tree for SITE (cloud-init, autoinstall, Packer vars, scripts)."""
+    from .profile import load_profile
+    from .render import render_site
+
+    result = render_site(load_profile(site, profiles_dir, overrides), output)
+    log.info("rendered %d files for %s (input %s)", len(result.files), site,
+             result.input_hash[:12])
+    click.echo(str(result.path))
+
+
+@cli.command("validate")
+@site_argument
+@set_option
+@profiles_dir_option
+@click.option("--skip", multiple=True, metavar="CHECK",
+              help="Leave out a validator (autoinstall-schema, cloud-init-schema, shellcheck, "
+              "systemd-analyze, packer-validate).")
+def validate_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | None,
+                 skip: tuple[str, ...]) -> None:
+    """Validate SITE: profile schema and checks, then the rendered tree with real validators.
+
+    Nothing is written: the tree is rendered into a temporary directory.
+    """
+    from .profile import load_profile
+    from .render import render_site
+    from .validate import validate_site_tree
+
+    profile = load_profile(site, profiles_dir, overrides)
+    ran = validate_site_tree(lambda out: render_site(profile, out), tuple(skip))
+    log.info("%s: ok (%s)", site, ", ".join(["profile-schema", *ran]))
+    click.echo(f"{site}: valid")
+
 # --- iso / seed commands (issue 3) -------------------------------------------------------
 
 # --- hub commands (issue 4) --------------------------------------------------------------
+
+
+def _hub_config_option(f: Any) -> Any:
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Hub config (default: $NODEFORGE_HUB_CONFIG or /etc/nodeforge-hub/hub.json).",
+    )(f)
+
+
+def _hub_store(config_file: Path | None) -> Any:
+    from .hub import config as hub_config
+    from .hub.store import Pool, Store
+
+    cfg = hub_config.load(config_file)
+    return cfg, Store(cfg.database, Pool(cfg.wg.network, cfg.wg.hub_ip, cfg.wg.reserved),
+                      cfg.quarantine_seconds)
+
+
+@cli.group()
+def hub() -> None:
+    """Enrollment hub: the service nodes enroll with on first boot."""
+
+
+@hub.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--endpoint", required=True, help="WireGuard endpoint nodes dial (HOST:PORT).")
+@click.option("--url", required=True, help="Enrollment URL nodes use (https://HOST:PORT).")
+@click.option("--overlay-cidr", default="10.100.0.0/16", show_default=True)
+@click.option("--hub-ip", default=None, help="Hub overlay address (default: first host).")
+@click.option("--listen", default="", help="HOST:PORT to listen on (default 0.0.0.0:<url port>).")
+@click.option("--san", "sans", multiple=True, help="Extra DNS name/IP for the server cert.")
+@click.option("--force", is_flag=True, help="Replace an existing hub.json.")
+def hub_init(directory: Path, endpoint: str, url: str, overlay_cidr: str, hub_ip: str | None,
+             listen: str, sans: tuple[str, ...], force: bool) -> None:
+    """Create a CA, a server cert, WireGuard and secret keys and DIR/hub.json."""
+    from .hub.pki import init_hub
+
+    res = init_hub(directory, endpoint=endpoint, url=url, overlay_cidr=overlay_cidr,
+                   hub_ip=hub_ip, listen=listen, extra_names=list(sans), force=force)
+    click.echo(f"config: {res['config']}")
+    click.echo(f"ca_cert: {res['ca_cert']}")
+    click.echo(f"enrollment.ca_pin: {res['ca_pin']}")
+    click.echo(f"wireguard.hub_public_key: {res['hub_public_key']}")
+
+
+@hub.command("serve")
+@_hub_config_option
+def hub_serve(config_file: Path | None) -> None:
+    """Run the enrollment API (HTTPS) and keep the WireGuard interface in sync."""
+    from .hub import api
+    from .hub import config as hub_config
+
+    cfg = hub_config.load(config_file)
+    logging.getLogger("nodeforge").setLevel(logging.INFO)
+    api.serve(cfg)
+
+
+@hub.group("token")
+def hub_token() -> None:
+    """Enrollment tokens (create, list, revoke)."""
+
+
+@hub_token.command("create")
+@_hub_config_option
+@click.option("--site", required=True)
+@click.option("--uses", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--ttl", default="72h", show_default=True, help="Lifetime: 15m, 72h, 7d, …")
+@click.option("--approve", is_flag=True, help="Enrollments wait for `builder hub approve`.")
+@click.option("--description", default="")
+def hub_token_create(config_file: Path | None, site: str, uses: int, ttl: str, approve: bool,
+                     description: str) -> None:
+    """Mint a token; it is printed once (only its hash is stored)."""
+    from .hub.tokens import parse_duration
+
+    seconds = parse_duration(ttl)
+    _, store = _hub_store(config_file)
+    token, tid = store.create_token(site, uses, seconds, approve, description)
+    click.echo(f"token id {tid}: site={site} uses={uses} ttl={ttl} approve={approve}", err=True)
+    click.echo(token)
+
+
+@hub_token.command("list")
+@_hub_config_option
+@click.option("--json", "as_json", is_flag=True)
+def hub_token_list(config_file: Path | None, as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    import time as _time
+
+    _, store = _hub_store(config_file)
+    rows = store.list_tokens()
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'ID':16}  {'SITE':12} {'USED':>9}  {'APPROVE':7}  STATUS")
+    now = _time.time()
+    for r in rows:
+        status = ("revoked" if r["revoked_at"] else "expired" if r["expires_at"] <= now
+                  else "used up" if r["used"] >= r["max_uses"] else "valid")
+        click.echo(f"{r['id']:16}  {r['site']:12} {r['used']:>4}/{r['max_uses']:<4}  "
+                   f"{'yes' if r['approve'] else 'no':7}  {status}")
+
+
+@hub_token.command("revoke")
+@_hub_config_option
+@click.argument("token_id")
+def hub_token_revoke(config_file: Path | None, token_id: str) -> None:
+    """Revoke a token (enrolled nodes stay connected)."""
+    _, store = _hub_store(config_file)
+    store.revoke_token(token_id.split(".")[1] if token_id.startswith("nf1.") else token_id)
+    click.echo(f"revoked token {token_id[:20]}", err=True)
+
+
+@hub.command("nodes")
+@_hub_config_option
+@click.option("--json", "as_json", is_flag=True)
+def hub_nodes(config_file: Path | None, as_json: bool) -> None:
+    """List enrolled and pending nodes."""
+    _, store = _hub_store(config_file)
+    rows = store.list_nodes()
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'NODE':36}  {'HOSTNAME':20} {'ADDRESS':15}  {'STATE':8}  SITE")
+    for r in rows:
+        click.echo(f"{r['node_id']:36}  {r['hostname'][:20]:20} {r['ip'] or '-':15}  "
+                   f"{r['state']:8}  {r['site']}")
+
+
+@hub.command("approve")
+@_hub_config_option
+@click.argument("node_id")
+def hub_approve(config_file: Path | None, node_id: str) -> None:
+    """Approve a pending node (it gets its address on its next poll)."""
+    _, store = _hub_store(config_file)
+    n = store.approve(node_id)
+    click.echo(f"{n['node_id']} {n['ip']}")
+
+
+@hub.command("revoke")
+@_hub_config_option
+@click.argument("node_id")
+def hub_revoke(config_file: Path | None, node_id: str) -> None:
+    """Revoke a node: peer removed, secret invalid, address quarantined."""
+    from .hub.wg import WgInterface
+
+    cfg, store = _hub_store(config_file)
+    old = store.revoke_node(node_id)
+    wg = WgInterface(cfg.wg.interface, cfg.wg.private_key_file, cfg.wg.listen_port)
+    if cfg.wg.apply and wg.exists():
+        wg.remove([old["pubkey"]])
+        click.echo(f"removed peer {old['pubkey']} from {cfg.wg.interface}", err=True)
+    else:
+        click.echo(f"{cfg.wg.interface} not here: the hub removes the peer at its next "
+                   "reconcile", err=True)
+    click.echo(f"revoked {node_id}")
+
 
 # --- packer targets (issue 5) ------------------------------------------------------------
 

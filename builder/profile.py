@@ -212,6 +212,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise UsageError(f"{shown}: no such file") from None
     except OSError as exc:
         raise UsageError(f"{shown}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ValidationError([f"{shown}: not UTF-8 text (byte {exc.start})"]) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as exc:
@@ -357,7 +359,7 @@ def _merge_into(
         path = (*prefix, str(key))
         if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
             _merge_into(dst[key], value, path, source, sources)
-            sources.setdefault(path, source)
+            sources[path] = source
         else:
             dst[key] = copy.deepcopy(value)
             # the whole subtree now comes from this layer

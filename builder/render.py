@@ -1,0 +1,464 @@
+"""Render a validated profile into the build tree ``build/<site>/``.
+
+One Jinja2 environment (StrictUndefined, keep_trailing_newline) over ``cloud-init/``;
+pure functions from a Profile to file contents, then one atomic write of the whole tree
+(rendered into a temp directory beside the target, then renamed into place).
+
+Entry point for the targets: ``render_site(profile, out_dir=None) -> RenderResult``.
+The layout of the tree is documented in ``builder/INTERFACES.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from . import TOOL, __version__
+from . import buildinfo
+from .errors import BuilderError
+from .profile import PACKAGE_DIR, REPO_DIR, Profile, pem_to_der, thaw
+
+TEMPLATES_DIR = REPO_DIR / "cloud-init"
+SCRIPTS_DIR = REPO_DIR / "packer" / "scripts"
+NODE_DIR = PACKAGE_DIR / "node"
+ENROLL_UNIT = f"{TOOL}-enroll.service"
+AGENT_SOURCE = NODE_DIR / "agent.py"
+UNIT_SOURCE = NODE_DIR / ENROLL_UNIT
+STATE_DIR = f"/var/lib/{TOOL}"
+ETC_DIR = f"/etc/{TOOL}"
+TOKEN_PATH = f"{ETC_DIR}/enroll-token"
+CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class OverlayFile:
+    path: str  # absolute path on the node
+    content: str
+    mode: str = "0644"
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    site: str
+    path: Path
+    input_hash: str
+    files: Mapping[str, str]  # relative path -> sha256
+
+    def file(self, rel: str) -> Path:
+        return self.path / rel
+
+
+# ---------------------------------------------------------------------------------------
+# Jinja2
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Dumps multi-line strings as literal blocks (PyYAML falls back to quotes if unsafe)."""
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_BlockDumper.add_representer(str, _str_presenter)
+
+
+def _to_yaml_scalar(value: Any, indent: int = 0) -> str:
+    """``value`` as a YAML scalar placed after ``key: `` where ``key`` is at column ``indent``."""
+    text = yaml.dump(value, Dumper=_BlockDumper, width=1 << 16, allow_unicode=True)
+    text = text.removesuffix("\n").removesuffix("\n...").removesuffix("...")
+    first, *rest = text.split("\n")
+    return "\n".join([first, *[(" " * indent + line) if line else "" for line in rest]])
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(thaw(value), sort_keys=True, ensure_ascii=False)
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["to_yaml_scalar"] = _to_yaml_scalar
+    env.filters["to_json"] = _to_json
+    env.filters["shquote"] = lambda v: shlex.quote(str(v))
+    return env
+
+
+def _render(env: jinja2.Environment, name: str, ctx: Mapping[str, Any]) -> str:
+    try:
+        return env.get_template(name).render(**ctx)
+    except jinja2.TemplateNotFound:
+        raise BuilderError(f"{TEMPLATES_DIR / name}: template missing") from None
+    except jinja2.UndefinedError as exc:
+        raise BuilderError(f"cloud-init/{name}: {exc.message}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# derived values
+
+
+def password_hash(profile: Profile) -> str:
+    """SHA-512 crypt of the admin password, salt derived from site+secret (reproducible).
+
+    No password configured -> ``!`` (a locked password: ssh keys only).
+    """
+    secret = profile.resolve_secret("admin.password")
+    if not secret:
+        return "!"
+    from passlib.hash import sha512_crypt
+
+    digest = hmac.new(secret.encode(), f"{TOOL}:{profile.site}".encode(), "sha256").digest()
+    salt = "".join(CRYPT_ALPHABET[b % 64] for b in digest[:16])
+    return str(sha512_crypt.using(salt=salt, rounds=656000).hash(secret))
+
+
+def image_name(profile: Profile) -> str:
+    return str(profile.get("image.name")).format(
+        site=profile.site,
+        os_release=profile.get("os.release"),
+        kubernetes_version=profile.get("kubernetes.version"),
+    )
+
+
+def apt_url(profile: Profile, dotted: str, minor: str) -> str:
+    return str(profile.get(dotted)).replace("{minor}", minor)
+
+
+def versions(profile: Profile) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "ubuntu": profile.get("os.release"),
+        "kubernetes": profile.get("kubernetes.version"),
+        "cri-o": profile.get("crio.version"),
+    }
+    if profile.get("gpu.enabled"):
+        out["nvidia-driver"] = profile.get("gpu.nvidia.driver_branch")
+        out["nvidia-container-toolkit"] = profile.get("gpu.nvidia.container_toolkit_version")
+    return out
+
+
+def nvidia_driver_package(profile: Profile) -> str:
+    branch = profile.get("gpu.nvidia.driver_branch")
+    variant = profile.get("gpu.nvidia.variant")
+    suffix = {"server": "-server", "open": "-open", "server-open": "-server-open"}[variant]
+    return f"nvidia-driver-{branch}{suffix}"
+
+
+def provision_env(profile: Profile, build_time: int) -> dict[str, str]:
+    """The NF_* variables the provisioning scripts read (see INTERFACES.md)."""
+    k8s_minor = profile.kubernetes_minor
+    crio_minor = profile.crio_minor
+    env = {
+        "NF_TOOL": TOOL,
+        "NF_SITE": profile.site,
+        "NF_PROFILE_HASH": profile.input_hash,
+        "NF_BUILDER_VERSION": __version__,
+        "NF_BUILDER_COMMIT": buildinfo.builder_commit(),
+        "NF_BUILD_TIME": str(build_time),
+        "NF_MODULES": " ".join(profile.modules),
+        "NF_SYSCTLS": " ".join(f"{k}={v}" for k, v in profile.sysctls.items()),
+        "NF_SWAP": "on" if profile.get("swap.enabled") else "off",
+        "NF_NTP_SERVERS": " ".join(profile.get("time_sync.servers", ())),
+        "NF_TIMEZONE": profile.get("os.timezone"),
+        "NF_K8S_VERSION": profile.get("kubernetes.version"),
+        "NF_K8S_MINOR": k8s_minor,
+        "NF_K8S_APT_URL": apt_url(profile, "kubernetes.apt.url", k8s_minor),
+        "NF_K8S_APT_KEY_URL": apt_url(profile, "kubernetes.apt.key_url", k8s_minor),
+        "NF_CRIO_VERSION": profile.get("crio.version"),
+        "NF_CRIO_APT_URL": apt_url(profile, "crio.apt.url", crio_minor),
+        "NF_CRIO_APT_KEY_URL": apt_url(profile, "crio.apt.key_url", crio_minor),
+        "NF_CRIO_CGROUP_MANAGER": profile.get("crio.cgroup_manager"),
+        "NF_CRIO_PAUSE_IMAGE": profile.get("crio.pause_image"),
+        "NF_CRIO_INSECURE_REGISTRIES": " ".join(profile.get("crio.insecure_registries", ())),
+        "NF_CRIO_REGISTRY_MIRRORS": " ".join(profile.get("crio.registry_mirrors", ())),
+        "NF_GPU": "1" if profile.get("gpu.enabled") else "0",
+    }
+    if profile.get("gpu.enabled"):
+        env.update({
+            "NF_NVIDIA_DRIVER_PACKAGE": nvidia_driver_package(profile),
+            "NF_NVIDIA_DRIVER_BRANCH": profile.get("gpu.nvidia.driver_branch"),
+            "NF_NVIDIA_VARIANT": profile.get("gpu.nvidia.variant"),
+            "NF_NVIDIA_TOOLKIT_VERSION": profile.get("gpu.nvidia.container_toolkit_version"),
+            "NF_NVIDIA_APT_URL": profile.get("gpu.nvidia.apt.url"),
+            "NF_NVIDIA_APT_KEY_URL": profile.get("gpu.nvidia.apt.key_url"),
+        })
+    return env
+
+
+def env_file(env: Mapping[str, str]) -> str:
+    lines = [f"# {TOOL} provisioning settings (rendered from the site profile)."]
+    lines += [f"{k}={shlex.quote(str(v))}" for k, v in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def node_config(profile: Profile, build_time: int) -> dict[str, Any]:
+    """``/etc/nodeforge/node.json``: what the enrollment agent needs (INTERFACES.md)."""
+    return {
+        "site": profile.site,
+        "enroll_url": profile.get("enrollment.url"),
+        "ca_file": f"{ETC_DIR}/hub-ca.pem",
+        "ca_pin": profile.get("enrollment.ca_pin"),
+        "token_file": TOKEN_PATH,
+        "interface": profile.get("wireguard.interface"),
+        "image_version": profile.input_hash[:12],
+        "build_time": build_time,
+        "labels": thaw(profile.get("kubernetes.labels", {})),
+        "taints": thaw(profile.get("kubernetes.taints", ())),
+        "kubernetes_version": profile.get("kubernetes.version"),
+        "state_dir": STATE_DIR,
+        "retry_max_seconds": profile.get("enrollment.retry_max_seconds"),
+    }
+
+
+def hub_ca_pem(profile: Profile) -> str:
+    if not profile.get("enrollment.ca_cert"):
+        raise BuilderError(
+            f"{profile.where('enrollment.ca_cert')}: the hub CA certificate is required to "
+            "build an image (nodes verify the hub with it)",
+            hint="run `builder hub init DIR` and set enrollment.ca_cert: file:DIR/ca.pem",
+        )
+    text = profile.resolve_file("enrollment.ca_cert").read_text()
+    pem_to_der(text)  # validated in profile; re-parse to fail loudly on a swapped file
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _read_node_file(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise BuilderError(f"{path}: missing from the builder package") from None
+
+
+def overlay_files(profile: Profile, env: jinja2.Environment, ctx: Mapping[str, Any],
+                  build_time: int, penv: Mapping[str, str]) -> list[OverlayFile]:
+    """Every file the node gets, as (node path, content, mode)."""
+    files = [
+        OverlayFile(f"/etc/modules-load.d/90-{TOOL}.conf",
+                    _render(env, "files/modules-load.conf.j2", ctx)),
+        OverlayFile(f"/etc/sysctl.d/90-{TOOL}.conf", _render(env, "files/sysctl.conf.j2", ctx)),
+        OverlayFile(f"/etc/crio/crio.conf.d/10-{TOOL}.conf",
+                    _render(env, "files/crio.conf.j2", ctx)),
+        OverlayFile("/etc/default/kubelet", _render(env, "files/kubelet.default.j2", ctx)),
+        OverlayFile(f"{ETC_DIR}/node.json",
+                    json.dumps(node_config(profile, build_time), indent=2, sort_keys=True) + "\n"),
+        OverlayFile(f"{ETC_DIR}/hub-ca.pem", hub_ca_pem(profile)),
+        OverlayFile(f"{ETC_DIR}/provision.env", env_file(penv)),
+        OverlayFile(f"/usr/lib/{TOOL}/{TOOL}-enroll", _read_node_file(AGENT_SOURCE), "0755"),
+        OverlayFile(f"/etc/systemd/system/{ENROLL_UNIT}", _read_node_file(UNIT_SOURCE)),
+    ]
+    if profile.get("crio.registry_mirrors"):
+        files.append(OverlayFile(f"/etc/containers/registries.conf.d/10-{TOOL}.conf",
+                                 _render(env, "files/registries.conf.j2", ctx)))
+    if profile.get("time_sync.servers"):
+        files.append(OverlayFile(f"/etc/systemd/timesyncd.conf.d/10-{TOOL}.conf",
+                                 _render(env, "files/timesyncd.conf.j2", ctx)))
+    token = profile.resolve_secret("enrollment.site_token")
+    if token:
+        files.append(OverlayFile(TOKEN_PATH, token + "\n", "0600", secret=True))
+    return sorted(files, key=lambda f: f.path)
+
+
+def context(profile: Profile, build_time: int) -> dict[str, Any]:
+    static = profile.get("network.static")
+    return {
+        "site": profile.site,
+        "tool": TOOL,
+        "os": profile.get("os"),
+        "admin": profile.get("admin"),
+        "crio": profile.get("crio"),
+        "modules": profile.modules,
+        "sysctls": profile.sysctls,
+        "swap_enabled": bool(profile.get("swap.enabled")),
+        "ntp_servers": list(profile.get("time_sync.servers", ())),
+        "enroll_unit": ENROLL_UNIT,
+        "static": thaw(static) if static else None,
+        "storage_layout": profile.get("iso.storage_layout"),
+        "hostname_default": f"{profile.site}-node",
+        "instance_id": f"{profile.site}-{profile.input_hash[:12]}",
+        "hostname": None,
+        "build_time": build_time,
+    }
+
+
+def packer_vars(profile: Profile, build_time: int, penv: Mapping[str, str]) -> dict[str, Any]:
+    """``packer/site.auto.pkrvars.json``: every variable the HCL2 templates declare."""
+    return {
+        "site": profile.site,
+        "image_name": image_name(profile),
+        "profile_hash": profile.input_hash,
+        "builder_version": __version__,
+        "builder_commit": buildinfo.builder_commit(),
+        "build_time": build_time,
+        "ubuntu_release": profile.get("os.release"),
+        "ubuntu_codename": profile.get("os.codename"),
+        "kubernetes_version": profile.get("kubernetes.version"),
+        "crio_version": profile.get("crio.version"),
+        "gpu": bool(profile.get("gpu.enabled")),
+        "nvidia_driver_branch": profile.get("gpu.nvidia.driver_branch")
+        if profile.get("gpu.enabled") else "",
+        "disk_size_gb": profile.get("image.disk_size_gb"),
+        "aws_region": profile.get("aws.region") or "",
+        "aws_instance_type": profile.get("aws.instance_type"),
+        "aws_volume_size_gb": profile.get("aws.volume_size_gb"),
+        "aws_ami_regions": list(profile.get("aws.ami_regions", ())),
+        "aws_ami_users": list(profile.get("aws.ami_users", ())),
+        "aws_subnet_id": profile.get("aws.subnet_id") or "",
+        "aws_vpc_id": profile.get("aws.vpc_id") or "",
+        "aws_ssh_interface": profile.get("aws.ssh_interface"),
+        "aws_tags": dict(profile.get("aws.tags", {})),
+        "qemu_base_image_url": profile.get("qcow2.base_image.url"),
+        "qemu_base_image_checksum": (
+            f"sha256:{profile.get('qcow2.base_image.sha256')}"
+            if profile.get("qcow2.base_image.sha256")
+            else f"file:{profile.get('qcow2.base_image.sha256sums_url')}"
+        ),
+        "provision_env": [f"{k}={v}" for k, v in penv.items()],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# the tree
+
+
+def render_files(profile: Profile) -> dict[str, tuple[bytes, int]]:
+    """Every file of the build tree: relative path -> (content, mode). Pure."""
+    build_time = buildinfo.source_date_epoch()
+    env = environment()
+    ctx = context(profile, build_time)
+    penv = provision_env(profile, build_time)
+    overlay = overlay_files(profile, env, ctx, build_time, penv)
+    ctx_ud = {**ctx, "overlay_files": overlay}
+    user_data = _render(env, "user-data.yaml.j2", ctx_ud)
+    try:
+        user_data_obj = yaml.safe_load(user_data)
+    except yaml.YAMLError as exc:
+        raise BuilderError(f"cloud-init/user-data.yaml.j2 rendered invalid YAML: {exc}") from None
+    meta_data = _render(env, "meta-data.yaml.j2", ctx)
+    autoinstall = _render(
+        env, "autoinstall.yaml.j2",
+        {**ctx, "admin_password_hash": password_hash(profile), "user_data": user_data_obj},
+    )
+    out: dict[str, tuple[bytes, int]] = {}
+
+    def put(rel: str, text: str | bytes, mode: int = 0o644) -> None:
+        out[rel] = (text.encode() if isinstance(text, str) else text, mode)
+
+    put("cloud-init/user-data", user_data)
+    put("cloud-init/meta-data", meta_data)
+    put("cloud-init/autoinstall.yaml", autoinstall)
+    if ctx["static"]:
+        put("cloud-init/network-config", _render(env, "network-config.yaml.j2", ctx))
+    for f in overlay:
+        put("files" + f.path, f.content, int(f.mode, 8))
+    penv_text = env_file(penv)
+    put("scripts/provision.env", penv_text)
+    scripts = sorted(SCRIPTS_DIR.glob("*.sh")) if SCRIPTS_DIR.is_dir() else []
+    for script in scripts:
+        put(f"scripts/{script.name}", script.read_bytes(), 0o755)
+    put("packer/site.auto.pkrvars.json",
+        json.dumps(packer_vars(profile, build_time, penv), indent=2, sort_keys=True) + "\n")
+    # the ISO root additions: nocloud seed with the autoinstall, and our payload
+    put("iso/nocloud/user-data", "#cloud-config\nautoinstall:\n"
+        + "".join(f"  {line}" if line.strip() else line
+                  for line in autoinstall.splitlines(keepends=True)))
+    put("iso/nocloud/meta-data", meta_data)
+    for rel in [r for r in out if r.startswith(("files/", "scripts/"))]:
+        put(f"iso/{TOOL}/{rel}", *out[rel])
+    put("profile.json", json.dumps(profile.masked(), indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def template_inputs_hash() -> str:
+    """sha256 over every template, script and node file that feeds a render."""
+    h = hashlib.sha256(__version__.encode())
+    for base in (TEMPLATES_DIR, SCRIPTS_DIR, NODE_DIR):
+        if not base.is_dir():
+            continue
+        for path in sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in
+                           p.parts):
+            h.update(str(path.relative_to(REPO_DIR)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def manifest(profile: Profile, files: Mapping[str, tuple[bytes, int]]) -> dict[str, Any]:
+    digests = {rel: hashlib.sha256(data).hexdigest() for rel, (data, _) in sorted(files.items())}
+    input_hash = hashlib.sha256(
+        (profile.input_hash + template_inputs_hash()).encode()
+    ).hexdigest()
+    return {
+        "tool": TOOL,
+        "site": profile.site,
+        "builder_version": __version__,
+        "builder_commit": buildinfo.builder_commit(),
+        "source_date_epoch": buildinfo.source_date_epoch(),
+        "profile_hash": profile.input_hash,
+        "input_hash": input_hash,
+        "layers": list(profile.layers),
+        "target": profile.get("target"),
+        "image_name": image_name(profile),
+        "versions": versions(profile),
+        "files": digests,
+    }
+
+
+def default_build_dir(site: str) -> Path:
+    return Path.cwd() / "build" / site
+
+
+def render_site(profile: Profile, out_dir: Path | None = None) -> RenderResult:
+    """Render the whole tree for ``profile`` into ``out_dir`` (default ``build/<site>``).
+
+    Written atomically: the tree is built in a temp directory beside ``out_dir`` and
+    renamed into place, so a failed render leaves the previous tree untouched.
+    """
+    target = Path(out_dir) if out_dir else default_build_dir(profile.site)
+    files = render_files(profile)
+    man = manifest(profile, files)
+    files["manifest.json"] = (json.dumps(man, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+    write_tree(target, files)
+    return RenderResult(profile.site, target, man["input_hash"], man["files"])
+
+
+def write_tree(target: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    try:
+        for rel, (data, mode) in sorted(files.items()):
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(path, mode)
+        os.chmod(tmp, 0o755)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old.{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        raise

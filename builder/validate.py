@@ -1,0 +1,174 @@
+"""Check a rendered build tree with the real third-party validators.
+
+- ``cloud-init schema --config-file`` on the first-boot user-data,
+- Ubuntu's autoinstall JSON schema (subiquity's, shipped in builder/schema/) on autoinstall.yaml,
+- ``shellcheck`` on every provisioning script,
+- ``systemd-analyze verify`` on every unit (with the overlay as its root),
+- ``packer validate`` on ``packer/`` with the rendered variables.
+
+Each validator returns a list of ``file: message`` problems; ``validate_tree`` runs them all
+and raises one ValidationError listing everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import CommandFailed, ValidationError
+from .profile import PACKAGE_DIR, REPO_DIR, display_path
+from .run import run, which
+
+AUTOINSTALL_SCHEMA = PACKAGE_DIR / "schema" / "autoinstall.schema.json"
+PACKER_DIR = REPO_DIR / "packer"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    tool: str | None  # external program it needs, None for in-process
+    func: Callable[[Path], list[str]]
+
+
+def check_cloud_init(tree: Path) -> list[str]:
+    path = tree / "cloud-init" / "user-data"
+    proc = run(["cloud-init", "schema", "--config-file", path], check=False)
+    out = (proc.stdout + proc.stderr).strip()
+    problems = []
+    for line in out.splitlines():
+        # "Cloud config schema errors: a.b: msg, c: msg" / "... deprecations: …"
+        head, sep, rest = line.partition(":")
+        if sep and ("schema errors" in head or "deprecations" in head) and rest.strip():
+            problems.append(f"{display_path(path)}: cloud-init {head.split()[-1]}: "
+                            f"{rest.strip()}")
+    if proc.returncode != 0 and not problems:
+        problems.append(f"{display_path(path)}: cloud-init schema failed: {out[-500:]}")
+    return problems
+
+
+def check_autoinstall(tree: Path) -> list[str]:
+    path = tree / "cloud-init" / "autoinstall.yaml"
+    shown = display_path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        return [f"{shown}: not YAML: {exc}"]
+    schema = json.loads(AUTOINSTALL_SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    problems = []
+    for err in validator.iter_errors(data):
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        problems.append(f"{shown}: {where}: {err.message}")
+    # the ISO's nocloud user-data wraps the same document
+    wrapped = tree / "iso" / "nocloud" / "user-data"
+    if wrapped.exists():
+        doc = yaml.safe_load(wrapped.read_text())
+        if not isinstance(doc, dict) or doc.get("autoinstall") != data:
+            problems.append(f"{display_path(wrapped)}: does not carry autoinstall.yaml unchanged")
+    return problems
+
+
+def check_shellcheck(tree: Path) -> list[str]:
+    scripts = sorted((tree / "scripts").glob("*.sh"))
+    if not scripts:
+        return [f"{display_path(tree / 'scripts')}: no provisioning scripts"]
+    proc = run(
+        ["shellcheck", "--format=gcc", "--external-sources", "--source-path=SCRIPTDIR",
+         *scripts],
+        check=False,
+    )
+    return [ln for ln in proc.stdout.splitlines() if ln.strip()]
+
+
+def check_units(tree: Path) -> list[str]:
+    """``systemd-analyze verify`` each unit inside a root made of our overlay + host units.
+
+    The overlay supplies the unit and its ExecStart; the host's unit directory supplies
+    the targets it orders against. Units only a node has (kubelet, cloud-init) are expected
+    to be missing here and are not problems.
+    """
+    overlay = tree / "files"
+    units = sorted((overlay / "etc" / "systemd" / "system").glob("*.service"))
+    problems: list[str] = []
+    if not units:
+        return problems
+    with tempfile.TemporaryDirectory(prefix="nodeforge-units-") as tmp:
+        root = Path(tmp)
+        shutil.copytree(overlay, root, dirs_exist_ok=True, symlinks=True)
+        (root / "usr/lib/systemd").mkdir(parents=True, exist_ok=True)
+        host_units = Path("/usr/lib/systemd/system")
+        if not host_units.is_dir():
+            host_units = Path("/lib/systemd/system")
+        (root / "usr/lib/systemd/system").symlink_to(host_units)
+        for unit in units:
+            proc = run(["systemd-analyze", "verify", "--man=no", f"--root={root}",
+                        f"/etc/systemd/system/{unit.name}"], check=False)
+            out = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+            out = [ln for ln in out if not re.search(
+                r"(kubelet|cloud-final|cloud-init|crio|wg-quick)[^ ]*\.(service|target)", ln)
+                and not ln.startswith(f"Failed to resolve symlink {root}/usr/lib/systemd/")]
+            if out or proc.returncode != 0:
+                problems += [f"{display_path(unit)}: {ln}" for ln in out] or [
+                    f"{display_path(unit)}: systemd-analyze verify failed "
+                    f"(exit {proc.returncode})"]
+    return problems
+
+
+def check_packer(tree: Path) -> list[str]:
+    var_file = tree / "packer" / "site.auto.pkrvars.json"
+    try:
+        run(["packer", "validate", f"-var-file={var_file}", f"-var=build_dir={tree}",
+             PACKER_DIR], cwd=tree, env={"CHECKPOINT_DISABLE": "1", "PACKER_LOG": "0"})
+    except CommandFailed as exc:
+        lines = [ln for ln in exc.output.splitlines() if ln.strip()]
+        return [f"{display_path(PACKER_DIR)}: packer validate: {ln}" for ln in lines]
+    return []
+
+
+CHECKS = (
+    Check("autoinstall-schema", None, check_autoinstall),
+    Check("cloud-init-schema", "cloud-init", check_cloud_init),
+    Check("shellcheck", "shellcheck", check_shellcheck),
+    Check("systemd-analyze", "systemd-analyze", check_units),
+    Check("packer-validate", "packer", check_packer),
+)
+
+
+def validate_tree(tree: Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """Run every validator on ``tree``; returns the names of the checks that ran.
+
+    Raises ValidationError with every problem; a missing tool is a problem too
+    (``skip`` names checks to leave out deliberately).
+    """
+    problems: list[str] = []
+    ran = []
+    for check in CHECKS:
+        if check.name in skip:
+            continue
+        if check.tool and which(check.tool) is None:
+            problems.append(f"{check.name}: {check.tool} not found (run `make deps`, or "
+                            f"--skip {check.name})")
+            continue
+        problems += check.func(tree)
+        ran.append(check.name)
+    if problems:
+        raise ValidationError(problems, hint="the rendered tree failed validation")
+    return ran
+
+
+def validate_site_tree(render: Callable[[Path], object], skip: tuple[str, ...] = ()) -> list[str]:
+    """Render into a throwaway directory and validate it (``builder validate`` writes nothing)."""
+    with tempfile.TemporaryDirectory(prefix="nodeforge-validate-") as tmp:
+        tree = Path(tmp) / "tree"
+        render(tree)
+        os.chmod(tmp, 0o755)
+        return validate_tree(tree, skip)
