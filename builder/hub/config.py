@@ -1,0 +1,253 @@
+"""The hub's settings: ``hub.json`` written by ``builder hub init`` and read by every command.
+
+Relative paths are resolved against the directory holding the file. Every problem is
+reported as ``<file>: <key>: <message>`` (ValidationError, exit 2).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError, ValidationError
+
+DEFAULT_CONFIG = Path("/etc/nodeforge-hub/hub.json")
+ENV_CONFIG = "NODEFORGE_HUB_CONFIG"
+
+DEFAULTS: dict[str, Any] = {
+    "listen": "0.0.0.0:8443",
+    "url": "https://hub.example.com:8443",
+    "tls_cert": "server.pem",
+    "tls_key": "server.key",
+    "ca_cert": "ca.pem",
+    "database": "hub.db",
+    "secret_key_file": "secret.key",
+    "quarantine_seconds": 86400,
+    "reconcile_seconds": 30,
+    "wireguard": {
+        "interface": "wg0",
+        "private_key_file": "wg.key",
+        "listen_port": 51820,
+        "endpoint": "hub.example.com:51820",
+        "overlay_cidr": "10.100.0.0/16",
+        "hub_overlay_ip": "10.100.0.1",
+        "mtu": 1420,
+        "keepalive": 25,
+        "reserved": [],
+        "create_interface": True,
+        "apply": True,
+    },
+    "limits": {
+        "per_ip_rate": 5.0,
+        "per_ip_burst": 30,
+        "per_token_rate": 50.0,
+        "per_token_burst": 500,
+        "max_body_bytes": 4096,
+        "batch_max": 256,
+        "request_timeout": 10,
+    },
+    "join": {
+        "provider": "static",
+        "api_server": "10.100.0.1:6443",
+        "token": None,
+        "ca_cert_hashes": [],
+        "kubeadm": "kubeadm",
+        "kubeconfig": "/etc/kubernetes/admin.conf",
+        "cluster_ca": "/etc/kubernetes/pki/ca.crt",
+        "ttl": "1h",
+        "cri_socket": "unix:///var/run/crio/crio.sock",
+        "labels": {},
+        "taints": [],
+    },
+}
+
+
+@dataclass(frozen=True)
+class WireGuard:
+    interface: str
+    private_key_file: Path
+    listen_port: int
+    endpoint: str
+    network: ipaddress.IPv4Network
+    hub_ip: ipaddress.IPv4Address
+    mtu: int
+    keepalive: int
+    reserved: frozenset[ipaddress.IPv4Address]
+    create_interface: bool
+    apply: bool
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_ip_rate: float
+    per_ip_burst: float
+    per_token_rate: float
+    per_token_burst: float
+    max_body_bytes: int
+    batch_max: int
+    request_timeout: float
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    path: Path
+    listen_host: str
+    listen_port: int
+    url: str
+    tls_cert: Path
+    tls_key: Path
+    ca_cert: Path
+    database: Path
+    secret_key_file: Path
+    quarantine_seconds: int
+    reconcile_seconds: float
+    wg: WireGuard
+    limits: Limits
+    join: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def join_url(self) -> str:
+        return f"https://{self.wg.hub_ip}:{self.listen_port}/v1/join"
+
+    def secret_key(self) -> bytes:
+        try:
+            key = self.secret_key_file.read_bytes().strip()
+        except OSError as exc:
+            raise UsageError(f"{self.path}: secret_key_file: cannot read {exc.filename}") from exc
+        if len(key) < 32:
+            raise UsageError(f"{self.secret_key_file}: hub secret key is too short")
+        return key
+
+
+def config_path(given: str | os.PathLike[str] | None) -> Path:
+    if given:
+        return Path(given)
+    return Path(os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load(path: str | os.PathLike[str] | None = None) -> HubConfig:
+    p = config_path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise UsageError(
+            f"{p}: hub config not found", hint="create one with `builder hub init DIR`"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{p}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise UsageError(f"{p}: top level must be a mapping")
+    return parse(raw, p)
+
+
+def parse(raw: dict[str, Any], p: Path) -> HubConfig:
+    d = _merge(DEFAULTS, raw)
+    problems: list[str] = []
+    base = p.parent
+
+    def bad(key: str, msg: str) -> None:
+        problems.append(f"{p}: {key}: {msg}")
+
+    def path_of(v: Any, key: str) -> Path:
+        if not isinstance(v, str) or not v:
+            bad(key, "must be a path")
+            return Path("/nonexistent")
+        q = Path(v)
+        return q if q.is_absolute() else base / q
+
+    def num(v: Any, key: str, lo: float = 0) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < lo:
+            bad(key, f"must be a number >= {lo}")
+            return lo
+        return float(v)
+
+    host, _, port = str(d["listen"]).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        bad("listen", f"{d['listen']!r} is not HOST:PORT")
+        port = "8443"
+    w = d["wireguard"]
+    net = hub_ip = None
+    try:
+        net = ipaddress.IPv4Network(w["overlay_cidr"], strict=True)
+        if net.prefixlen > 30:
+            bad("wireguard.overlay_cidr", "needs at least a /30")
+    except (ValueError, TypeError) as exc:
+        bad("wireguard.overlay_cidr", f"{w['overlay_cidr']!r}: {exc}")
+    try:
+        hub_ip = ipaddress.IPv4Address(w["hub_overlay_ip"])
+        if net and hub_ip not in net:
+            bad("wireguard.hub_overlay_ip", f"{hub_ip} is not inside {net}")
+    except (ValueError, TypeError) as exc:
+        bad("wireguard.hub_overlay_ip", str(exc))
+    reserved: set[ipaddress.IPv4Address] = set()
+    for i, r in enumerate(w.get("reserved") or []):
+        try:
+            reserved.add(ipaddress.IPv4Address(r))
+        except ValueError as exc:
+            bad(f"wireguard.reserved[{i}]", str(exc))
+    iface = str(w["interface"])
+    if not 0 < len(iface) <= 15 or "/" in iface or " " in iface:
+        bad("wireguard.interface", f"{iface!r} is not an interface name")
+    if ":" not in str(w["endpoint"]):
+        bad("wireguard.endpoint", f"{w['endpoint']!r} is not HOST:PORT")
+    j = d["join"]
+    if j.get("provider") not in ("static", "kubeadm"):
+        bad("join.provider", f"{j.get('provider')!r}: must be static or kubeadm")
+    if j.get("provider") == "static" and not j.get("token"):
+        bad("join.token", "the static provider needs a bootstrap token (or file:PATH)")
+    lim = d["limits"]
+    limits = Limits(
+        per_ip_rate=num(lim["per_ip_rate"], "limits.per_ip_rate"),
+        per_ip_burst=num(lim["per_ip_burst"], "limits.per_ip_burst", 1),
+        per_token_rate=num(lim["per_token_rate"], "limits.per_token_rate"),
+        per_token_burst=num(lim["per_token_burst"], "limits.per_token_burst", 1),
+        max_body_bytes=int(num(lim["max_body_bytes"], "limits.max_body_bytes", 256)),
+        batch_max=int(num(lim["batch_max"], "limits.batch_max", 1)),
+        request_timeout=num(lim["request_timeout"], "limits.request_timeout", 1),
+    )
+    wg = WireGuard(
+        interface=iface,
+        private_key_file=path_of(w["private_key_file"], "wireguard.private_key_file"),
+        listen_port=int(num(w["listen_port"], "wireguard.listen_port", 1)),
+        endpoint=str(w["endpoint"]),
+        network=net or ipaddress.IPv4Network("10.100.0.0/16"),
+        hub_ip=hub_ip or ipaddress.IPv4Address("10.100.0.1"),
+        mtu=int(num(w["mtu"], "wireguard.mtu", 1280)),
+        keepalive=int(num(w["keepalive"], "wireguard.keepalive")),
+        reserved=frozenset(reserved),
+        create_interface=bool(w["create_interface"]),
+        apply=bool(w["apply"]),
+    )
+    cfg = HubConfig(
+        path=p,
+        listen_host=host,
+        listen_port=int(port),
+        url=str(d["url"]),
+        tls_cert=path_of(d["tls_cert"], "tls_cert"),
+        tls_key=path_of(d["tls_key"], "tls_key"),
+        ca_cert=path_of(d["ca_cert"], "ca_cert"),
+        database=path_of(d["database"], "database"),
+        secret_key_file=path_of(d["secret_key_file"], "secret_key_file"),
+        quarantine_seconds=int(num(d["quarantine_seconds"], "quarantine_seconds")),
+        reconcile_seconds=num(d["reconcile_seconds"], "reconcile_seconds"),
+        wg=wg,
+        limits=limits,
+        join={**j, "_base": str(base)},
+    )
+    if problems:
+        raise ValidationError(problems)
+    return cfg

@@ -1,0 +1,661 @@
+#!/usr/bin/env python3
+"""nodeforge-enroll: the first-boot enrollment agent (stdlib only, Python >= 3.10).
+
+Runs once per boot from nodeforge-enroll.service until /var/lib/nodeforge/joined exists:
+wait for route/DNS/clock -> keep wg.key + node_id -> POST /v1/enroll (TLS pinned to the hub
+CA) -> save the answer -> write /etc/wireguard/<iface>.conf, wg-quick up -> wait for a
+handshake -> GET join material through the tunnel -> kubeadm join --config (tmpfs) ->
+POST /v1/complete -> touch joined.
+
+Every line it prints starts with ``nodeforge-enroll: step=<step>`` so ``journalctl -u
+nodeforge-enroll`` shows where it stopped. Exit codes: 0 done, 75 temporary failure
+(systemd restarts it), 78 permanent failure (bad token, revoked, bad config: the unit's
+RestartPreventExitStatus stops the loop).
+
+Clock, sleep, randomness, HTTP and commands are injected so the unit tests run the whole
+state machine without sleeping, without a network and without root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import random
+import re
+import socket
+import ssl
+import subprocess  # stdlib-only node script: it cannot use builder.run
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.client import HTTPException, HTTPSConnection
+from pathlib import Path
+from typing import Any
+
+PREFIX = "nodeforge-enroll:"
+DEFAULT_CONFIG = "/etc/nodeforge/node.json"
+EXIT_OK, EXIT_RETRY, EXIT_STOP = 0, 75, 78
+
+
+class Stop(Exception):
+    """Permanent failure: retrying cannot help (exit 78)."""
+
+
+class Retry(Exception):
+    """Temporary failure: let systemd start us again (exit 75)."""
+
+
+def log(step: str, msg: str = "", **kv: Any) -> None:
+    parts = [PREFIX, f"step={step}"]
+    parts += [f"{k}={v}" for k, v in kv.items()]
+    if msg:
+        parts.append(msg)
+    print(" ".join(parts), file=sys.stderr, flush=True)
+
+
+# -- configuration -------------------------------------------------------------------------
+@dataclass
+class Config:
+    site: str
+    enroll_url: str
+    ca_file: str
+    token_file: str
+    ca_pin: str = ""
+    interface: str = "wg0"
+    image_version: str = ""
+    build_time: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[dict[str, str]] = field(default_factory=list)
+    kubernetes_version: str = ""
+    state_dir: str = "/var/lib/nodeforge"
+    retry_max_seconds: float = 300
+    # paths and programs, overridable so tests can run the agent as a plain process
+    wireguard_dir: str = "/etc/wireguard"
+    run_dir: str = "/run/nodeforge"
+    sys_dir: str = "/sys"
+    kubeadm: str = "kubeadm"
+    wg: str = "wg"
+    wg_quick: str = "wg-quick"
+    systemctl: str = "systemctl"
+    enable_wg_unit: bool = True
+    hostname: str = ""
+    handshake_timeout: float = 60
+    http_timeout: float = 20
+    join_attempts: int = 3
+    enroll_attempts: int = 20
+
+    @property
+    def joined_marker(self) -> Path:
+        return Path(self.state_dir) / "joined"
+
+
+REQUIRED = ("site", "enroll_url", "ca_file", "token_file")
+
+
+def load_config(path: str) -> Config:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise Stop(f"{path}: config file not found") from exc
+    except (OSError, ValueError) as exc:
+        raise Stop(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise Stop(f"{path}: top level must be an object")
+    problems = [f"{path}: {k}: required" for k in REQUIRED if not raw.get(k)]
+    known = set(Config.__dataclass_fields__)
+    kwargs: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in known:
+            kwargs[k] = v
+    url = urllib.parse.urlsplit(str(raw.get("enroll_url", "")))
+    if raw.get("enroll_url") and (url.scheme != "https" or not url.hostname):
+        problems.append(f"{path}: enroll_url: must be https://HOST[:PORT]")
+    if raw.get("ca_pin") and not re.fullmatch(r"sha256:[0-9a-f]{64}", str(raw["ca_pin"])):
+        problems.append(f"{path}: ca_pin: must be sha256:<64 hex>")
+    if not re.fullmatch(r"[A-Za-z0-9_=+.-]{1,15}", str(raw.get("interface", "wg0"))):
+        problems.append(f"{path}: interface: not an interface name")
+    if problems:
+        raise Stop("; ".join(problems))
+    return Config(**kwargs)
+
+
+# -- the outside world (replaced in tests) --------------------------------------------------
+class System:
+    """Commands, DNS, routes and files: the only place the agent touches the OS."""
+
+    def run(
+        self, argv: list[str], timeout: float = 600, env: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        try:
+            p = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, **(env or {})},
+                check=False,
+            )
+        except FileNotFoundError:
+            return 127, f"{argv[0]}: not found"
+        except subprocess.TimeoutExpired:
+            return 124, f"{argv[0]}: timed out after {timeout:g}s"
+        return p.returncode, (p.stdout or "") + (p.stderr or "")
+
+    def resolve(self, host: str, port: int) -> str:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return str(infos[0][4][0])
+
+    def has_route(self, addr: str, port: int) -> bool:
+        """A UDP connect() asks the kernel for a route and sends nothing."""
+        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect((addr, port))
+                return True
+            except OSError:
+                return False
+
+    def hostname(self) -> str:
+        return socket.gethostname()
+
+
+class Http:
+    """HTTPS with the hub CA as the only trust anchor; token/secret in the header only."""
+
+    def __init__(self, ca_file: str, timeout: float) -> None:
+        self.ctx = ssl.create_default_context(cafile=ca_file)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        bearer: str,
+        body: dict[str, Any] | None = None,
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        u = urllib.parse.urlsplit(url)
+        conn = HTTPSConnection(
+            u.hostname or "", u.port or 443, context=self.ctx, timeout=self.timeout
+        )
+        data = json.dumps(body).encode() if body is not None else b""
+        headers = {
+            "Authorization": f"Bearer {bearer}",
+            "Content-Type": "application/json",
+            "User-Agent": "nodeforge-enroll",
+        }
+        if method == "POST":
+            headers["Content-Length"] = str(len(data))
+        try:
+            conn.request(
+                method, u.path or "/", body=data if method == "POST" else None, headers=headers
+            )
+            resp = conn.getresponse()
+            raw = resp.read(1 << 20)
+            hdrs = {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except ValueError:
+            parsed = {"error": raw[:200].decode(errors="replace")}
+        return resp.status, hdrs, parsed if isinstance(parsed, dict) else {}
+
+
+# -- helpers -------------------------------------------------------------------------------
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def ca_pin_of(ca_file: str) -> str:
+    pem = Path(ca_file).read_text()
+    der = ssl.PEM_cert_to_DER_cert(pem)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def q(s: Any) -> str:
+    """A YAML double-quoted scalar (JSON string syntax is valid YAML)."""
+    return json.dumps(str(s))
+
+
+def join_configuration(mat: dict[str, Any], cfg: Config, address: str, hostname: str) -> str:
+    """kubeadm v1beta4 JoinConfiguration: node-ip = overlay address, labels, taints."""
+    labels = {**(mat.get("labels") or {}), **cfg.labels}
+    taints = list(mat.get("taints") or []) + list(cfg.taints)
+    lines = [
+        "apiVersion: kubeadm.k8s.io/v1beta4",
+        "kind: JoinConfiguration",
+        "discovery:",
+        "  bootstrapToken:",
+        f"    apiServerEndpoint: {q(mat['api_server'])}",
+        f"    token: {q(mat['token'])}",
+        "    caCertHashes:",
+        *[f"      - {q(h)}" for h in mat.get("ca_cert_hashes") or []],
+        "nodeRegistration:",
+        f"  name: {q(hostname)}",
+    ]
+    if mat.get("cri_socket"):
+        lines.append(f"  criSocket: {q(mat['cri_socket'])}")
+    lines += ["  kubeletExtraArgs:", '    - name: "node-ip"', f"      value: {q(address)}"]
+    if labels:
+        value = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        lines += ['    - name: "node-labels"', f"      value: {q(value)}"]
+    if taints:
+        lines.append("  taints:")
+        for t in taints:
+            lines.append(f"    - key: {q(t['key'])}")
+            if t.get("value") is not None:
+                lines.append(f"      value: {q(t['value'])}")
+            lines.append(f"      effect: {q(t.get('effect', 'NoSchedule'))}")
+    else:
+        lines.append("  taints: []")
+    return "\n".join(lines) + "\n"
+
+
+# -- the state machine ---------------------------------------------------------------------
+class Agent:
+    def __init__(
+        self,
+        cfg: Config,
+        system: System | None = None,
+        http: Any = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.cfg = cfg
+        self.sys = system or System()
+        self.http = http
+        self.clock = clock
+        self.sleep = sleep
+        self.rand = rand
+        self.state = Path(cfg.state_dir)
+
+    # backoff with full jitter, capped by retry_max_seconds
+    def backoff(self, attempt: int, base: float = 2.0) -> float:
+        cap = max(1.0, float(self.cfg.retry_max_seconds))
+        return self.rand() * min(cap, base * (2 ** min(attempt, 20)))
+
+    def pause(self, seconds: float, step: str, why: str) -> None:
+        log(step, f"waiting {seconds:.1f}s: {why}")
+        self.sleep(seconds)
+
+    def run(self) -> int:
+        if self.cfg.joined_marker.exists():
+            log("done", "already joined", marker=self.cfg.joined_marker)
+            return EXIT_OK
+        try:
+            self.check_ca()
+            self.wait_for_network()
+            key, pub = self.ensure_key()
+            node_id = self.ensure_node_id()
+            enr = self.enroll(node_id, pub)
+            self.tunnel_up(enr, key)
+            self.wait_handshake(enr)
+            self.join(enr)
+            self.complete(enr)
+            atomic_write(self.cfg.joined_marker, f"{int(self.clock())}\n", 0o644)
+            log("done", "node enrolled and joined", address=enr["address"])
+            return EXIT_OK
+        except Stop as exc:
+            log("failed", f"permanent failure, not retrying: {exc}")
+            return EXIT_STOP
+        except Retry as exc:
+            log("failed", f"will retry (systemd restarts this unit): {exc}")
+            return EXIT_RETRY
+
+    # 0. trust anchor
+    def check_ca(self) -> None:
+        try:
+            pin = ca_pin_of(self.cfg.ca_file)
+        except (OSError, ValueError) as exc:
+            raise Stop(f"{self.cfg.ca_file}: cannot read the hub CA: {exc}") from exc
+        if self.cfg.ca_pin and pin != self.cfg.ca_pin:
+            raise Stop(f"{self.cfg.ca_file}: CA does not match ca_pin {self.cfg.ca_pin}")
+        if self.http is None:
+            self.http = Http(self.cfg.ca_file, self.cfg.http_timeout)
+        log("ca", "hub CA matches the pin", pin=pin[:19] + "…")
+
+    # 1. route, DNS, clock
+    def wait_for_network(self, max_attempts: int = 60) -> None:
+        u = urllib.parse.urlsplit(self.cfg.enroll_url)
+        host, port = u.hostname or "", u.port or 443
+        for attempt in range(max_attempts):
+            problem = ""
+            if self.clock() < self.cfg.build_time:
+                problem = f"clock {int(self.clock())} is before build time {self.cfg.build_time}"
+            else:
+                try:
+                    addr = self.sys.resolve(host, port)
+                except OSError as exc:
+                    problem = f"cannot resolve {host}: {exc}"
+                else:
+                    if not self.sys.has_route(addr, port):
+                        problem = f"no route to {addr}"
+            if not problem:
+                log("network", "route, DNS and clock ok", hub=host)
+                return
+            self.pause(self.backoff(attempt, 1.0), "network", problem)
+        raise Retry("network not ready (route/DNS/clock)")
+
+    # 2. identity, created once
+    def ensure_key(self) -> tuple[str, str]:
+        kf = self.state / "wg.key"
+        if kf.exists():
+            key = kf.read_text().strip()
+            os.chmod(kf, 0o600)
+        else:
+            rc, out = self.sys.run([self.cfg.wg, "genkey"], timeout=30)
+            key = out.strip()
+            if rc != 0 or len(key) != 44:
+                raise Retry(f"wg genkey failed: {out.strip()[:200]}")
+            self.state.mkdir(parents=True, exist_ok=True)
+            atomic_write(kf, key + "\n", 0o600)
+            log("identity", "created WireGuard key", path=kf)
+        pub = self.pubkey(key)
+        return key, pub
+
+    def pubkey(self, key: str) -> str:
+        rc, out = self._run_input([self.cfg.wg, "pubkey"], key + "\n")
+        if rc != 0 or len(out.strip()) != 44:
+            raise Retry(f"wg pubkey failed: {out.strip()[:200]}")
+        return out.strip()
+
+    def _run_input(self, argv: list[str], data: str) -> tuple[int, str]:
+        run_input = getattr(self.sys, "run_input", None)
+        if run_input is not None:
+            return run_input(argv, data)  # type: ignore[no-any-return]
+        try:
+            p = subprocess.run(
+                argv, input=data, capture_output=True, text=True, timeout=30, check=False
+            )
+        except FileNotFoundError:
+            return 127, f"{argv[0]}: not found"
+        return p.returncode, p.stdout + p.stderr
+
+    def ensure_node_id(self) -> str:
+        nf = self.state / "node_id"
+        if nf.exists():
+            return nf.read_text().strip()
+        nid = base64.b32encode(os.urandom(15)).decode().lower()
+        atomic_write(nf, nid + "\n", 0o644)
+        log("identity", "created node id", node_id=nid)
+        return nid
+
+    def fingerprint(self) -> str:
+        base = Path(self.cfg.sys_dir)
+        parts = []
+        for f in ("product_uuid", "product_serial", "board_serial"):
+            with contextlib.suppress(OSError):
+                v = (base / "class/dmi/id" / f).read_text().strip()
+                if v and v.lower() not in ("none", "0", "default string", "to be filled by o.e.m."):
+                    parts.append(f"{f}={v}")
+        with contextlib.suppress(OSError):
+            for dev in sorted((base / "class/net").iterdir()):
+                if (dev / "device").exists():
+                    parts.append("mac=" + (dev / "address").read_text().strip())
+        if not parts:
+            return ""
+        return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def hostname(self) -> str:
+        name = (self.cfg.hostname or self.sys.hostname()).split(".")[0].lower()
+        name = re.sub(r"[^a-z0-9-]", "-", name).strip("-")[:63]
+        return name or "node"
+
+    # 3. enroll
+    def token(self) -> str:
+        try:
+            t = Path(self.cfg.token_file).read_text().strip()
+        except OSError as exc:
+            raise Stop(f"{self.cfg.token_file}: no enrollment token ({exc.strerror})") from exc
+        if not t:
+            raise Stop(f"{self.cfg.token_file}: enrollment token file is empty")
+        return t
+
+    def saved(self, pub: str) -> dict[str, Any] | None:
+        f = self.state / "enrollment.json"
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("wg_pubkey") != pub:
+            return None
+        return data  # type: ignore[no-any-return]
+
+    def enroll(self, node_id: str, pub: str) -> dict[str, Any]:
+        old = self.saved(pub)
+        if old:
+            log("enroll", "using the saved enrollment", address=old["address"])
+            return old
+        token = self.token()
+        body = {
+            "site": self.cfg.site,
+            "node_id": node_id,
+            "wg_pubkey": pub,
+            "hostname": self.hostname(),
+            "fingerprint": self.fingerprint(),
+            "image_version": self.cfg.image_version,
+        }
+        url = self.cfg.enroll_url.rstrip("/") + "/v1/enroll"
+        failures = 0
+        while True:
+            try:
+                status, headers, data = self.http.request("POST", url, token, body)
+            except (OSError, HTTPException, ssl.SSLError) as exc:
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    raise Stop(f"hub certificate rejected: {exc.verify_message}") from exc
+                status, headers, data = 0, {}, {"error": str(exc)}
+            err = str(data.get("error", ""))[:200]
+            retry_after = self._retry_after(headers)
+            if status == 200:
+                self.check_enrollment(data)
+                data["wg_pubkey"] = pub
+                atomic_write(self.state / "enrollment.json", json.dumps(data, indent=1), 0o600)
+                log("enroll", "enrolled", status=200, address=data["address"], node_id=node_id)
+                return data
+            if status == 202:
+                self.pause(
+                    retry_after or 30 + self.rand() * 15,
+                    "enroll",
+                    "pending approval on the hub (builder hub approve " + node_id + ")",
+                )
+                continue
+            if status in (400, 401, 403, 409):
+                raise Stop(f"hub refused enrollment: HTTP {status}: {err}")
+            failures += 1
+            if failures >= self.cfg.enroll_attempts:
+                raise Retry(f"enrollment failed {failures} times, last: HTTP {status} {err}")
+            wait = retry_after if retry_after is not None else self.backoff(failures)
+            self.pause(wait, "enroll", f"HTTP {status or 'error'}: {err}")
+
+    @staticmethod
+    def _retry_after(headers: dict[str, str]) -> float | None:
+        v = headers.get("retry-after")
+        if v and v.strip().isdigit():
+            return min(float(v), 3600.0)
+        return None
+
+    def check_enrollment(self, d: dict[str, Any]) -> None:
+        try:
+            net = ipaddress.IPv4Network(d["overlay_cidr"])
+            addr = ipaddress.IPv4Address(d["address"])
+            hub = d["hub"]
+            ok = (
+                addr in net
+                and addr not in (net.network_address, net.broadcast_address)
+                and len(hub["pubkey"]) == 44
+                and ":" in hub["endpoint"]
+                and int(d["mtu"]) >= 1280
+                and d.get("node_secret")
+                and d.get("join_url")
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise Retry(f"hub sent an incomplete enrollment: {exc}") from exc
+        if not ok:
+            raise Retry("hub sent an inconsistent enrollment")
+
+    # 4. tunnel
+    def wg_conf(self, enr: dict[str, Any], key: str) -> str:
+        hub = enr["hub"]
+        lines = [
+            "# written by nodeforge-enroll from the hub's answer; no SaveConfig",
+            "[Interface]",
+            f"PrivateKey = {key}",
+            f"Address = {enr['address']}/32",
+            f"MTU = {int(enr['mtu'])}",
+            "",
+            "[Peer]",
+            f"PublicKey = {hub['pubkey']}",
+            f"Endpoint = {hub['endpoint']}",
+            f"AllowedIPs = {enr['overlay_cidr']}",
+            f"PersistentKeepalive = {int(enr.get('keepalive') or 25)}",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def tunnel_up(self, enr: dict[str, Any], key: str) -> None:
+        iface = self.cfg.interface
+        conf = Path(self.cfg.wireguard_dir) / f"{iface}.conf"
+        atomic_write(conf, self.wg_conf(enr, key), 0o600)
+        log("wireguard", "wrote config", path=conf)
+        rc, _ = self.sys.run([self.cfg.wg, "show", iface, "public-key"], timeout=30)
+        if rc == 0:  # up from an earlier attempt: bring it up again with this config
+            self.sys.run([self.cfg.wg_quick, "down", str(conf)], timeout=60)
+        rc, out = self.sys.run([self.cfg.wg_quick, "up", str(conf)], timeout=60)
+        if rc != 0:
+            raise Retry(f"wg-quick up {iface} failed: {out.strip()[-300:]}")
+        log("wireguard", "interface up", interface=iface, address=enr["address"])
+        if self.cfg.enable_wg_unit:
+            rc, out = self.sys.run([self.cfg.systemctl, "enable", f"wg-quick@{iface}"], timeout=60)
+            if rc != 0:
+                log("wireguard", f"could not enable wg-quick@{iface}: {out.strip()[-200:]}")
+
+    def wait_handshake(self, enr: dict[str, Any], rounds: int = 3) -> None:
+        iface, hub = self.cfg.interface, enr["hub"]
+        step = 1.0
+        for r in range(rounds):
+            waited = 0.0
+            while waited < self.cfg.handshake_timeout:
+                rc, out = self.sys.run(
+                    [self.cfg.wg, "show", iface, "latest-handshakes"], timeout=30
+                )
+                for line in out.splitlines() if rc == 0 else []:
+                    k, _, ts = line.partition("\t")
+                    if k == hub["pubkey"] and ts.strip().isdigit() and int(ts) > 0:
+                        log("handshake", "tunnel to the hub is up", hub=hub["overlay_ip"])
+                        return
+                self.sleep(step)
+                waited += step
+            log(
+                "handshake",
+                f"no handshake after {self.cfg.handshake_timeout:g}s; "
+                "re-resolving the hub endpoint",
+                round=r + 1,
+            )
+            self.sys.run(
+                [self.cfg.wg, "set", iface, "peer", hub["pubkey"], "endpoint", hub["endpoint"]],
+                timeout=60,
+            )
+        raise Retry("no WireGuard handshake with the hub")
+
+    # 5. join through the tunnel
+    def fetch_join(self, enr: dict[str, Any]) -> dict[str, Any]:
+        for attempt in range(10):
+            try:
+                status, headers, data = self.http.request(
+                    "GET", enr["join_url"], enr["node_secret"]
+                )
+            except (OSError, HTTPException, ssl.SSLError) as exc:
+                status, headers, data = 0, {}, {"error": str(exc)}
+            if status == 200:
+                if data.get("node_ip") != enr["address"]:
+                    raise Stop(f"join material is for {data.get('node_ip')}, not {enr['address']}")
+                return data
+            if status in (401, 403):
+                raise Stop(f"hub refused join material: HTTP {status}: {data.get('error')}")
+            wait = self._retry_after(headers) or self.backoff(attempt)
+            self.pause(
+                wait, "join", f"join material: HTTP {status or 'error'}: {data.get('error')}"
+            )
+        raise Retry("could not fetch join material")
+
+    def join(self, enr: dict[str, Any]) -> None:
+        run_dir = Path(self.cfg.run_dir)
+        path = run_dir / "join.yaml"
+        for attempt in range(self.cfg.join_attempts):
+            mat = self.fetch_join(enr)
+            atomic_write(
+                path, join_configuration(mat, self.cfg, enr["address"], self.hostname()), 0o600
+            )
+            log("join", "running kubeadm join", config=path, node_ip=enr["address"])
+            rc, out = self.sys.run([self.cfg.kubeadm, "join", "--config", str(path)], timeout=900)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # it holds a bootstrap token
+            if rc == 0:
+                log("join", "kubeadm join succeeded")
+                return
+            log(
+                "join",
+                f"kubeadm join failed (exit {rc}): {out.strip()[-300:]}",
+                attempt=attempt + 1,
+            )
+            self.sys.run([self.cfg.kubeadm, "reset", "-f"], timeout=300)
+            self.pause(self.backoff(attempt), "join", "fresh join material after reset")
+        raise Retry(f"kubeadm join failed {self.cfg.join_attempts} times")
+
+    # 6. report
+    def complete(self, enr: dict[str, Any]) -> None:
+        url = enr["join_url"].rsplit("/", 1)[0] + "/complete"
+        for attempt in range(5):
+            try:
+                status, _, data = self.http.request("POST", url, enr["node_secret"], {})
+            except (OSError, HTTPException, ssl.SSLError) as exc:
+                status, data = 0, {"error": str(exc)}
+            if status == 200:
+                log("complete", "hub recorded the join")
+                return
+            self.pause(self.backoff(attempt), "complete", f"HTTP {status}: {data.get('error')}")
+        log("complete", "could not report completion; the bootstrap token expires on its own")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="nodeforge-enroll", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=os.environ.get("NODEFORGE_CONFIG", DEFAULT_CONFIG))
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except Stop as exc:
+        log("config", str(exc))
+        return EXIT_STOP
+    log("start", site=cfg.site, interface=cfg.interface, config=args.config)
+    return Agent(cfg).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
