@@ -126,8 +126,22 @@ set prefix=($root)/boot/grub
 """
 
 GRUB_MODULES_COMMON = [
-    "normal", "configfile", "search", "search_fs_file", "iso9660", "part_msdos", "part_gpt",
-    "linux", "echo", "test", "serial", "terminal", "ls", "cat", "halt", "reboot",
+    "normal",
+    "configfile",
+    "search",
+    "search_fs_file",
+    "iso9660",
+    "part_msdos",
+    "part_gpt",
+    "linux",
+    "echo",
+    "test",
+    "serial",
+    "terminal",
+    "ls",
+    "cat",
+    "halt",
+    "reboot",
 ]
 GRUB_MODULES_BIOS = [*GRUB_MODULES_COMMON, "biosdisk"]
 GRUB_MODULES_EFI = [*GRUB_MODULES_COMMON, "fat", "efi_gop", "all_video"]
@@ -236,8 +250,17 @@ def pad_copy(src: Path, dst: Path, size: int) -> Path:
                 left -= n
         run(
             [
-                "xorriso", "-indev", src, "-outdev", dst, "-boot_image", "any", "replay",
-                "-map", pad, "/casper/filesystem.pad",
+                "xorriso",
+                "-indev",
+                src,
+                "-outdev",
+                dst,
+                "-boot_image",
+                "any",
+                "replay",
+                "-map",
+                pad,
+                "/casper/filesystem.pad",
             ]
         )
     return dst
@@ -337,8 +360,7 @@ def _newc(entries: list[tuple[str, int, bytes]]) -> bytes:
         nm = name.encode() + b"\0"
         nlink = 2 if mode & 0o040000 else 1
         hdr = "070701" + "".join(
-            f"{v:08X}"
-            for v in (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(nm), 0)
+            f"{v:08X}" for v in (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(nm), 0)
         )
         buf.write(hdr.encode() + nm)
         pad4()
@@ -400,15 +422,31 @@ def _build_iso(kernel_dir: Path, tmp: Path, out: Path) -> None:
     early.write_text(EARLY_CFG)
     run(
         [
-            "grub-mkimage", "-O", "i386-pc-eltorito", "-p", "/boot/grub", "-c", early,
-            "-o", tree / "boot/grub/i386-pc/eltorito.img", *GRUB_MODULES_BIOS,
+            "grub-mkimage",
+            "-O",
+            "i386-pc-eltorito",
+            "-p",
+            "/boot/grub",
+            "-c",
+            early,
+            "-o",
+            tree / "boot/grub/i386-pc/eltorito.img",
+            *GRUB_MODULES_BIOS,
         ]
     )
     bootx64 = tmp / "bootx64.efi"
     run(
         [
-            "grub-mkimage", "-O", "x86_64-efi", "-p", "/boot/grub", "-c", early,
-            "-o", bootx64, *GRUB_MODULES_EFI,
+            "grub-mkimage",
+            "-O",
+            "x86_64-efi",
+            "-p",
+            "/boot/grub",
+            "-c",
+            early,
+            "-o",
+            bootx64,
+            *GRUB_MODULES_EFI,
         ]
     )
     (tree / "md5sum.txt").write_text(_md5sums(tree))
@@ -422,23 +460,41 @@ def _build_iso(kernel_dir: Path, tmp: Path, out: Path) -> None:
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "1700000000")
     run(
         [
-            "xorriso", "-as", "mkisofs",
+            "xorriso",
+            "-as",
+            "mkisofs",
             "-r",
-            "-V", FIXTURE_VOLID,
-            "-o", out,
-            "--grub2-mbr", "/usr/lib/grub/i386-pc/boot_hybrid.img",
+            "-V",
+            FIXTURE_VOLID,
+            "-o",
+            out,
+            "--grub2-mbr",
+            "/usr/lib/grub/i386-pc/boot_hybrid.img",
             "--protective-msdos-label",
-            "-partition_cyl_align", "off",
-            "-partition_offset", "16",
+            "-partition_cyl_align",
+            "off",
+            "-partition_offset",
+            "16",
             "--mbr-force-bootable",
-            "-append_partition", "2", "28732ac11ff8d211ba4b00a0c93ec93b", efi,
+            "-append_partition",
+            "2",
+            "28732ac11ff8d211ba4b00a0c93ec93b",
+            efi,
             "-appended_part_as_gpt",
-            "-iso_mbr_part_type", "a2a0d0ebe5b9334487c068b6b72699c7",
-            "-c", "/boot.catalog",
-            "-b", "/boot/grub/i386-pc/eltorito.img",
-            "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", "--grub2-boot-info",
+            "-iso_mbr_part_type",
+            "a2a0d0ebe5b9334487c068b6b72699c7",
+            "-c",
+            "/boot.catalog",
+            "-b",
+            "/boot/grub/i386-pc/eltorito.img",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "--grub2-boot-info",
             "-eltorito-alt-boot",
-            "-e", "--interval:appended_partition_2:all::",
+            "-e",
+            "--interval:appended_partition_2:all::",
             "-no-emul-boot",
             tree,
         ],
