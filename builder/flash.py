@@ -1,0 +1,754 @@
+"""Write an image to a USB stick (or a regular file) without ever hitting the wrong disk.
+
+Order of work in :func:`flash`:
+
+1. pick the image (a path, or the newest ``*.iso`` in ``dist/<site>/``);
+2. identify the target through :mod:`builder.blockdev` (sysfs + mountinfo) and refuse it,
+   with every reason, when it is not a removable/USB whole disk, is mounted or in use, is
+   smaller than the image, or is read-only. ``--force`` overrides the soft reasons; nothing
+   overrides "holds the running root filesystem";
+3. describe the target (model, size, serial) and ask, unless ``yes`` (no way to ask and no
+   ``yes`` → refuse);
+4. write in large page-aligned blocks with ``O_DIRECT`` when the target takes it (else
+   buffered, transparently), the image read and hashed in a second thread so reading,
+   hashing and writing overlap; ``O_EXCL`` so the kernel itself refuses a device that is
+   mounted; progress on stderr; ``fsync`` at the end;
+5. read the target back (``O_DIRECT``, or buffered after dropping the page cache) and compare
+   its sha256 with the image's, and with ``SHA256SUMS`` beside the image when it lists it.
+
+A regular-file target is written to a temp file and renamed, so it is complete or absent.
+Ctrl-C while writing a device raises :class:`FlashInterrupted` (exit 130) saying the stick
+is now incomplete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import queue
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+from . import blockdev
+from .blockdev import BlockTarget, Problem, SysView, human_size
+from .errors import BuilderError, UsageError
+from .fsutil import atomic_output
+
+log = logging.getLogger("builder.flash")
+
+BLOCK_SIZE = 4 << 20  # bytes per write; a multiple of every logical block size
+ALIGN = 4096  # O_DIRECT offset/length alignment we keep (≥ any logical block size)
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+class FlashInterrupted(BuilderError):
+    """Ctrl-C while writing or verifying: exit 130 like any interrupted command."""
+
+    exit_code = 130
+
+
+class VerifyFailed(BuilderError):
+    """The bytes read back (or the image itself) do not have the expected sha256."""
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+class ProgressLike(Protocol):
+    def update(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    if s >= 3600:
+        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
+
+
+class Progress:
+    """``label [####----]  42%  1.2 GiB / 2.8 GiB  35.2 MiB/s  ETA 0:47`` on stderr.
+
+    On a terminal the line is redrawn in place (at most 5 times a second); otherwise a line
+    is printed every 10 %, so logs stay short.
+    """
+
+    def __init__(self, label: str, total: int, stream: IO[str] | None = None) -> None:
+        self.label = label
+        self.total = max(total, 1)
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.done = 0
+        self.start = time.monotonic()
+        self._last = 0.0
+        self._decile = -1
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        rate = self.done / elapsed
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * 24)
+        eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
+        return (
+            f"{self.label} [{bar:<24}] {frac * 100:3.0f}%  {human_size(self.done)} / "
+            f"{human_size(self.total)}  {human_size(int(rate))}/s  ETA {eta}"
+        )
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.tty:
+            if now - self._last >= 0.2 or self.done >= self.total:
+                self._last = now
+                self.stream.write("\r" + self.line() + "\x1b[K")
+                self.stream.flush()
+        else:
+            decile = min(self.done * 10 // self.total, 10)
+            if decile > self._decile:
+                self._decile = decile
+                self.stream.write(self.line() + "\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\r" + self.line() + "\x1b[K\n")
+            self.stream.flush()
+
+
+class NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Counted:
+    """Counts the bytes reported to a progress display (for the Ctrl-C message)."""
+
+    def __init__(self, inner: ProgressLike) -> None:
+        self.inner = inner
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.inner.update(n)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+ProgressFactory = Callable[[str, int], ProgressLike]
+
+
+def stderr_progress(label: str, total: int) -> ProgressLike:
+    return Progress(label, total)
+
+
+# --- the image ----------------------------------------------------------------------------
+
+
+def resolve_image(image: Path | None, site: str | None, dist: Path = Path("dist")) -> Path:
+    """The image to write: ``image`` itself, or the newest ``*.iso`` in ``dist/<site>/``."""
+    if image is not None and site is not None:
+        raise UsageError("give either IMAGE or --site, not both")
+    if image is not None:
+        if not image.is_file():
+            raise UsageError(f"{image}: no such image file")
+        return image
+    if site is None:
+        raise UsageError("missing IMAGE (or --site SITE to use the latest ISO in dist/SITE/)")
+    folder = dist / site
+    isos = [p for p in folder.glob("*.iso") if p.is_file() and not p.name.startswith(".")]
+    if not isos:
+        raise UsageError(
+            f"{folder}: no ISO found for site {site!r}",
+            hint=f"build it first: make image SITE={site}",
+        )
+    return max(isos, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def read_sums(path: Path) -> dict[str, str]:
+    """``SHA256SUMS`` (sha256sum format, text or ``*binary`` mode): file name → hex digest."""
+    sums = {}
+    for line in path.read_text(errors="replace").splitlines():
+        digest, _, name = line.strip().partition(" ")
+        name = name.strip().removeprefix("*")
+        if len(digest) == 64 and name:
+            sums[Path(name).name] = digest.lower()
+    return sums
+
+
+# --- the target ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    path: Path
+    kind: str  # "block" or "file"
+    block: BlockTarget | None = None
+    exists: bool = True
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return self.block.problems if self.block else ()
+
+    def describe(self) -> str:
+        if self.block is None:
+            if self.exists:
+                size = self.path.stat().st_size
+                return f"{self.path}: regular file, {human_size(size)} (will be replaced)"
+            return f"{self.path}: new regular file"
+        d = self.block.disk
+        size = self.block.size
+        lines = [
+            f"{self.path}: {d.label}, {human_size(size)} ({size} bytes), "
+            f"serial {d.serial or 'unknown'}, {d.transport}"
+            + (", removable" if d.removable else ""),
+        ]
+        if self.block.partition:
+            lines[0] += f" (partition {self.block.partition.name} of /dev/{d.name})"
+        elif d.partitions:
+            parts = ", ".join(f"{p.name} {human_size(p.size)}" for p in d.partitions)
+            lines.append(f"  partitions: {parts}")
+        return "\n".join(lines)
+
+
+def find_target(device: str, image_size: int, view: SysView) -> Target:
+    """Identify ``device``: a block device (looked up in ``view``) or a regular file."""
+    path = Path(device).absolute()
+    if path.exists():
+        real = Path(os.path.realpath(path))
+        st = os.stat(real)
+        if stat.S_ISBLK(st.st_mode):
+            devno = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+            blk = blockdev.inspect(devno, image_size, view)
+            if blk is None:
+                raise BuilderError(
+                    f"{device}: block device {devno} not found under {view.sys_root}/block"
+                )
+            return Target(real, "block", blk)
+        if stat.S_ISREG(st.st_mode):
+            return Target(path, "file")
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{device}: is a directory, not a device or image file")
+        raise UsageError(f"{device}: not a block device or regular file")
+    if str(path).startswith("/dev/"):
+        # Never create files under /dev. With a fixture view the name may still be known.
+        blk = blockdev.inspect(path.name, image_size, view)
+        if blk is None or view.is_host:
+            raise UsageError(
+                f"{device}: no such device", hint="list candidates with `builder devices`"
+            )
+        return Target(path, "block", blk, exists=False)
+    if not path.parent.is_dir():
+        raise UsageError(f"{device}: directory {path.parent} does not exist")
+    return Target(path, "file", exists=False)
+
+
+def check_target(target: Target, *, force: bool) -> list[Problem]:
+    """Raise when the target must not be written; return the problems ``force`` overrode."""
+    probs = list(target.problems)
+    if not probs:
+        return []
+    hard = [p for p in probs if p.hard]
+    if hard or not force:
+        lines = [f"refusing to flash {target.path}:"] + [f"  - {p.message}" for p in probs]
+        if hard:
+            hint = "--force cannot override: " + "; ".join(p.message for p in hard)
+        else:
+            hint = "check `builder devices`; --force overrides this if you are sure"
+        raise BuilderError("\n".join(lines), hint=hint)
+    return probs
+
+
+# --- low-level I/O ------------------------------------------------------------------------
+
+
+def _buffers(n: int, size: int) -> list[mmap.mmap]:
+    return [mmap.mmap(-1, size) for _ in range(n)]  # page-aligned: fit for O_DIRECT
+
+
+def _pipeline(
+    fill: Callable[[memoryview], int],
+    drain: Callable[[memoryview], None],
+    block_size: int,
+    nbuf: int = 3,
+) -> None:
+    """Run ``fill`` in a thread and ``drain`` in this one, over a ring of aligned buffers.
+
+    ``fill(buf)`` returns how many bytes it put in ``buf`` (0 = end); ``drain`` consumes
+    them. Both release the GIL in their system calls and hashing, so they overlap. A
+    KeyboardInterrupt in ``drain`` stops the thread before it propagates.
+    """
+    bufs = _buffers(nbuf, block_size)
+    free: queue.Queue[int] = queue.Queue()
+    full: queue.Queue[tuple[int, int | BaseException]] = queue.Queue()
+    stop = threading.Event()
+    for i in range(nbuf):
+        free.put(i)
+
+    def producer() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    i = free.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                n = fill(memoryview(bufs[i]))
+                full.put((i, n))
+                if n == 0:
+                    return
+        except BaseException as exc:  # handed to the consumer
+            full.put((-1, exc))
+
+    thread = threading.Thread(target=producer, name="flash-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                i, n = full.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if isinstance(n, BaseException):
+                raise n
+            if n == 0:
+                return
+            drain(memoryview(bufs[i])[:n])
+            free.put(i)
+    finally:
+        stop.set()
+        thread.join()
+        for b in bufs:
+            with contextlib.suppress(BufferError):
+                b.close()
+
+
+def _readinto_full(fh: IO[bytes], buf: memoryview) -> int:
+    """Fill ``buf`` from ``fh`` (a raw file) unless the file ends first."""
+    got = 0
+    while got < len(buf):
+        n = fh.readinto(buf[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+class _Writer:
+    """Sequential writes to ``fd``; O_DIRECT while possible, buffered for the rest."""
+
+    def __init__(self, fd: int, direct: bool) -> None:
+        self.fd = fd
+        self.direct = direct
+        self.written = 0
+        self.direct_bytes = 0
+
+    def _buffered(self) -> None:
+        if self.direct:
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~O_DIRECT)
+            self.direct = False
+
+    def write(self, data: memoryview) -> None:
+        while len(data):
+            chunk = data
+            if self.direct and (len(data) % ALIGN or self.written % ALIGN):
+                aligned = len(data) - len(data) % ALIGN if self.written % ALIGN == 0 else 0
+                if aligned == 0:
+                    self._buffered()  # the unaligned tail of the image
+                else:
+                    chunk = data[:aligned]
+            try:
+                n = os.write(self.fd, chunk)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and self.direct:
+                    log.debug("O_DIRECT write refused (%s); continuing buffered", exc)
+                    self._buffered()
+                    continue
+                if exc.errno == errno.ENOSPC:
+                    raise BuilderError(
+                        f"target full after {human_size(self.written)}: it is smaller than "
+                        "the image"
+                    ) from exc
+                raise BuilderError(f"write failed after {self.written} bytes: {exc}") from exc
+            if n == 0:
+                raise BuilderError(f"write failed after {self.written} bytes: no progress")
+            self.written += n
+            if self.direct:
+                self.direct_bytes += n
+            data = data[n:]
+
+
+def _open_write(path: Path, *, direct: bool, exclusive: bool) -> tuple[int, bool]:
+    """Open an existing file or device for writing (never creates: no O_CREAT)."""
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    if exclusive:
+        flags |= os.O_EXCL  # on a block device: EBUSY when mounted or held (Linux)
+    if direct and O_DIRECT:
+        try:
+            return os.open(path, flags | O_DIRECT), True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            log.debug("%s does not take O_DIRECT; writing buffered", path)
+    return os.open(path, flags), False
+
+
+@dataclass
+class WriteResult:
+    bytes: int
+    seconds: float
+    sha256: str | None
+    direct: bool
+
+
+def write_image(
+    image: Path,
+    target_fd: int,
+    *,
+    length: int,
+    direct: bool,
+    hash_image: bool,
+    progress: ProgressLike,
+    block_size: int = BLOCK_SIZE,
+) -> WriteResult:
+    """Copy ``length`` bytes of ``image`` to ``target_fd`` (opened by the caller), fsync."""
+    start = time.monotonic()
+    hasher = hashlib.sha256() if hash_image else None
+    writer = _Writer(target_fd, direct)
+    read = 0
+    with open(image, "rb", buffering=0) as src:
+
+        def fill(buf: memoryview) -> int:
+            nonlocal read
+            n = _readinto_full(src, buf[: min(len(buf), length - read)])
+            read += n
+            if hasher is not None and n:
+                hasher.update(buf[:n])
+            return n
+
+        def drain(data: memoryview) -> None:
+            writer.write(data)
+            progress.update(len(data))
+
+        _pipeline(fill, drain, block_size)
+    if writer.written != length:
+        raise BuilderError(f"{image}: shrank while being written ({writer.written} < {length})")
+    os.fsync(target_fd)
+    return WriteResult(
+        bytes=writer.written,
+        seconds=time.monotonic() - start,
+        sha256=hasher.hexdigest() if hasher else None,
+        direct=writer.direct_bytes > 0,
+    )
+
+
+@contextlib.contextmanager
+def _open_read(path: Path, length: int) -> Iterator[tuple[int, bool]]:
+    """Open for reading past the page cache: O_DIRECT, else drop the cached pages first."""
+    fd = -1
+    direct = False
+    if O_DIRECT:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | O_DIRECT)
+            direct = True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+    if fd < 0:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if not direct:
+            os.posix_fadvise(fd, 0, length, os.POSIX_FADV_DONTNEED)
+        yield fd, direct
+    finally:
+        os.close(fd)
+
+
+def read_back_sha256(
+    path: Path, length: int, *, progress: ProgressLike, block_size: int = BLOCK_SIZE
+) -> str:
+    """sha256 of the first ``length`` bytes of ``path``, read from the device, not the cache."""
+    hasher = hashlib.sha256()
+    with _open_read(path, length) as (fd, direct):
+        state = {"direct": direct, "offset": 0}
+
+        def fill(buf: memoryview) -> int:
+            left = length - state["offset"]
+            if left <= 0:
+                return 0
+            want = min(len(buf), left)
+            if state["direct"]:
+                want = min(len(buf), -(-want // ALIGN) * ALIGN)  # whole aligned blocks
+            try:
+                n = os.preadv(fd, [buf[:want]], state["offset"])
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not state["direct"]:
+                    raise
+                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~O_DIRECT)
+                os.posix_fadvise(fd, 0, length, os.POSIX_FADV_DONTNEED)
+                state["direct"] = False
+                n = os.preadv(fd, [buf[: min(len(buf), left)]], state["offset"])
+            n = min(n, left)
+            state["offset"] += n
+            return n
+
+        def drain(data: memoryview) -> None:
+            hasher.update(data)
+            progress.update(len(data))
+
+        _pipeline(fill, drain, block_size)
+        if state["offset"] < length:
+            raise VerifyFailed(
+                f"{path}: read back only {state['offset']} of {length} bytes",
+                hint="the target is shorter than the image",
+            )
+    return hasher.hexdigest()
+
+
+# --- the whole operation ------------------------------------------------------------------
+
+
+@dataclass
+class FlashResult:
+    image: Path
+    target: Path
+    bytes: int
+    seconds: float
+    direct: bool
+    sha256: str | None = None
+    verified: bool = False
+    sums_file: Path | None = None
+    overridden: list[Problem] = field(default_factory=list)
+
+
+def _sums_digest(image: Path) -> tuple[Path | None, str | None]:
+    sums = image.parent / "SHA256SUMS"
+    if not sums.is_file():
+        return None, None
+    digest = read_sums(sums).get(image.name)
+    if digest is None:
+        log.warning("%s does not list %s; comparing with the image only", sums, image.name)
+        return None, None
+    return sums, digest
+
+
+def verify_target(
+    image: Path,
+    target: Path,
+    *,
+    expected: str | None = None,
+    progress_factory: ProgressFactory | None = None,
+    block_size: int = BLOCK_SIZE,
+    name: str | None = None,
+) -> str:
+    """Compare the start of ``target`` with ``image`` (or with ``expected``) by sha256.
+
+    ``name`` is what messages call the target (default: its path).
+    """
+    name = name or str(target)
+    progress_factory = progress_factory or stderr_progress
+    length = image.stat().st_size
+    if expected is None:
+        expected = _hash_file(image, progress_factory("hashing", length), block_size)
+    progress = progress_factory("verifying", length)
+    try:
+        got = read_back_sha256(target, length, progress=progress, block_size=block_size)
+    except KeyboardInterrupt:
+        raise FlashInterrupted(f"verification of {name} interrupted") from None
+    finally:
+        progress.close()
+    if got != expected:
+        raise VerifyFailed(
+            f"{name}: verification failed: sha256 of the {length} bytes read back is "
+            f"{got}, the image's is {expected}",
+            hint="the write did not stick: try another USB port or stick, then flash again",
+        )
+    return got
+
+
+def _hash_file(path: Path, progress: ProgressLike, block_size: int) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb", buffering=0) as fh:
+
+        def drain(data: memoryview) -> None:
+            hasher.update(data)
+            progress.update(len(data))
+
+        _pipeline(lambda buf: _readinto_full(fh, buf), drain, block_size)
+    progress.close()
+    return hasher.hexdigest()
+
+
+def flash(
+    image: Path,
+    device: str,
+    *,
+    yes: bool = False,
+    force: bool = False,
+    verify: bool = True,
+    confirm: Callable[[str], bool] | None = None,
+    view: SysView | None = None,
+    progress_factory: ProgressFactory | None = None,
+    block_size: int = BLOCK_SIZE,
+    direct: bool = True,
+) -> FlashResult:
+    """Write ``image`` to ``device`` after every safety check; verify unless told not to.
+
+    ``confirm(summary)`` is asked unless ``yes``; with neither we refuse. ``view`` is the
+    sysfs/mountinfo view (default: this machine); a fixture view never allows writing to a
+    block device.
+    """
+    view = view or SysView()
+    progress_factory = progress_factory or stderr_progress
+    length = image.stat().st_size
+    if length == 0:
+        raise UsageError(f"{image}: image is empty")
+    target = find_target(device, length, view)
+    if target.kind == "file" and target.exists and target.path.samefile(image):
+        raise UsageError(f"{device}: is the image itself")
+    overridden = check_target(target, force=force)
+    if target.kind == "block" and not view.is_host:
+        raise BuilderError(
+            f"refusing to write {target.path}: the device view ({view.sys_root}, "
+            f"{view.mountinfo}) is not this machine's"
+        )
+    summary = target.describe()
+    for p in overridden:
+        summary += f"\n  --force overrides: {p.message}"
+    if target.kind == "block" or target.exists:
+        action = f"About to overwrite {summary}\nwith {image} ({human_size(length)})."
+        if not yes:
+            if confirm is None:
+                raise UsageError(
+                    f"refusing to overwrite {target.path} without confirmation: "
+                    "there is no terminal to ask on",
+                    hint="check the device with `builder devices`, then pass --yes",
+                )
+            if not confirm(action + "\nEverything on it will be lost."):
+                raise BuilderError(f"not confirmed: nothing was written to {target.path}")
+    log.info("writing %s (%s) to %s", image, human_size(length), summary)
+
+    sums_file, sums_digest = _sums_digest(image) if verify else (None, None)
+    if target.kind == "file":
+        result = _flash_file(
+            image, target.path, length, verify, progress_factory, block_size, direct
+        )
+    else:
+        exclusive = not any(p.code in (blockdev.MOUNTED, blockdev.IN_USE) for p in overridden)
+        result = _flash_block(
+            image, target, length, verify, progress_factory, block_size, direct, exclusive
+        )
+    result.overridden = overridden
+    if verify and result.sha256 and sums_digest:
+        if result.sha256 != sums_digest:
+            raise VerifyFailed(
+                f"{image}: sha256 {result.sha256} does not match {sums_file} ({sums_digest}); "
+                f"{target.path} now holds this unexpected image",
+                hint="the image changed after it was built: rebuild it, then flash again",
+            )
+        result.sums_file = sums_file
+    return result
+
+
+def _flash_file(
+    image: Path,
+    path: Path,
+    length: int,
+    verify: bool,
+    progress_factory: ProgressFactory,
+    block_size: int,
+    direct: bool,
+) -> FlashResult:
+    with atomic_output(path) as tmp:
+        fd, used_direct = _open_write(tmp, direct=direct, exclusive=False)
+        progress = progress_factory("writing", length)
+        try:
+            res = write_image(
+                image,
+                fd,
+                length=length,
+                direct=used_direct,
+                hash_image=verify,
+                progress=progress,
+                block_size=block_size,
+            )
+        except KeyboardInterrupt:
+            raise FlashInterrupted(f"interrupted: nothing was written to {path}") from None
+        finally:
+            progress.close()
+            os.close(fd)
+        if verify:
+            verify_target(
+                image,
+                tmp,
+                expected=res.sha256,
+                progress_factory=progress_factory,
+                block_size=block_size,
+                name=str(path),
+            )
+    return FlashResult(image, path, res.bytes, res.seconds, res.direct, res.sha256, verify)
+
+
+def _flash_block(
+    image: Path,
+    target: Target,
+    length: int,
+    verify: bool,
+    progress_factory: ProgressFactory,
+    block_size: int,
+    direct: bool,
+    exclusive: bool,
+) -> FlashResult:
+    path = target.path
+    try:
+        fd, used_direct = _open_write(path, direct=direct, exclusive=exclusive)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise BuilderError(
+                f"{path}: device is busy (the kernel says it is mounted or in use)",
+                hint="unmount its filesystems (udisksctl unmount -b …) and try again",
+            ) from exc
+        raise BuilderError(f"{path}: cannot open for writing: {exc.strerror}") from exc
+    progress = _Counted(progress_factory("writing", length))
+    try:
+        res = write_image(
+            image,
+            fd,
+            length=length,
+            direct=used_direct,
+            hash_image=verify,
+            progress=progress,
+            block_size=block_size,
+        )
+    except KeyboardInterrupt:
+        where = f" after {human_size(progress.done)} of {human_size(length)}"
+        raise FlashInterrupted(
+            f"interrupted{where}: {path} is now incomplete and will not boot",
+            hint="run the same `builder flash` command again to write it completely",
+        ) from None
+    finally:
+        progress.close()
+        os.close(fd)
+    if verify:
+        verify_target(
+            image,
+            path,
+            expected=res.sha256,
+            progress_factory=progress_factory,
+            block_size=block_size,
+        )
+    return FlashResult(image, path, res.bytes, res.seconds, res.direct, res.sha256, verify)
