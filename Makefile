@@ -74,8 +74,11 @@ lint: deps ## ruff (format check + lint) and mypy
 	$(VENV)/bin/ruff check builder tests
 	$(VENV)/bin/mypy builder
 
-bench: deps ## Benchmarks: render/validate
-	$(PYTEST) -q tests/bench --benchmark-only $(ARGS)
+bench: deps ## Run every benchmark script in tests/bench (figures and ratios vs baselines)
+	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b $(ARGS) || exit 1; done
+
+bench-render: deps ## Benchmark render + validate for SITE
+	$(VENV)/bin/python tests/bench/bench_render.py $(SITE)
 
 ##@ Help
 

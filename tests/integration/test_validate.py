@@ -1,0 +1,82 @@
+"""Every shipped profile renders and passes the real third-party validators."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder import validate
+from builder.errors import ValidationError
+from builder.profile import load_profile
+from builder.render import render_site
+
+pytestmark = pytest.mark.integration
+
+SITES = sorted(p.stem for p in (Path(__file__).parents[2] / "profiles").glob("*.yaml")
+               if p.stem != "base")
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_shipped_profile_passes_every_validator(workdir: Path, site: str) -> None:
+    ran = validate.validate_site_tree(lambda out: render_site(load_profile(site), out))
+    assert ran == ["autoinstall-schema", "cloud-init-schema", "shellcheck", "systemd-analyze",
+                   "packer-validate"]
+
+
+@pytest.fixture
+def tree(workdir: Path) -> Path:
+    return render_site(load_profile("onprem")).path
+
+
+def test_cloud_init_schema_catches_bad_user_data(tree: Path) -> None:
+    path = tree / "cloud-init/user-data"
+    path.write_text(path.read_text() + "runcmd: 42\n")
+    problems = validate.check_cloud_init(tree)
+    assert problems and "runcmd" in problems[0]
+
+
+def test_autoinstall_schema_catches_bad_key(tree: Path) -> None:
+    path = tree / "cloud-init/autoinstall.yaml"
+    path.write_text(path.read_text() + "identity-typo: {}\n")
+    problems = validate.check_autoinstall(tree)
+    assert any("identity-typo" in p for p in problems)
+
+
+def test_shellcheck_catches_bad_script(tree: Path) -> None:
+    (tree / "scripts/zz-bad.sh").write_text("#!/bin/bash\necho $UNQUOTED_VAR\nrm -rf $DIR/\n")
+    problems = validate.check_shellcheck(tree)
+    assert any("zz-bad.sh" in p and "SC2086" in p for p in problems)
+
+
+def test_systemd_analyze_catches_bad_unit(tree: Path) -> None:
+    unit = tree / "files/etc/systemd/system/nodeforge-enroll.service"
+    unit.write_text(unit.read_text().replace("[Service]", "[Service]\nRestartt=always"))
+    problems = validate.check_units(tree)
+    assert any("Restartt" in p for p in problems)
+
+
+def test_packer_validate_catches_bad_vars(tree: Path) -> None:
+    pvars = tree / "packer/site.auto.pkrvars.json"
+    pvars.write_text(pvars.read_text().replace('"site"', '"no_such_variable_in_templates"', 1))
+    assert validate.check_packer(tree)
+
+
+def test_validate_tree_reports_everything(tree: Path) -> None:
+    (tree / "scripts/zz-bad.sh").write_text("#!/bin/bash\necho $X\n")
+    path = tree / "cloud-init/user-data"
+    path.write_text(path.read_text() + "runcmd: 42\n")
+    with pytest.raises(ValidationError) as exc:
+        validate.validate_tree(tree)
+    text = "\n".join(exc.value.problems)
+    assert "zz-bad.sh" in text and "runcmd" in text
+
+
+def test_missing_tool_is_reported(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shutil.which
+    monkeypatch.setattr(validate, "which", lambda t: None if t == "packer" else real(t))
+    with pytest.raises(ValidationError) as exc:
+        validate.validate_tree(tree)
+    assert exc.value.problems == [
+        "packer-validate: packer not found (run `make deps`, or --skip packer-validate)"]
