@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# kubeadm, kubelet, kubectl from the profile's Kubernetes repository (one minor per repo),
+# exact patch pinned when given, held. kubelet is enabled but waits for `kubeadm join`
+# (started by the enrollment agent). Idempotent.
+set -euo pipefail
+# shellcheck source=common.sh
+. "$(dirname "$(readlink -f "$0")")/common.sh"
+
+need_var NF_K8S_VERSION NF_K8S_APT_URL NF_K8S_APT_KEY_URL
+
+glob="$(version_glob "$NF_K8S_VERSION")"
+apt_repo kubernetes "$NF_K8S_APT_URL" "$NF_K8S_APT_KEY_URL"
+apt_pin kubernetes "$glob" kubeadm kubelet kubectl
+apt_install_held kubeadm kubelet kubectl
+for pkg in kubeadm kubelet kubectl; do check_version "$pkg" "$glob"; done
+
+# Until `kubeadm join` writes the kubelet config, do not start (and crash-loop) the kubelet.
+write_file "/etc/systemd/system/kubelet.service.d/05-$NF_TOOL-wait-for-join.conf" <<UNIT
+# written by $NF_TOOL provisioning: kubeadm join writes config.yaml and restarts kubelet
+[Unit]
+ConditionPathExists=/var/lib/kubelet/config.yaml
+UNIT
+daemon_reload
+enable_unit kubelet.service
+log "kubernetes $NF_K8S_VERSION ready"

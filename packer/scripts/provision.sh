@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run every provisioning step in order. Reads provision.env beside this script (or
+# $NF_PROVISION_ENV) when present; variables already in the environment are overridden by it.
+#   Packer:     file provisioner uploads scripts/ and files/, then `sudo bash provision.sh`
+#   autoinstall: curtin in-target -- bash /nodeforge/scripts/provision.sh
+#   tests:      chroot ROOT bash /nodeforge/scripts/provision.sh
+set -euo pipefail
+here="$(dirname "$(readlink -f "$0")")"
+env_file="${NF_PROVISION_ENV:-$here/provision.env}"
+if [ -f "$env_file" ]; then
+    set -a
+    # shellcheck disable=SC1090  # rendered per site
+    . "$env_file"
+    set +a
+fi
+# the overlay sits beside scripts/ in every layout we ship (build tree, ISO, Packer upload)
+if [ -z "${NF_FILES_DIR:-}" ] && [ -d "$here/../files" ]; then
+    NF_FILES_DIR="$(readlink -f "$here/../files")"
+fi
+export NF_FILES_DIR="${NF_FILES_DIR:-/tmp/nodeforge/files}"
+
+# shellcheck source=common.sh
+. "$here/common.sh"
+[ "$(id -u)" = 0 ] || die "must run as root"
+
+log "site ${NF_SITE:-?}, profile ${NF_PROFILE_HASH:-?}"
+# a fresh cloud image has no package lists; a mirror-only site may have no main archive
+if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+    apt-get update -qq || die "apt-get update failed (no network? set the profile's mirrors)"
+fi
+if ! command -v curl >/dev/null 2>&1 || ! command -v gpg >/dev/null 2>&1; then
+    apt-get install -y -qq --no-install-recommends curl gnupg ca-certificates
+fi
+for step in configure-node install-crio install-kubernetes install-nvidia cleanup; do
+    log "--- $step"
+    bash "$here/$step.sh"
+done
+log "done"
