@@ -157,9 +157,7 @@ class Profile:
         try:
             return path.read_text().strip()
         except OSError as exc:
-            raise UsageError(
-                f"{self.where(dotted)}: cannot read {path}: {exc.strerror}"
-            ) from None
+            raise UsageError(f"{self.where(dotted)}: cannot read {path}: {exc.strerror}") from None
 
     def masked(self) -> dict[str, Any]:
         """The merged profile as plain data, secret references masked."""
@@ -301,9 +299,7 @@ def collect_layers(
     path = pdir / f"{site}.yaml"
     if not path.is_file():
         known = [p.stem for p in sorted(pdir.glob("*.yaml"))] if pdir.is_dir() else []
-        hint = _did_you_mean(site, known) or (
-            f"known sites: {', '.join(known)}" if known else None
-        )
+        hint = _did_you_mean(site, known) or (f"known sites: {', '.join(known)}" if known else None)
         raise UsageError(f"{display_path(path)}: no such site profile", hint=hint)
 
     chain: list[Layer] = []
@@ -329,8 +325,10 @@ def collect_layers(
             nxt = pdir / f"{parent}.yaml"
             if not nxt.is_file():
                 raise ValidationError(
-                    [f"{display_path(current)}: extends: no profile named {parent!r} in "
-                     f"{display_path(pdir)}"]
+                    [
+                        f"{display_path(current)}: extends: no profile named {parent!r} in "
+                        f"{display_path(pdir)}"
+                    ]
                 )
             current = nxt
     defaults = Layer(DEFAULTS_SOURCE, yaml.safe_load(DEFAULTS_FILE.read_text()), PACKAGE_DIR)
@@ -352,7 +350,10 @@ def merge_layers(layers: list[Layer]) -> tuple[dict[str, Any], dict[Path_, str]]
 
 
 def _merge_into(
-    dst: dict[str, Any], src: Mapping[str, Any], prefix: Path_, source: str,
+    dst: dict[str, Any],
+    src: Mapping[str, Any],
+    prefix: Path_,
+    source: str,
     sources: dict[Path_, str],
 ) -> None:
     for key, value in src.items():
@@ -474,15 +475,19 @@ def _schema_messages(err: jsonschema.ValidationError, path: Path_, where: Any) -
         missing = err.message.split("'")[1] if "'" in err.message else err.message
         return [f"{where((*path, missing))}: required key is missing"]
     if err.validator == "pattern":
-        return [f"{where(path)}: {err.instance!r} is not in the expected form"
-                f"{_pattern_hint(path)}"]
+        return [f"{where(path)}: {err.instance!r} is not in the expected form{_pattern_hint(path)}"]
     if err.validator in ("anyOf", "oneOf"):
-        if path and path[-1] in {k.rsplit('.', 1)[-1] for k in SECRET_KEYS}:
-            return [f"{where(path)}: must be a reference (env:NAME or file:PATH), "
-                    "never the secret itself"]
+        if path and path[-1] in {k.rsplit(".", 1)[-1] for k in SECRET_KEYS}:
+            return [
+                f"{where(path)}: must be a reference (env:NAME or file:PATH), "
+                "never the secret itself"
+            ]
         best = jsonschema.exceptions.best_match(err.context or [err])
-        return _schema_messages(best, tuple(str(p) for p in best.absolute_path), where) \
-            if best is not err else [f"{where(path)}: {err.message}"]
+        return (
+            _schema_messages(best, tuple(str(p) for p in best.absolute_path), where)
+            if best is not err
+            else [f"{where(path)}: {err.message}"]
+        )
     if err.validator == "type":
         return [f"{where(path)}: expected {err.validator_value}, got {_kind(err.instance)}"]
     if err.validator == "enum":
@@ -540,8 +545,10 @@ def _cross_checks(
         if isinstance(value, str):
             m = VERSION_RE.match(value)
             if not m:
-                problems.append(f"{where(key(dotted))}: {value!r} is not a version "
-                                "(MAJOR.MINOR or MAJOR.MINOR.PATCH, no leading v)")
+                problems.append(
+                    f"{where(key(dotted))}: {value!r} is not a version "
+                    "(MAJOR.MINOR or MAJOR.MINOR.PATCH, no leading v)"
+                )
             else:
                 versions[dotted] = (int(m["major"]), int(m["minor"]))
     k8s, crio = versions.get("kubernetes.version"), versions.get("crio.version")
@@ -551,24 +558,31 @@ def _cross_checks(
             f"Kubernetes {k8s[0]}.{k8s[1]} (CRI-O follows the Kubernetes minor)"
         )
     if k8s and (k8s[0] != 1 or k8s[1] < 30):
-        problems.append(f"{where(key('kubernetes.version'))}: Kubernetes {k8s[0]}.{k8s[1]} "
-                        "is not supported (1.30 or newer)")
+        problems.append(
+            f"{where(key('kubernetes.version'))}: Kubernetes {k8s[0]}.{k8s[1]} "
+            "is not supported (1.30 or newer)"
+        )
 
     # networks: parse, then no overlaps between overlay, pods, services, site LAN
     nets: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
-    for dotted in ("wireguard.overlay_cidr", "kubernetes.pod_cidr",
-                   "kubernetes.service_cidr", "network.site_lan"):
+    for dotted in (
+        "wireguard.overlay_cidr",
+        "kubernetes.pod_cidr",
+        "kubernetes.service_cidr",
+        "network.site_lan",
+    ):
         value = _get(data, dotted)
         if value is None or key(dotted) in failed:
             continue
         try:
             nets[dotted] = ipaddress.ip_network(str(value), strict=True)
         except ValueError as exc:
-            problems.append(f"{where(key(dotted))}: {value!r} is not a network in CIDR "
-                            f"form ({exc})")
+            problems.append(
+                f"{where(key(dotted))}: {value!r} is not a network in CIDR form ({exc})"
+            )
     names = list(nets)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             na, nb = nets[a], nets[b]
             if na.version == nb.version and na.overlaps(nb):
                 problems.append(f"{where(key(b))}: {nb} overlaps {a} ({na})")
@@ -579,19 +593,27 @@ def _cross_checks(
         try:
             ip = ipaddress.ip_address(str(hub_ip))
         except ValueError:
-            problems.append(f"{where(key('wireguard.hub_overlay_ip'))}: {hub_ip!r} is not an "
-                            "IP address")
+            problems.append(
+                f"{where(key('wireguard.hub_overlay_ip'))}: {hub_ip!r} is not an IP address"
+            )
         else:
             if ip not in overlay:
-                problems.append(f"{where(key('wireguard.hub_overlay_ip'))}: {ip} is outside "
-                                f"the overlay {overlay}")
-            elif overlay.num_addresses > 2 and ip in (overlay.network_address,
-                                                      overlay.broadcast_address):
-                problems.append(f"{where(key('wireguard.hub_overlay_ip'))}: {ip} is the "
-                                f"network or broadcast address of {overlay}")
+                problems.append(
+                    f"{where(key('wireguard.hub_overlay_ip'))}: {ip} is outside "
+                    f"the overlay {overlay}"
+                )
+            elif overlay.num_addresses > 2 and ip in (
+                overlay.network_address,
+                overlay.broadcast_address,
+            ):
+                problems.append(
+                    f"{where(key('wireguard.hub_overlay_ip'))}: {ip} is the "
+                    f"network or broadcast address of {overlay}"
+                )
         if overlay.num_addresses < 4:
-            problems.append(f"{where(key('wireguard.overlay_cidr'))}: {overlay} leaves no "
-                            "addresses for nodes")
+            problems.append(
+                f"{where(key('wireguard.overlay_cidr'))}: {overlay} leaves no addresses for nodes"
+            )
 
     static = _get(data, "network.static")
     if isinstance(static, Mapping) and ("network", "static") not in failed:
@@ -599,8 +621,9 @@ def _cross_checks(
             iface = ipaddress.ip_interface(str(static.get("address")))
             gw = ipaddress.ip_address(str(static.get("gateway")))
             if gw not in iface.network:
-                problems.append(f"{where(key('network.static.gateway'))}: {gw} is not in "
-                                f"{iface.network}")
+                problems.append(
+                    f"{where(key('network.static.gateway'))}: {gw} is not in {iface.network}"
+                )
         except ValueError as exc:
             problems.append(f"{where(key('network.static'))}: {exc}")
 
@@ -609,27 +632,30 @@ def _cross_checks(
     if isinstance(sysctls, Mapping):
         for name, want in REQUIRED_SYSCTLS.items():
             if name in sysctls and str(sysctls[name]) != str(want):
-                problems.append(f"{where((*key('kernel.sysctls'), name))}: must be {want} "
-                                "on a Kubernetes node")
+                problems.append(
+                    f"{where((*key('kernel.sysctls'), name))}: must be {want} on a Kubernetes node"
+                )
 
     # labels and taints
     labels = _get(data, "kubernetes.labels") or {}
     if isinstance(labels, Mapping):
         for k, v in labels.items():
             if not LABEL_KEY_RE.match(str(k)) or len(str(k).split("/")[-1]) > 63:
-                problems.append(f"{where((*key('kubernetes.labels'), k))}: not a valid "
-                                "label key")
+                problems.append(f"{where((*key('kubernetes.labels'), k))}: not a valid label key")
             if isinstance(v, str) and not LABEL_VALUE_RE.match(v):
-                problems.append(f"{where((*key('kubernetes.labels'), k))}: {v!r} is not a "
-                                "valid label value")
+                problems.append(
+                    f"{where((*key('kubernetes.labels'), k))}: {v!r} is not a valid label value"
+                )
 
     # GPU options only on GPU sites
     gpu_on = _get(data, "gpu.enabled") is True
     if not gpu_on:
         for path, src in sources.items():
             if path[:2] == ("gpu", "nvidia") and src != DEFAULTS_SOURCE and len(path) > 2:
-                problems.append(f"{src}: {'.'.join(path)}: NVIDIA options are set but "
-                                "gpu.enabled is false (set gpu.enabled: true or drop them)")
+                problems.append(
+                    f"{src}: {'.'.join(path)}: NVIDIA options are set but "
+                    "gpu.enabled is false (set gpu.enabled: true or drop them)"
+                )
 
     # target-specific requirements
     target = _get(data, "target")
@@ -638,8 +664,10 @@ def _cross_checks(
         if not base.get("url"):
             problems.append(f"{where(key('iso.base.url'))}: required for target iso")
         elif not (base.get("sha256") or base.get("sha256sums_url")):
-            problems.append(f"{where(key('iso.base.sha256'))}: target iso needs a pinned "
-                            "sha256 or a sha256sums_url to verify the base ISO")
+            problems.append(
+                f"{where(key('iso.base.sha256'))}: target iso needs a pinned "
+                "sha256 or a sha256sums_url to verify the base ISO"
+            )
     if target == "ami" and not _get(data, "aws.region"):
         problems.append(f"{where(key('aws.region'))}: required for target ami")
     return problems
@@ -653,15 +681,18 @@ def _check_files(profile: Profile) -> list[str]:
         try:
             der = pem_to_der(path.read_text())
         except OSError as exc:
-            problems.append(f"{profile.where('enrollment.ca_cert')}: cannot read {path}: "
-                            f"{exc.strerror}")
+            problems.append(
+                f"{profile.where('enrollment.ca_cert')}: cannot read {path}: {exc.strerror}"
+            )
         except ValueError as exc:
             problems.append(f"{profile.where('enrollment.ca_cert')}: {path}: {exc}")
         else:
             pin = "sha256:" + hashlib.sha256(der).hexdigest()
             if pin != profile.get("enrollment.ca_pin"):
-                problems.append(f"{profile.where('enrollment.ca_pin')}: does not match the CA "
-                                f"certificate {display_path(path)} ({pin})")
+                problems.append(
+                    f"{profile.where('enrollment.ca_pin')}: does not match the CA "
+                    f"certificate {display_path(path)} ({pin})"
+                )
     return problems
 
 

@@ -26,8 +26,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from . import TOOL, __version__
-from . import buildinfo
+from . import TOOL, __version__, buildinfo
 from .errors import BuilderError
 from .profile import PACKAGE_DIR, REPO_DIR, Profile, pem_to_der, thaw
 
@@ -194,14 +193,16 @@ def provision_env(profile: Profile, build_time: int) -> dict[str, str]:
         "NF_GPU": "1" if profile.get("gpu.enabled") else "0",
     }
     if profile.get("gpu.enabled"):
-        env.update({
-            "NF_NVIDIA_DRIVER_PACKAGE": nvidia_driver_package(profile),
-            "NF_NVIDIA_DRIVER_BRANCH": profile.get("gpu.nvidia.driver_branch"),
-            "NF_NVIDIA_VARIANT": profile.get("gpu.nvidia.variant"),
-            "NF_NVIDIA_TOOLKIT_VERSION": profile.get("gpu.nvidia.container_toolkit_version"),
-            "NF_NVIDIA_APT_URL": profile.get("gpu.nvidia.apt.url"),
-            "NF_NVIDIA_APT_KEY_URL": profile.get("gpu.nvidia.apt.key_url"),
-        })
+        env.update(
+            {
+                "NF_NVIDIA_DRIVER_PACKAGE": nvidia_driver_package(profile),
+                "NF_NVIDIA_DRIVER_BRANCH": profile.get("gpu.nvidia.driver_branch"),
+                "NF_NVIDIA_VARIANT": profile.get("gpu.nvidia.variant"),
+                "NF_NVIDIA_TOOLKIT_VERSION": profile.get("gpu.nvidia.container_toolkit_version"),
+                "NF_NVIDIA_APT_URL": profile.get("gpu.nvidia.apt.url"),
+                "NF_NVIDIA_APT_KEY_URL": profile.get("gpu.nvidia.apt.key_url"),
+            }
+        )
     return env
 
 
@@ -249,29 +250,46 @@ def _read_node_file(path: Path) -> str:
         raise BuilderError(f"{path}: missing from the builder package") from None
 
 
-def overlay_files(profile: Profile, env: jinja2.Environment, ctx: Mapping[str, Any],
-                  build_time: int, penv: Mapping[str, str]) -> list[OverlayFile]:
+def overlay_files(
+    profile: Profile,
+    env: jinja2.Environment,
+    ctx: Mapping[str, Any],
+    build_time: int,
+    penv: Mapping[str, str],
+) -> list[OverlayFile]:
     """Every file the node gets, as (node path, content, mode)."""
     files = [
-        OverlayFile(f"/etc/modules-load.d/90-{TOOL}.conf",
-                    _render(env, "files/modules-load.conf.j2", ctx)),
+        OverlayFile(
+            f"/etc/modules-load.d/90-{TOOL}.conf", _render(env, "files/modules-load.conf.j2", ctx)
+        ),
         OverlayFile(f"/etc/sysctl.d/90-{TOOL}.conf", _render(env, "files/sysctl.conf.j2", ctx)),
-        OverlayFile(f"/etc/crio/crio.conf.d/10-{TOOL}.conf",
-                    _render(env, "files/crio.conf.j2", ctx)),
+        OverlayFile(
+            f"/etc/crio/crio.conf.d/10-{TOOL}.conf", _render(env, "files/crio.conf.j2", ctx)
+        ),
         OverlayFile("/etc/default/kubelet", _render(env, "files/kubelet.default.j2", ctx)),
-        OverlayFile(f"{ETC_DIR}/node.json",
-                    json.dumps(node_config(profile, build_time), indent=2, sort_keys=True) + "\n"),
+        OverlayFile(
+            f"{ETC_DIR}/node.json",
+            json.dumps(node_config(profile, build_time), indent=2, sort_keys=True) + "\n",
+        ),
         OverlayFile(f"{ETC_DIR}/hub-ca.pem", hub_ca_pem(profile)),
         OverlayFile(f"{ETC_DIR}/provision.env", env_file(penv)),
         OverlayFile(f"/usr/lib/{TOOL}/{TOOL}-enroll", _read_node_file(AGENT_SOURCE), "0755"),
         OverlayFile(f"/etc/systemd/system/{ENROLL_UNIT}", _read_node_file(UNIT_SOURCE)),
     ]
     if profile.get("crio.registry_mirrors"):
-        files.append(OverlayFile(f"/etc/containers/registries.conf.d/10-{TOOL}.conf",
-                                 _render(env, "files/registries.conf.j2", ctx)))
+        files.append(
+            OverlayFile(
+                f"/etc/containers/registries.conf.d/10-{TOOL}.conf",
+                _render(env, "files/registries.conf.j2", ctx),
+            )
+        )
     if profile.get("time_sync.servers"):
-        files.append(OverlayFile(f"/etc/systemd/timesyncd.conf.d/10-{TOOL}.conf",
-                                 _render(env, "files/timesyncd.conf.j2", ctx)))
+        files.append(
+            OverlayFile(
+                f"/etc/systemd/timesyncd.conf.d/10-{TOOL}.conf",
+                _render(env, "files/timesyncd.conf.j2", ctx),
+            )
+        )
     token = profile.resolve_secret("enrollment.site_token")
     if token:
         files.append(OverlayFile(TOKEN_PATH, token + "\n", "0600", secret=True))
@@ -315,7 +333,8 @@ def packer_vars(profile: Profile, build_time: int, penv: Mapping[str, str]) -> d
         "crio_version": profile.get("crio.version"),
         "gpu": bool(profile.get("gpu.enabled")),
         "nvidia_driver_branch": profile.get("gpu.nvidia.driver_branch")
-        if profile.get("gpu.enabled") else "",
+        if profile.get("gpu.enabled")
+        else "",
         "disk_size_gb": profile.get("image.disk_size_gb"),
         "aws_region": profile.get("aws.region") or "",
         "aws_instance_type": profile.get("aws.instance_type"),
@@ -355,7 +374,8 @@ def render_files(profile: Profile) -> dict[str, tuple[bytes, int]]:
         raise BuilderError(f"cloud-init/user-data.yaml.j2 rendered invalid YAML: {exc}") from None
     meta_data = _render(env, "meta-data.yaml.j2", ctx)
     autoinstall = _render(
-        env, "autoinstall.yaml.j2",
+        env,
+        "autoinstall.yaml.j2",
         {**ctx, "admin_password_hash": password_hash(profile), "user_data": user_data_obj},
     )
     out: dict[str, tuple[bytes, int]] = {}
@@ -375,12 +395,18 @@ def render_files(profile: Profile) -> dict[str, tuple[bytes, int]]:
     scripts = sorted(SCRIPTS_DIR.glob("*.sh")) if SCRIPTS_DIR.is_dir() else []
     for script in scripts:
         put(f"scripts/{script.name}", script.read_bytes(), 0o755)
-    put("packer/site.auto.pkrvars.json",
-        json.dumps(packer_vars(profile, build_time, penv), indent=2, sort_keys=True) + "\n")
+    put(
+        "packer/site.auto.pkrvars.json",
+        json.dumps(packer_vars(profile, build_time, penv), indent=2, sort_keys=True) + "\n",
+    )
     # the ISO root additions: nocloud seed with the autoinstall, and our payload
-    put("iso/nocloud/user-data", "#cloud-config\nautoinstall:\n"
-        + "".join(f"  {line}" if line.strip() else line
-                  for line in autoinstall.splitlines(keepends=True)))
+    put(
+        "iso/nocloud/user-data",
+        "#cloud-config\nautoinstall:\n"
+        + "".join(
+            f"  {line}" if line.strip() else line for line in autoinstall.splitlines(keepends=True)
+        ),
+    )
     put("iso/nocloud/meta-data", meta_data)
     for rel in [r for r in out if r.startswith(("files/", "scripts/"))]:
         put(f"iso/{TOOL}/{rel}", *out[rel])
@@ -394,17 +420,16 @@ def template_inputs_hash() -> str:
     for base in (TEMPLATES_DIR, SCRIPTS_DIR, NODE_DIR):
         if not base.is_dir():
             continue
-        for path in sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in
-                           p.parts):
+        for path in sorted(
+            p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        ):
             h.update(str(path.relative_to(REPO_DIR)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
 def manifest(profile: Profile, files: Mapping[str, tuple[bytes, int]]) -> dict[str, Any]:
     digests = {rel: hashlib.sha256(data).hexdigest() for rel, (data, _) in sorted(files.items())}
-    input_hash = hashlib.sha256(
-        (profile.input_hash + template_inputs_hash()).encode()
-    ).hexdigest()
+    input_hash = hashlib.sha256((profile.input_hash + template_inputs_hash()).encode()).hexdigest()
     return {
         "tool": TOOL,
         "site": profile.site,

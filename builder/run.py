@@ -109,9 +109,7 @@ def run(
     return proc
 
 
-def popen(
-    argv: Sequence[str | os.PathLike[str]], **kwargs: object
-) -> subprocess.Popen[bytes]:
+def popen(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> subprocess.Popen[bytes]:
     """Start a long-running program (QEMU, wireguard-go, the hub) and return it."""
     args = [os.fspath(a) for a in argv]
     require(args[0])

@@ -47,8 +47,7 @@ def check_cloud_init(tree: Path) -> list[str]:
         # "Cloud config schema errors: a.b: msg, c: msg" / "... deprecations: …"
         head, sep, rest = line.partition(":")
         if sep and ("schema errors" in head or "deprecations" in head) and rest.strip():
-            problems.append(f"{display_path(path)}: cloud-init {head.split()[-1]}: "
-                            f"{rest.strip()}")
+            problems.append(f"{display_path(path)}: cloud-init {head.split()[-1]}: {rest.strip()}")
     if proc.returncode != 0 and not problems:
         problems.append(f"{display_path(path)}: cloud-init schema failed: {out[-500:]}")
     return problems
@@ -85,8 +84,7 @@ def check_shellcheck(tree: Path) -> list[str]:
     if not scripts:
         return [f"{display_path(tree / 'scripts')}: no provisioning scripts"]
     proc = run(
-        ["shellcheck", "--format=gcc", "--external-sources", "--source-path=SCRIPTDIR",
-         *scripts],
+        ["shellcheck", "--format=gcc", "--external-sources", "--source-path=SCRIPTDIR", *scripts],
         check=False,
     )
     return [ln for ln in proc.stdout.splitlines() if ln.strip()]
@@ -102,22 +100,34 @@ def check_units(tree: Path) -> list[str]:
     unit_dir = tree / "files" / "etc" / "systemd" / "system"
     problems: list[str] = []
     for unit in sorted(unit_dir.glob("*.service")):
-        proc = run(["systemd-analyze", "verify", "--man=no", unit], check=False,
-                   env={"SYSTEMD_UNIT_PATH": f"{unit_dir}:"})
+        proc = run(
+            ["systemd-analyze", "verify", "--man=no", unit],
+            check=False,
+            env={"SYSTEMD_UNIT_PATH": f"{unit_dir}:"},
+        )
         out = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-        out = [ln for ln in out if not re.search(
-            r"(kubelet|cloud-final|cloud-init|crio|wg-quick)[^ ]*\.(service|target)", ln)]
+        out = [
+            ln
+            for ln in out
+            if not re.search(
+                r"(kubelet|cloud-final|cloud-init|crio|wg-quick)[^ ]*\.(service|target)", ln
+            )
+        ]
         if out or proc.returncode != 0:
             problems += [f"{display_path(unit)}: {ln}" for ln in out] or [
-                f"{display_path(unit)}: systemd-analyze verify failed (exit {proc.returncode})"]
+                f"{display_path(unit)}: systemd-analyze verify failed (exit {proc.returncode})"
+            ]
     return problems
 
 
 def check_packer(tree: Path) -> list[str]:
     var_file = tree / "packer" / "site.auto.pkrvars.json"
     try:
-        run(["packer", "validate", f"-var-file={var_file}", f"-var=build_dir={tree}",
-             PACKER_DIR], cwd=tree, env={"CHECKPOINT_DISABLE": "1", "PACKER_LOG": "0"})
+        run(
+            ["packer", "validate", f"-var-file={var_file}", f"-var=build_dir={tree}", PACKER_DIR],
+            cwd=tree,
+            env={"CHECKPOINT_DISABLE": "1", "PACKER_LOG": "0"},
+        )
     except CommandFailed as exc:
         lines = [ln for ln in exc.output.splitlines() if ln.strip()]
         return [f"{display_path(PACKER_DIR)}: packer validate: {ln}" for ln in lines]
@@ -145,8 +155,9 @@ def validate_tree(tree: Path, skip: tuple[str, ...] = ()) -> list[str]:
         if check.name in skip:
             continue
         if check.tool and which(check.tool) is None:
-            problems.append(f"{check.name}: {check.tool} not found (run `make deps`, or "
-                            f"--skip {check.name})")
+            problems.append(
+                f"{check.name}: {check.tool} not found (run `make deps`, or --skip {check.name})"
+            )
             continue
         problems += check.func(tree)
         ran.append(check.name)

@@ -42,9 +42,11 @@ def main() -> None:
         render = median_time(lambda: render_site(load_profile(site), out), runs)
         print(f"site {site}: median of {runs} runs")
         print(f"  baseline  load+validate profile   {load * 1000:8.1f} ms")
-        print(f"  render    load+render tree        {render * 1000:8.1f} ms   "
-              f"({render / load:.1f}x baseline; goal < 300 ms: "
-              f"{'ok' if render < 0.3 else 'MISSED'})")
+        print(
+            f"  render    load+render tree        {render * 1000:8.1f} ms   "
+            f"({render / load:.1f}x baseline; goal < 300 ms: "
+            f"{'ok' if render < 0.3 else 'MISSED'})"
+        )
         for check in validate.CHECKS:
             t = median_time(lambda c=check: c.func(out), max(3, runs // 5))
             print(f"  validate  {check.name:<22}  {t * 1000:8.1f} ms   ({t / render:.1f}x render)")

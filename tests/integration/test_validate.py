@@ -14,15 +14,21 @@ from builder.render import render_site
 
 pytestmark = pytest.mark.integration
 
-SITES = sorted(p.stem for p in (Path(__file__).parents[2] / "profiles").glob("*.yaml")
-               if p.stem != "base")
+SITES = sorted(
+    p.stem for p in (Path(__file__).parents[2] / "profiles").glob("*.yaml") if p.stem != "base"
+)
 
 
 @pytest.mark.parametrize("site", SITES)
 def test_shipped_profile_passes_every_validator(workdir: Path, site: str) -> None:
     ran = validate.validate_site_tree(lambda out: render_site(load_profile(site), out))
-    assert ran == ["autoinstall-schema", "cloud-init-schema", "shellcheck", "systemd-analyze",
-                   "packer-validate"]
+    assert ran == [
+        "autoinstall-schema",
+        "cloud-init-schema",
+        "shellcheck",
+        "systemd-analyze",
+        "packer-validate",
+    ]
 
 
 @pytest.fixture
@@ -79,4 +85,5 @@ def test_missing_tool_is_reported(tree: Path, monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ValidationError) as exc:
         validate.validate_tree(tree)
     assert exc.value.problems == [
-        "packer-validate: packer not found (run `make deps`, or --skip packer-validate)"]
+        "packer-validate: packer not found (run `make deps`, or --skip packer-validate)"
+    ]

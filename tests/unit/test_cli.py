@@ -29,8 +29,9 @@ def test_profiles(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert [p["site"] for p in json.loads(out)] == ["aws", "onprem"]
 
 
-def test_show_masks_secrets(workdir: Path, capsys: pytest.CaptureFixture[str],
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_show_masks_secrets(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PW", "topsecret")
     code, out, err = run_cli(capsys, "show", "aws", "--json", "--set", "admin.password=env:PW")
     assert code == 0, err
@@ -43,8 +44,9 @@ def test_show_masks_secrets(workdir: Path, capsys: pytest.CaptureFixture[str],
 def test_validation_error_exit_2_no_traceback_nothing_written(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run_cli(capsys, "render", "aws", "--set", "crio.version=1.33",
-                             "--set", "wireguard.mtu=1")
+    code, out, err = run_cli(
+        capsys, "render", "aws", "--set", "crio.version=1.33", "--set", "wireguard.mtu=1"
+    )
     assert code == 2
     assert out == ""
     assert "error: --set: crio.version: CRI-O 1.33 does not match Kubernetes 1.35" in err
@@ -56,8 +58,10 @@ def test_validation_error_exit_2_no_traceback_nothing_written(
 def test_unknown_site_exit_2(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "show", "awz")
     assert code == 2
-    assert err.splitlines() == ["error: profiles/awz.yaml: no such site profile",
-                                "hint: did you mean 'aws'?"]
+    assert err.splitlines() == [
+        "error: profiles/awz.yaml: no such site profile",
+        "hint: did you mean 'aws'?",
+    ]
 
 
 def test_bad_option_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,8 +70,9 @@ def test_bad_option_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "No such option" in err
 
 
-def test_render_prints_path_only_on_stdout(workdir: Path, capsys: pytest.CaptureFixture[str]
-                                           ) -> None:
+def test_render_prints_path_only_on_stdout(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run_cli(capsys, "-q", "render", "onprem", "-o", "out/onprem")
     assert code == 0
     assert out.strip() == "out/onprem"

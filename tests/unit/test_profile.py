@@ -42,8 +42,10 @@ def test_layering_deep_merges_mappings_and_replaces_lists(workdir: Path) -> None
     assert profile.source_of("kubernetes.pod_cidr") == "profiles/base.yaml"
     assert profile.source_of("kubernetes.labels") == "profiles/onprem.yaml"
     # a list replaces
-    write(workdir / "profiles/x.yaml", "extends: base\ntarget: qcow2\n"
-          "time_sync: {servers: [a.example]}\n")
+    write(
+        workdir / "profiles/x.yaml",
+        "extends: base\ntarget: qcow2\ntime_sync: {servers: [a.example]}\n",
+    )
     assert load_profile("x").get("time_sync.servers") == ("a.example",)
 
 
@@ -64,9 +66,7 @@ def test_extends_cycle(workdir: Path) -> None:
 
 def test_extends_missing_parent(workdir: Path) -> None:
     write(workdir / "profiles/a.yaml", "extends: nothere\n")
-    assert problems_of("a") == [
-        "profiles/a.yaml: extends: no profile named 'nothere' in profiles"
-    ]
+    assert problems_of("a") == ["profiles/a.yaml: extends: no profile named 'nothere' in profiles"]
 
 
 def test_required_modules_and_sysctls_always_present(workdir: Path) -> None:
@@ -80,34 +80,49 @@ def test_required_modules_and_sysctls_always_present(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("wireguard.overlay_cidr=10.96.0.0/16",
-         "profiles/base.yaml: kubernetes.service_cidr: 10.96.0.0/12 overlaps "
-         "wireguard.overlay_cidr"),
-        ("kubernetes.pod_cidr=10.200.0.0/24",
-         "--set: kubernetes.pod_cidr: 10.200.0.0/24 overlaps wireguard.overlay_cidr"),
+        (
+            "wireguard.overlay_cidr=10.96.0.0/16",
+            "profiles/base.yaml: kubernetes.service_cidr: 10.96.0.0/12 overlaps "
+            "wireguard.overlay_cidr",
+        ),
+        (
+            "kubernetes.pod_cidr=10.200.0.0/24",
+            "--set: kubernetes.pod_cidr: 10.200.0.0/24 overlaps wireguard.overlay_cidr",
+        ),
         ("network.site_lan=10.244.1.0/24", "--set: network.site_lan: 10.244.1.0/24 overlaps"),
-        ("wireguard.hub_overlay_ip=10.9.0.1", "--set: wireguard.hub_overlay_ip: 10.9.0.1 is "
-         "outside the overlay"),
+        (
+            "wireguard.hub_overlay_ip=10.9.0.1",
+            "--set: wireguard.hub_overlay_ip: 10.9.0.1 is outside the overlay",
+        ),
         ("wireguard.hub_overlay_ip=10.200.255.255", "is the network or broadcast address"),
         ("wireguard.hub_overlay_ip=10.200.0.0", "is the network or broadcast address"),
         ("wireguard.overlay_cidr=10.200.0.1/16", "is not a network in CIDR form"),
         ("crio.version=1.34", "--set: crio.version: CRI-O 1.34 does not match Kubernetes 1.35"),
         ("kubernetes.version=v1.35.0", "--set: kubernetes.version: 'v1.35.0' is not a version"),
         ("kubernetes.version=1.2.3", "is not supported"),
-        ("gpu.nvidia.variant=open", "--set: gpu.nvidia.variant: NVIDIA options are set but "
-         "gpu.enabled is false"),
+        (
+            "gpu.nvidia.variant=open",
+            "--set: gpu.nvidia.variant: NVIDIA options are set but gpu.enabled is false",
+        ),
         ("admin.password=hunter2", "--set: admin.password: must be a reference"),
         ("enrollment.site_token=abc123", "--set: enrollment.site_token: must be a reference"),
         ("kernel.sysctl={}", "--set: kernel.sysctl: unknown key (did you mean 'sysctls'?)"),
         ("wireguard.mut=1400", "--set: wireguard.mut: unknown key (did you mean 'mtu'?)"),
         ("wireguard.mtu=9", "--set: wireguard.mtu: 9 is less than the minimum of 1280"),
-        ("wireguard.hub_public_key=abc", "--set: wireguard.hub_public_key: 'abc' is not in the "
-         "expected form (a WireGuard public key"),
+        (
+            "wireguard.hub_public_key=abc",
+            "--set: wireguard.hub_public_key: 'abc' is not in the "
+            "expected form (a WireGuard public key",
+        ),
         ("enrollment.url=http://hub:80", "--set: enrollment.url: 'http://hub:80' is not in the"),
-        ("enrollment.ca_pin=sha256:" + "a" * 64, "--set: enrollment.ca_pin: does not match the "
-         "CA certificate"),
-        ("kernel.sysctls={net.ipv4.ip_forward: 0}",
-         "--set: kernel.sysctls.net.ipv4.ip_forward: must be 1 on a Kubernetes node"),
+        (
+            "enrollment.ca_pin=sha256:" + "a" * 64,
+            "--set: enrollment.ca_pin: does not match the CA certificate",
+        ),
+        (
+            "kernel.sysctls={net.ipv4.ip_forward: 0}",
+            "--set: kernel.sysctls.net.ipv4.ip_forward: must be 1 on a Kubernetes node",
+        ),
         ("kubernetes.labels={'bad key!': x}", "not a valid label key"),
         ("kubernetes.taints=[{key: a, effect: Sometimes}]", "'Sometimes' is not one of"),
         ("target=iso", "iso.base.url: required for target iso"),
@@ -116,8 +131,10 @@ def test_required_modules_and_sysctls_always_present(workdir: Path) -> None:
         ("os.release=24", "--set: os.release: expected string, got an integer"),
         ("os.release='24'", "--set: os.release: '24' is not in the expected form"),
         ("wireguard.keepalive=yes", "--set: wireguard.keepalive: expected integer, got a boolean"),
-        ("network.static={address: 192.168.5.10/24, gateway: 192.168.6.1}",
-         "--set: network.static.gateway: 192.168.6.1 is not in 192.168.5.0/24"),
+        (
+            "network.static={address: 192.168.5.10/24, gateway: 192.168.6.1}",
+            "--set: network.static.gateway: 192.168.6.1 is not in 192.168.5.0/24",
+        ),
     ],
 )
 def test_each_rule_fails(workdir: Path, override: str, expected: str) -> None:
@@ -152,7 +169,9 @@ def test_duplicate_key_rejected(workdir: Path) -> None:
 
 def test_top_level_must_be_mapping(workdir: Path) -> None:
     write(workdir / "profiles/list.yaml", "- a\n- b\n")
-    assert problems_of("list") == ["profiles/list.yaml: the top level must be a mapping, not a list"]
+    assert problems_of("list") == [
+        "profiles/list.yaml: the top level must be a mapping, not a list"
+    ]
 
 
 def test_missing_site_is_usage_error_with_hint(workdir: Path) -> None:
@@ -169,7 +188,10 @@ def test_bad_site_name(workdir: Path) -> None:
 
 def test_overrides_parse_yaml_values_and_keep_versions_as_strings() -> None:
     assert parse_overrides(["a.b=1", "a.c=true", "d=1.35", "e=[x, y]", "f="]) == {
-        "a": {"b": 1, "c": True}, "d": "1.35", "e": ["x", "y"], "f": ""
+        "a": {"b": 1, "c": True},
+        "d": "1.35",
+        "e": ["x", "y"],
+        "f": "",
     }
     with pytest.raises(ValidationError):
         parse_overrides(["novalue"])
@@ -177,12 +199,16 @@ def test_overrides_parse_yaml_values_and_keep_versions_as_strings() -> None:
         parse_overrides(["a..b=1"])
 
 
-def test_secret_references_resolve_and_mask(workdir: Path, monkeypatch: pytest.MonkeyPatch,
-                                            ) -> None:
+def test_secret_references_resolve_and_mask(
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("NF_TEST_PW", "s3cret-pw")
     write(workdir / "token.txt", "tok-123\n")
-    profile = load_profile("aws", overrides=["admin.password=env:NF_TEST_PW",
-                                             "enrollment.site_token=file:../token.txt"])
+    profile = load_profile(
+        "aws",
+        overrides=["admin.password=env:NF_TEST_PW", "enrollment.site_token=file:../token.txt"],
+    )
     assert profile.resolve_secret("admin.password") == "s3cret-pw"
     # file: is relative to the layer that set it; --set layers resolve against the cwd
     masked = profile.masked()
@@ -196,9 +222,7 @@ def test_missing_env_secret_names_key(workdir: Path, monkeypatch: pytest.MonkeyP
     profile = load_profile("aws", overrides=["admin.password=env:NF_UNSET"])
     with pytest.raises(UsageError) as exc:
         profile.resolve_secret("admin.password")
-    assert exc.value.message == (
-        "--set: admin.password: environment variable NF_UNSET is not set"
-    )
+    assert exc.value.message == ("--set: admin.password: environment variable NF_UNSET is not set")
 
 
 def test_profile_is_frozen(workdir: Path) -> None:

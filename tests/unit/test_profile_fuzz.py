@@ -10,26 +10,63 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from builder.errors import BuilderError
-from builder.profile import load_profile, merge_layers, validate_data, collect_layers
+from builder.profile import collect_layers, load_profile, merge_layers, validate_data
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False),
     st.text(string.printable, max_size=20),
-    st.sampled_from(["10.0.0.0/8", "1.35", "1.35.0", "env:X", "file:/nope", "sha256:00",
-                     "https://x", "10.200.0.1", "abc="]),
+    st.sampled_from(
+        [
+            "10.0.0.0/8",
+            "1.35",
+            "1.35.0",
+            "env:X",
+            "file:/nope",
+            "sha256:00",
+            "https://x",
+            "10.200.0.1",
+            "abc=",
+        ]
+    ),
 )
 values = st.recursive(
     scalars,
-    lambda children: st.one_of(st.lists(children, max_size=3),
-                               st.dictionaries(st.text(string.ascii_lowercase + "._", min_size=1,
-                                                       max_size=12), children, max_size=4)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(
+            st.text(string.ascii_lowercase + "._", min_size=1, max_size=12), children, max_size=4
+        ),
+    ),
     max_leaves=12,
 )
-KEYS = ["target", "os.release", "kubernetes.version", "crio.version", "wireguard.overlay_cidr",
-        "wireguard.hub_overlay_ip", "wireguard.mtu", "network.site_lan", "network.static",
-        "kernel.sysctls", "kernel.modules", "gpu", "gpu.nvidia", "enrollment.ca_pin",
-        "enrollment.ca_cert", "admin.password", "kubernetes.labels", "kubernetes.taints",
-        "iso", "aws", "extends", "os", "nonsense.key"]
+KEYS = [
+    "target",
+    "os.release",
+    "kubernetes.version",
+    "crio.version",
+    "wireguard.overlay_cidr",
+    "wireguard.hub_overlay_ip",
+    "wireguard.mtu",
+    "network.site_lan",
+    "network.static",
+    "kernel.sysctls",
+    "kernel.modules",
+    "gpu",
+    "gpu.nvidia",
+    "enrollment.ca_pin",
+    "enrollment.ca_cert",
+    "admin.password",
+    "kubernetes.labels",
+    "kubernetes.taints",
+    "iso",
+    "aws",
+    "extends",
+    "os",
+    "nonsense.key",
+]
 
 
 def set_path(data: dict, dotted: str, value: object) -> None:
@@ -42,7 +79,9 @@ def set_path(data: dict, dotted: str, value: object) -> None:
     node[parts[-1]] = value
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.tuples(st.sampled_from(KEYS), values), min_size=1, max_size=4))
 def test_mutated_profiles_never_crash(workdir: Path, mutations: list) -> None:
     layers = collect_layers("aws")
@@ -53,7 +92,9 @@ def test_mutated_profiles_never_crash(workdir: Path, mutations: list) -> None:
     assert all(isinstance(p, str) and ": " in p for p in problems)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(values)
 def test_random_profile_files_never_crash(workdir: Path, doc: object) -> None:
     (workdir / "profiles" / "fuzz.yaml").write_text(yaml.safe_dump(doc))
@@ -63,7 +104,9 @@ def test_random_profile_files_never_crash(workdir: Path, doc: object) -> None:
         assert exc.message
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.binary(max_size=200))
 def test_garbage_bytes_never_crash(workdir: Path, blob: bytes) -> None:
     (workdir / "profiles" / "fuzz.yaml").write_bytes(blob)

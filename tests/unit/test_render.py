@@ -41,7 +41,8 @@ EXPECTED = [
 def tree_digest(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -81,11 +82,17 @@ def test_user_data_carries_modules_sysctls_and_agent(workdir: Path) -> None:
     doc = yaml.safe_load(text)
     files = {f["path"]: f for f in doc["write_files"]}
     assert files["/etc/modules-load.d/90-nodeforge.conf"]["content"].splitlines()[1:] == [
-        "overlay", "br_netfilter"]
+        "overlay",
+        "br_netfilter",
+    ]
     sysctl = files["/etc/sysctl.d/90-nodeforge.conf"]["content"]
-    for line in ("net.bridge.bridge-nf-call-iptables = 1",
-                 "net.bridge.bridge-nf-call-ip6tables = 1", "net.ipv4.ip_forward = 1",
-                 "vm.overcommit_memory = 1", "kernel.panic = 10"):
+    for line in (
+        "net.bridge.bridge-nf-call-iptables = 1",
+        "net.bridge.bridge-nf-call-ip6tables = 1",
+        "net.ipv4.ip_forward = 1",
+        "vm.overcommit_memory = 1",
+        "kernel.panic = 10",
+    ):
         assert line in sysctl
     agent = files["/usr/lib/nodeforge/nodeforge-enroll"]
     assert agent["permissions"] == "0755"
@@ -97,8 +104,7 @@ def test_user_data_carries_modules_sysctls_and_agent(workdir: Path) -> None:
     assert "systemctl start --no-block nodeforge-enroll.service" in runcmd
     node = json.loads(files["/etc/nodeforge/node.json"]["content"])
     assert node["labels"]["topology.kubernetes.io/zone"] == "onprem-dc1"
-    assert node["taints"] == [{"key": "nvidia.com/gpu", "value": "present",
-                               "effect": "NoSchedule"}]
+    assert node["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
 
 
 def test_autoinstall_wraps_user_data_and_runs_scripts(workdir: Path) -> None:
@@ -156,9 +162,12 @@ def test_provision_env_and_packer_vars(workdir: Path) -> None:
 
 
 def test_static_network_config(workdir: Path) -> None:
-    profile = load_profile("onprem", overrides=[
-        "network.static={address: 192.168.50.10/24, gateway: 192.168.50.1, dns: [192.168.50.1]}"
-    ])
+    profile = load_profile(
+        "onprem",
+        overrides=[
+            "network.static={address: 192.168.50.10/24, gateway: 192.168.50.1, dns: [192.168.50.1]}"
+        ],
+    )
     tree = render.render_site(profile).path
     net = yaml.safe_load((tree / "cloud-init/network-config").read_text())
     eth = net["network"]["ethernets"]["primary"]
@@ -166,8 +175,7 @@ def test_static_network_config(workdir: Path) -> None:
     assert eth["routes"] == [{"to": "default", "via": "192.168.50.1"}]
 
 
-def test_failed_render_leaves_previous_tree(workdir: Path, monkeypatch: pytest.MonkeyPatch
-                                            ) -> None:
+def test_failed_render_leaves_previous_tree(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = render.render_site(load_profile("aws")).path
     before = tree_digest(first)
 
@@ -190,9 +198,19 @@ def test_missing_ca_cert_is_a_clear_error(workdir: Path) -> None:
 
 
 def test_yaml_scalar_filter_round_trips_awkward_text() -> None:
-    for text in ["plain", "two\nlines\n", "  leading space\nx", "trailing  \n", "tab\there\n",
-                 "no newline\nat end", "blank\n\n\nlines\n\n", "# not a comment\n", "a: b\n",
-                 "", "'quotes\" and \\ back\n"]:
+    for text in [
+        "plain",
+        "two\nlines\n",
+        "  leading space\nx",
+        "trailing  \n",
+        "tab\there\n",
+        "no newline\nat end",
+        "blank\n\n\nlines\n\n",
+        "# not a comment\n",
+        "a: b\n",
+        "",
+        "'quotes\" and \\ back\n",
+    ]:
         doc = f"k:\n  - content: {render._to_yaml_scalar(text, 4)}\n    next: 1\n"
         assert yaml.safe_load(doc) == {"k": [{"content": text, "next": 1}]}, repr(text)
 
