@@ -63,9 +63,11 @@ def valid_pubkey(s: Any) -> bool:
     if not isinstance(s, str) or len(s) != 44:
         return False
     try:
-        return len(base64.b64decode(s, validate=True)) == 32
+        raw = base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError):
         return False
+    # canonical encoding only: `wg` rejects keys whose padding bits are not zero
+    return len(raw) == 32 and base64.b64encode(raw).decode() == s
 
 
 def parse_enroll_body(body: bytes) -> dict[str, str]:
@@ -242,19 +244,29 @@ class Hub:
             try:
                 self.wg.apply(adds, removes)
             except BuilderError as exc:
-                log.error("wg set failed: %s", exc.message)
-                with self.metrics.lock:
-                    self.metrics.wg_errors += 1
-                # committed but not applied: the node retries (a replay) and we apply again
-                for o in outcomes:
-                    if o.status == 200:
-                        o.status, o.error, o.retry_after = 503, "WireGuard apply failed", 5
+                log.error("wg set for a batch of %d failed: %s", len(adds), exc.message)
+                self._apply_one_by_one(outcomes)
         with self.metrics.lock:
             self.metrics.batches += 1
             self.metrics.batch_items += len(batch)
         for j, o in zip(batch, outcomes, strict=True):
             j.outcome = o
             j.done.set()
+
+    def _apply_one_by_one(self, outcomes: list[Outcome]) -> None:
+        """A batch ``wg set`` failed: apply peer by peer so one bad peer fails alone.
+        A peer that cannot be applied is committed but answered 503; the node's retry is a
+        replay and is applied again (and the periodic reconcile covers it as well)."""
+        for o in outcomes:
+            if o.status != 200 or not o.add_peer:
+                continue
+            try:
+                self.wg.apply([o.add_peer], o.remove_peers)
+            except BuilderError as exc:
+                log.error("wg set for %s failed: %s", o.add_peer[0], exc.message)
+                with self.metrics.lock:
+                    self.metrics.wg_errors += 1
+                o.status, o.error, o.retry_after = 503, "WireGuard apply failed", 5
 
     def submit(self, req: EnrollRequest) -> Outcome:
         job = Job(req)
@@ -343,18 +355,37 @@ class Handler(BaseHTTPRequestHandler):
         u = urlsplit(self.path)
         return u.path, u.query
 
+    def _drain(self) -> None:
+        """Consume an unread small body so closing the connection does not reset it."""
+        length = self.headers.get("Content-Length", "")
+        if getattr(self, "_body_read", False) or not length.isdigit():
+            return
+        if int(length) <= self.server.hub.cfg.limits.max_body_bytes:
+            with contextlib.suppress(OSError):
+                self.rfile.read(int(length))
+        self._body_read = True
+
     def _body(self) -> bytes:
         hub = self.server.hub
+        self._body_read = True
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
             self.close_connection = True
             raise HttpError(411, "Content-Length required")
         if int(length) > hub.cfg.limits.max_body_bytes:
             self.close_connection = True
+            # discard (never parse) up to 1 MiB so the client can read the 413
+            left = min(int(length), 1 << 20)
+            while left > 0:
+                chunk = self.rfile.read(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
             raise HttpError(413, f"body larger than {hub.cfg.limits.max_body_bytes} bytes")
         return self.rfile.read(int(length))
 
     def _dispatch(self, method: str) -> None:
+        self._body_read = False
         path, query = self._route_of()
         self._route = (
             path
@@ -383,6 +414,7 @@ class Handler(BaseHTTPRequestHandler):
                 )
             route()
         except HttpError as exc:
+            self._drain()
             self._send(exc.status, {"error": exc.message}, exc.retry_after)
         except (ConnectionError, TimeoutError, ssl.SSLError):
             self.close_connection = True

@@ -524,7 +524,7 @@ class Agent:
     def wg_conf(self, enr: dict[str, Any], key: str) -> str:
         hub = enr["hub"]
         lines = [
-            "# written by nodeforge-enroll from the hub's answer; no SaveConfig",
+            "# written by nodeforge-enroll from the hub's answer (never saved back)",
             "[Interface]",
             f"PrivateKey = {key}",
             f"Address = {enr['address']}/32",

@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""STAND-IN for `kubeadm` on a node (the real one is unreachable offline).
+
+Records its arguments and the JoinConfiguration it was given into $NF_STANDIN_RECORD
+(JSON lines) and checks that the config is a kubeadm v1beta4 JoinConfiguration on a
+private (0600) path whose node-ip matches $NF_STANDIN_EXPECT_IP when set.
+With $NF_STANDIN_FAIL_FIRST_JOIN set to a path, the first `join` fails (and creates the
+path) so the agent's `kubeadm reset -f` + fresh join material path is exercised.
+"""
+
+import json
+import os
+import stat
+import sys
+
+import yaml
+
+record = os.environ["NF_STANDIN_RECORD"]
+args = sys.argv[1:]
+entry = {"argv": args}
+rc = 0
+if args[:1] == ["join"]:
+    path = args[args.index("--config") + 1]
+    st = os.stat(path)
+    entry["mode"] = oct(stat.S_IMODE(st.st_mode))
+    entry["config_path"] = path
+    cfg = yaml.safe_load(open(path))
+    entry["config"] = cfg
+    problems = []
+    if cfg.get("apiVersion") != "kubeadm.k8s.io/v1beta4" or cfg.get("kind") != "JoinConfiguration":
+        problems.append("not a v1beta4 JoinConfiguration")
+    args_list = cfg["nodeRegistration"]["kubeletExtraArgs"]
+    node_ip = {a["name"]: a["value"] for a in args_list}.get("node-ip")
+    want = os.environ.get("NF_STANDIN_EXPECT_IP")
+    if want and node_ip != want:
+        problems.append(f"node-ip {node_ip} != {want}")
+    bt = cfg["discovery"]["bootstrapToken"]
+    if not bt.get("token") or not bt.get("caCertHashes"):
+        problems.append("no bootstrap token / CA hash")
+    entry["problems"] = problems
+    fail_first = os.environ.get("NF_STANDIN_FAIL_FIRST_JOIN")
+    if problems:
+        rc = 3
+    elif fail_first and not os.path.exists(fail_first):
+        open(fail_first, "w").close()
+        entry["failed_on_purpose"] = True
+        rc = 1
+with open(record, "a") as fh:
+    fh.write(json.dumps(entry) + "\n")
+if rc:
+    print("stand-in kubeadm: join failed", entry.get("problems"), file=sys.stderr)
+sys.exit(rc)
