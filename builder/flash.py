@@ -12,7 +12,7 @@ Order of work in :func:`flash`:
 4. write in large page-aligned blocks with ``O_DIRECT`` when the target takes it (else
    buffered, transparently), the image read and hashed in a second thread so reading,
    hashing and writing overlap; ``O_EXCL`` so the kernel itself refuses a device that is
-   mounted; progress on stderr; ``fsync`` at the end;
+   mounted, even under --force; progress on stderr; ``fsync`` at the end;
 5. read the target back (``O_DIRECT``, or buffered after dropping the page cache) and compare
    its sha256 with the image's, and with ``SHA256SUMS`` beside the image when it lists it.
 
@@ -648,10 +648,7 @@ def flash(
             image, target.path, length, verify, progress_factory, block_size, direct
         )
     else:
-        exclusive = not any(p.code in (blockdev.MOUNTED, blockdev.IN_USE) for p in overridden)
-        result = _flash_block(
-            image, target, length, verify, progress_factory, block_size, direct, exclusive
-        )
+        result = _flash_block(image, target, length, verify, progress_factory, block_size, direct)
     result.overridden = overridden
     if verify and result.sha256 and sums_digest:
         if result.sha256 != sums_digest:
@@ -711,11 +708,11 @@ def _flash_block(
     progress_factory: ProgressFactory,
     block_size: int,
     direct: bool,
-    exclusive: bool,
 ) -> FlashResult:
     path = target.path
     try:
-        fd, used_direct = _open_write(path, direct=direct, exclusive=exclusive)
+        # O_EXCL always, even under --force: the kernel's own "mounted or held" verdict
+        fd, used_direct = _open_write(path, direct=direct, exclusive=True)
     except OSError as exc:
         if exc.errno == errno.EBUSY:
             raise BuilderError(
