@@ -165,6 +165,113 @@ def validate_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | Non
 
 # --- iso / seed commands (issue 3) -------------------------------------------------------
 
+
+@cli.command("image")
+@site_argument
+@set_option
+@profiles_dir_option
+@click.option(
+    "--target",
+    type=click.Choice(["iso", "ami", "qcow2"]),
+    default=None,
+    help="Override the profile's target (this command builds iso).",
+)
+@click.option(
+    "--base-iso",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Use this local base ISO instead of downloading iso.base.url.",
+)
+@click.option("--no-verify", is_flag=True, help="Do not check --base-iso's sha256.")
+@click.option("--force", is_flag=True, help="Rebuild even when the inputs are unchanged.")
+@click.option(
+    "-o",
+    "--dist",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output directory (default: dist/SITE).",
+)
+def image_cmd(
+    site: str,
+    overrides: tuple[str, ...],
+    profiles_dir: Path | None,
+    target: str | None,
+    base_iso: Path | None,
+    no_verify: bool,
+    force: bool,
+    dist: Path | None,
+) -> None:
+    """Build SITE's image (target iso: the remastered Ubuntu installer ISO)."""
+    from .image import build_image
+
+    result = build_image(
+        site,
+        profiles_dir=profiles_dir,
+        overrides=overrides,
+        target=target,
+        dist=dist,
+        base_iso=base_iso,
+        verify=not no_verify,
+        force=force,
+    )
+    click.echo(result.path)
+
+
+@cli.command("seed")
+@site_argument
+@set_option
+@profiles_dir_option
+@click.option("--hostname", default=None, help="The node's host name.")
+@click.option("--ip", default=None, metavar="CIDR", help="Static address, e.g. 192.168.50.10/24.")
+@click.option("--gateway", default=None, help="Default gateway (with --ip).")
+@click.option("--dns", multiple=True, help="DNS server (with --ip); repeatable.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding a one-time enrollment token for this node.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the seed ISO (0600).",
+)
+def seed_cmd(
+    site: str,
+    overrides: tuple[str, ...],
+    profiles_dir: Path | None,
+    hostname: str | None,
+    ip: str | None,
+    gateway: str | None,
+    dns: tuple[str, ...],
+    token_file: Path | None,
+    output: Path,
+) -> None:
+    """Write a NoCloud CIDATA seed ISO with per-node data (second USB stick or VM disk)."""
+    from .errors import UsageError
+    from .profile import load_profile
+    from .seed import node_seed, write_seed
+
+    profile = load_profile(site, profiles_dir, overrides)
+    token = None
+    if token_file is not None:
+        try:
+            token = token_file.read_text()
+        except OSError as exc:
+            raise UsageError(f"--token-file: {token_file}: {exc.strerror}") from None
+    files = node_seed(
+        site=profile.site,
+        hostname=hostname,
+        ip=ip,
+        gateway=gateway,
+        dns=list(dns),
+        token=token,
+    )
+    click.echo(write_seed(output, files))
+
+
 # --- hub commands (issue 4) --------------------------------------------------------------
 
 

@@ -1,0 +1,238 @@
+"""Target ``iso``: profile -> rendered tree -> verified base ISO -> remastered ISO in dist/.
+
+``build_iso(profile, …)``:
+
+1. render the build tree (``builder.render.render_site``), whose ``iso/`` holds the files
+   to add (``nocloud/user-data``, ``nocloud/meta-data``, ``nodeforge/…``);
+2. get the base: ``--base-iso PATH`` (sha256-verified unless ``verify=False``) or
+   ``builder.fetch.fetch`` (download, resume, verify, cache);
+3. if ``dist/<site>/manifest.json`` records the same cache key (base sha256, the rendered
+   iso/ tree, volume id, timeout, epoch, builder version and remaster code) and the ISO is
+   there with its recorded size, that is a cache hit (``force`` rebuilds);
+4. remaster (``builder.iso.remaster``) into a temp file in ``dist/<site>/`` renamed into
+   place only when complete: a killed build leaves no ``.iso`` (stale temp files are
+   removed by the next build, under a lock);
+5. write ``manifest.json`` (profile hash, base url + sha256, builder version/commit,
+   Kubernetes/CRI-O/NVIDIA versions, artifact sha256 and size) and ``SHA256SUMS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import TOOL, __version__, buildinfo, fetch, iso
+from .errors import BuilderError, UsageError
+from .fsutil import atomic_output, atomic_write, sha256_file
+from .profile import Profile, load_profile
+from .render import image_name, render_site, versions
+
+log = logging.getLogger("builder.image")
+
+ISO_CODE = Path(iso.__file__)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    path: Path
+    manifest: Path
+    sha256: str
+    size: int
+    cached: bool
+
+
+def default_dist(site: str) -> Path:
+    return Path.cwd() / "dist" / site
+
+
+@contextlib.contextmanager
+def _dist_lock(dist: Path) -> Iterator[None]:
+    dist.mkdir(parents=True, exist_ok=True)
+    with open(dist / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuilderError(
+                f"{dist}: another build of this site is running",
+                hint="wait for it to finish",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _clean_stale(dist: Path, name: str) -> None:
+    for stale in dist.glob(f".{name}.*.part"):
+        log.info("removing the leftover of an interrupted build: %s", stale.name)
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
+def _tree_digest(tree: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(tree.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(tree).as_posix()
+            mode = "x" if os.stat(p).st_mode & 0o111 else "-"
+            h.update(f"{rel}\0{mode}\0".encode() + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def iso_settings(profile: Profile) -> tuple[str, int | None]:
+    volume_id = str(profile.get("iso.volume_id") or f"{TOOL.upper()}_{profile.site.upper()}")
+    iso.check_volume_id(volume_id, profile.where("iso.volume_id"))
+    timeout = profile.get("iso.grub_timeout")
+    if timeout is not None and (not isinstance(timeout, int) or timeout < 0):
+        raise UsageError(f"{profile.where('iso.grub_timeout')}: must be an integer >= 0")
+    return volume_id, timeout
+
+
+def _base(
+    profile: Profile, base_iso: Path | None, verify: bool, cache: Path | None
+) -> tuple[Path, str, dict[str, Any]]:
+    url = profile.get("iso.base.url")
+    pinned = profile.get("iso.base.sha256")
+    sums = profile.get("iso.base.sha256sums_url")
+    info: dict[str, Any] = {"url": url}
+    if sums:
+        info["sha256sums_url"] = sums
+    if base_iso is not None:
+        if not base_iso.is_file():
+            raise UsageError(f"--base-iso: {base_iso}: no such file")
+        if verify:
+            name = fetch.file_name(url) if url else base_iso.name
+            try:
+                want = fetch.resolve_sha256(pinned, sums, name, cache=cache)
+            except BuilderError as exc:
+                raise BuilderError(
+                    exc.message, hint="--no-verify uses the local ISO without checking it"
+                ) from exc
+            log.info("verifying %s", base_iso)
+            fetch.verify_file(base_iso, want)
+            digest = want
+        else:
+            log.warning("--no-verify: using %s without checking its sha256", base_iso)
+            digest = sha256_file(base_iso)
+            info["verified"] = False
+        info["local_path"] = str(base_iso)
+        return base_iso, digest, info
+    if not url:
+        raise UsageError(
+            f"{profile.where('iso.base.url')}: no base ISO URL", hint="or pass --base-iso PATH"
+        )
+    path = fetch.fetch(url, sha256=pinned, sha256sums_url=sums, cache=cache)
+    return path, path.parent.name, info
+
+
+def _cache_key(base_sha: str, tree: Path, volume_id: str, timeout: int | None, epoch: int) -> str:
+    data = {
+        "base_sha256": base_sha,
+        "iso_tree": _tree_digest(tree),
+        "volume_id": volume_id,
+        "grub_timeout": timeout,
+        "source_date_epoch": epoch,
+        "builder_version": __version__,
+        "remaster_code": hashlib.sha256(ISO_CODE.read_bytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_hit(dist: Path, manifest_path: Path, name: str, key: str) -> ImageResult | None:
+    try:
+        man = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if man.get("cache_key") != key:
+        return None
+    for art in man.get("artifacts", []):
+        path = dist / art.get("name", "")
+        if art.get("name") == name and path.is_file() and path.stat().st_size == art.get("size"):
+            return ImageResult(path, manifest_path, art["sha256"], art["size"], cached=True)
+    return None
+
+
+def build_iso(
+    profile: Profile,
+    *,
+    dist: Path | None = None,
+    build_dir: Path | None = None,
+    base_iso: Path | None = None,
+    verify: bool = True,
+    force: bool = False,
+    cache: Path | None = None,
+) -> ImageResult:
+    """Build (or reuse) ``dist/<site>/<image name>.iso``; see the module docstring."""
+    volume_id, timeout = iso_settings(profile)
+    dist = dist or default_dist(profile.site)
+    rendered = render_site(profile, build_dir)
+    tree = rendered.path / "iso"
+    if not (tree / "nocloud" / "user-data").is_file():
+        raise BuilderError(f"{tree}: the rendered tree has no nocloud/user-data")
+    base, base_sha, base_info = _base(profile, base_iso, verify, cache)
+    epoch = buildinfo.source_date_epoch()
+    key = _cache_key(base_sha, tree, volume_id, timeout, epoch)
+    name = f"{image_name(profile)}.iso"
+    manifest_path = dist / "manifest.json"
+    with _dist_lock(dist):
+        _clean_stale(dist, name)
+        if not force:
+            hit = _cache_hit(dist, manifest_path, name, key)
+            if hit:
+                log.info("cache hit: %s is up to date (--force rebuilds)", hit.path)
+                return hit
+        target = dist / name
+        with atomic_output(target) as tmp:
+            iso.remaster(base, tmp, tree, volume_id=volume_id, grub_timeout=timeout, epoch=epoch)
+            digest = sha256_file(tmp)
+            size = tmp.stat().st_size
+        manifest = {
+            "tool": TOOL,
+            "site": profile.site,
+            "target": "iso",
+            "image_name": image_name(profile),
+            "profile_hash": profile.input_hash,
+            "render_input_hash": rendered.input_hash,
+            "cache_key": key,
+            "builder_version": buildinfo.version(),
+            "builder_commit": buildinfo.builder_commit(),
+            "source_date_epoch": epoch,
+            "versions": versions(profile),
+            "base": {**base_info, "sha256": base_sha},
+            "iso": {"volume_id": volume_id, "grub_timeout": timeout},
+            "artifacts": [{"name": name, "sha256": digest, "size": size}],
+        }
+        atomic_write(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        atomic_write(dist / "SHA256SUMS", f"{digest}  {name}\n")
+    log.info("built %s (%d bytes, sha256 %s)", target, size, digest)
+    return ImageResult(target, manifest_path, digest, size, cached=False)
+
+
+def build_image(
+    site: str,
+    *,
+    profiles_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+    target: str | None = None,
+    dist: Path | None = None,
+    base_iso: Path | None = None,
+    verify: bool = True,
+    force: bool = False,
+) -> ImageResult:
+    """Load ``site`` and build its image; this module builds the ``iso`` target."""
+    profile = load_profile(site, profiles_dir, overrides)
+    kind = target or profile.get("target")
+    if kind != "iso":
+        raise UsageError(
+            f"{profile.where('target')}: target {kind!r} is not an ISO "
+            "(ami/qcow2 images are built by Packer)"
+        )
+    return build_iso(profile, dist=dist, base_iso=base_iso, verify=verify, force=force)
