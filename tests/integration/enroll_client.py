@@ -106,16 +106,16 @@ def cmd_burst(a):
         only = [int(x) for x in a.only.split(",") if x]
     idx = only if only is not None else list(range(a.n))
     lock = threading.Lock()
-    out = open(a.out, "a")
+    out = open(a.out, "a")  # noqa: SIM115 - closed below, shared by threads
     lat = []
 
     def one(i):
         body, node_id, pub = enroll_body(a.prefix, i, a.site)
         t0 = time.monotonic()
         try:
-            st, hd, bd = call(a.url, a.ca, "POST", "/v1/enroll", a.token, body)
+            st, _, bd = call(a.url, a.ca, "POST", "/v1/enroll", a.token, body)
         except (OSError, http.client.HTTPException) as exc:
-            st, hd, bd = 0, {}, {"error": str(exc)}
+            st, bd = 0, {"error": str(exc)}
         dt = time.monotonic() - t0
         rec = {
             "i": i,

@@ -8,6 +8,7 @@ Real wireguard-go everywhere (the host kernel has no WireGuard module).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -79,7 +80,7 @@ class Lab:
     def start_hub(
         self, config: Path, log: Path, env: dict[str, str] | None = None
     ) -> subprocess.Popen:
-        fh = open(log, "a")
+        fh = open(log, "a")  # noqa: SIM115 - the hub process keeps it
         p = subprocess.Popen(
             ["ip", "netns", "exec", self.hub_ns, *BUILDER, "hub", "serve", "--config", str(config)],
             cwd=REPO,
@@ -127,10 +128,8 @@ class Lab:
             # wireguard-go daemons we started live in these namespaces: end them by pid
             pids = sh(["ip", "netns", "pids", ns], check=False).stdout.split()
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGTERM)
-                except (ProcessLookupError, ValueError):
-                    pass
             sh(["ip", "netns", "del", ns], check=False)
 
 

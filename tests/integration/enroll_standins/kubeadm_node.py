@@ -24,7 +24,8 @@ if args[:1] == ["join"]:
     st = os.stat(path)
     entry["mode"] = oct(stat.S_IMODE(st.st_mode))
     entry["config_path"] = path
-    cfg = yaml.safe_load(open(path))
+    with open(path) as fh:
+        cfg = yaml.safe_load(fh)
     entry["config"] = cfg
     problems = []
     if cfg.get("apiVersion") != "kubeadm.k8s.io/v1beta4" or cfg.get("kind") != "JoinConfiguration":

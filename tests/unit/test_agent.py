@@ -1,0 +1,364 @@
+"""The node agent's state machine and retry policy: time, HTTP and commands injected.
+
+No sleeps, no network, no root: FakeSystem answers `wg`, `wg-quick` and `kubeadm`,
+FakeHttp plays the hub, sleep() only records how long the agent wanted to wait.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import ssl
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.hub.pki import make_ca_and_server
+
+AGENT = Path(__file__).resolve().parents[2] / "builder" / "node" / "agent.py"
+spec = importlib.util.spec_from_file_location("nodeforge_agent", AGENT)
+agent = importlib.util.module_from_spec(spec)
+sys.modules["nodeforge_agent"] = agent
+spec.loader.exec_module(agent)
+
+HUB_KEY = "H" * 43 + "="
+NODE_KEY = "P" * 43 + "="
+NODE_PUB = "Q" * 43 + "="
+
+
+class FakeSystem:
+    def __init__(self, handshake_after: int = 0, join_failures: int = 0) -> None:
+        self.calls: list[list[str]] = []
+        self.handshake_after = handshake_after
+        self.join_failures = join_failures
+        self.hs_polls = 0
+        self.join_configs: list[str] = []
+        self.dns_fail = 0
+        self.route_ok = True
+
+    def run(self, argv, timeout=600, env=None):
+        self.calls.append(list(argv))
+        if argv[1:] == ["genkey"]:
+            return 0, NODE_KEY + "\n"
+        if argv[1:3] == ["show", argv[2]] and argv[3:] == ["public-key"]:
+            return 1, "No such device"
+        if argv[1:2] == ["up"] or argv[1:2] == ["down"] or argv[1:2] == ["set"]:
+            return 0, ""
+        if argv[3:] == ["latest-handshakes"]:
+            self.hs_polls += 1
+            ts = "1800000000" if self.hs_polls > self.handshake_after else "0"
+            return 0, f"{HUB_KEY}\t{ts}\n"
+        if argv[1] == "join":
+            self.join_configs.append(Path(argv[3]).read_text())
+            mode = stat.S_IMODE(Path(argv[3]).stat().st_mode)
+            assert mode == 0o600
+            if self.join_failures:
+                self.join_failures -= 1
+                return 1, "stand-in: join failed"
+            return 0, ""
+        if argv[1:] == ["reset", "-f"]:
+            return 0, ""
+        if argv[1] == "enable":
+            return 0, ""
+        raise AssertionError(f"unexpected command {argv}")
+
+    def run_input(self, argv, data):
+        self.calls.append(list(argv))
+        assert argv[1:] == ["pubkey"] and data.strip() == NODE_KEY
+        return 0, NODE_PUB + "\n"
+
+    def resolve(self, host, port):
+        if self.dns_fail:
+            self.dns_fail -= 1
+            raise OSError("Temporary failure in name resolution")
+        return "192.0.2.1"
+
+    def has_route(self, addr, port):
+        return self.route_ok
+
+    def hostname(self):
+        return "Node-A.example"
+
+
+def enrollment(address="10.100.0.7"):
+    return {
+        "node_id": "x",
+        "address": address,
+        "overlay_cidr": "10.100.0.0/16",
+        "hub": {"pubkey": HUB_KEY, "endpoint": "hub.example:51820", "overlay_ip": "10.100.0.1"},
+        "mtu": 1420,
+        "keepalive": 25,
+        "node_secret": "nfs1.secret",
+        "join_url": "https://10.100.0.1:8443/v1/join",
+    }
+
+
+class FakeHttp:
+    def __init__(self, enroll_answers, join_ip="10.100.0.7") -> None:
+        self.enroll_answers = list(enroll_answers)
+        self.requests: list[tuple[str, str, str, dict | None]] = []
+        self.join_ip = join_ip
+        self.joins = 0
+
+    def request(self, method, url, bearer, body=None):
+        self.requests.append((method, url, bearer, body))
+        if url.endswith("/v1/enroll"):
+            ans = self.enroll_answers.pop(0)
+            if isinstance(ans, Exception):
+                raise ans
+            return ans
+        if url.endswith("/v1/join"):
+            assert bearer == "nfs1.secret"
+            self.joins += 1
+            return (
+                200,
+                {},
+                {
+                    "api_server": "10.100.0.1:6443",
+                    "token": f"abcdef.{self.joins:016d}",
+                    "ca_cert_hashes": ["sha256:" + "a" * 64],
+                    "node_ip": self.join_ip,
+                    "labels": {"hub": "yes"},
+                    "taints": [],
+                    "cri_socket": "unix:///x.sock",
+                },
+            )
+        if url.endswith("/v1/complete"):
+            return 200, {}, {"status": "joined"}
+        raise AssertionError(url)
+
+
+@pytest.fixture
+def ca(tmp_path):
+    ca_pem, _, _, _ = make_ca_and_server(["hub.example"])
+    p = tmp_path / "ca.pem"
+    p.write_bytes(ca_pem)
+    return p
+
+
+def make_cfg(tmp_path, ca, **over):
+    (tmp_path / "token").write_text("nf1.token\n")
+    d = {
+        "site": "lab",
+        "enroll_url": "https://hub.example:8443",
+        "ca_file": str(ca),
+        "ca_pin": agent.ca_pin_of(str(ca)),
+        "token_file": str(tmp_path / "token"),
+        "interface": "wg9",
+        "build_time": 1_700_000_000,
+        "state_dir": str(tmp_path / "state"),
+        "wireguard_dir": str(tmp_path / "wg"),
+        "run_dir": str(tmp_path / "run"),
+        "sys_dir": str(tmp_path / "sys"),
+        "labels": {"site": "lab"},
+        "taints": [{"key": "new", "value": "1", "effect": "NoSchedule"}],
+        "retry_max_seconds": 60,
+        "enable_wg_unit": True,
+        "handshake_timeout": 5,
+    }
+    d.update(over)
+    p = tmp_path / "node.json"
+    p.write_text(json.dumps(d))
+    return agent.load_config(str(p))
+
+
+def run_agent(cfg, sysm, http, t=1_800_000_000.0, rand=1.0):
+    sleeps: list[float] = []
+    clock = [t]
+
+    def sleep(s):
+        sleeps.append(s)
+        clock[0] += s
+
+    a = agent.Agent(cfg, sysm, http, clock=lambda: clock[0], sleep=sleep, rand=lambda: rand)
+    return a.run(), sleeps
+
+
+def test_happy_path(tmp_path, ca, capsys):
+    cfg = make_cfg(tmp_path, ca)
+    sysm, http = FakeSystem(handshake_after=2), FakeHttp([(200, {}, enrollment())])
+    rc, sleeps = run_agent(cfg, sysm, http)
+    assert rc == 0
+    state = tmp_path / "state"
+    assert (state / "joined").exists()
+    assert stat.S_IMODE((state / "wg.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((state / "enrollment.json").stat().st_mode) == 0o600
+    conf = tmp_path / "wg" / "wg9.conf"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    text = conf.read_text()
+    assert "Address = 10.100.0.7/32" in text and "MTU = 1420" in text
+    assert "PersistentKeepalive = 25" in text and "\nSaveConfig" not in text
+    method, url, bearer, body = http.requests[0]
+    assert (method, url, bearer) == ("POST", "https://hub.example:8443/v1/enroll", "nf1.token")
+    assert body["wg_pubkey"] == NODE_PUB and body["hostname"] == "node-a"
+    assert "token" not in url
+    verbs = [c[1] for c in sysm.calls]
+    assert verbs.index("up") < verbs.index("enable") < verbs.index("join")
+    jc = yaml.safe_load(sysm.join_configs[0])
+    assert jc["apiVersion"] == "kubeadm.k8s.io/v1beta4" and jc["kind"] == "JoinConfiguration"
+    args = {a["name"]: a["value"] for a in jc["nodeRegistration"]["kubeletExtraArgs"]}
+    assert args == {"node-ip": "10.100.0.7", "node-labels": "hub=yes,site=lab"}
+    assert jc["nodeRegistration"]["taints"] == [
+        {"key": "new", "value": "1", "effect": "NoSchedule"}
+    ]
+    assert jc["discovery"]["bootstrapToken"]["token"] == "abcdef.0000000000000001"
+    assert not (tmp_path / "run" / "join.yaml").exists()
+    assert http.requests[-1][1] == "https://10.100.0.1:8443/v1/complete"
+    assert sleeps == [1.0, 1.0]  # two handshake polls, nothing else
+    err = capsys.readouterr().err
+    assert all(line.startswith("nodeforge-enroll: step=") for line in err.splitlines())
+    assert "nf1.token" not in err and "nfs1.secret" not in err and NODE_KEY not in err
+    # the next boot: marker present, nothing happens
+    rc, _ = run_agent(cfg, FakeSystem(), FakeHttp([]))
+    assert rc == 0
+
+
+def test_key_and_node_id_are_created_once_and_the_answer_is_reused(tmp_path, ca):
+    cfg = make_cfg(tmp_path, ca, handshake_timeout=2)
+    sysm = FakeSystem(handshake_after=10**6)
+    http = FakeHttp([(200, {}, enrollment())])
+    rc, _ = run_agent(cfg, sysm, http)
+    assert rc == agent.EXIT_RETRY  # no handshake: systemd starts us again
+    resolves = [c for c in sysm.calls if c[1] == "set" and "endpoint" in c]
+    assert len(resolves) == 3  # re-resolved the hub endpoint each round
+    node_id = (tmp_path / "state" / "node_id").read_text()
+    sysm2 = FakeSystem()
+    rc, _ = run_agent(cfg, sysm2, FakeHttp([]))  # no enroll answer available: must not POST
+    assert rc == 0
+    assert (tmp_path / "state" / "node_id").read_text() == node_id
+    assert ["wg", "genkey"] not in sysm2.calls
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 409])
+def test_refusals_stop_for_good(tmp_path, ca, status):
+    cfg = make_cfg(tmp_path, ca)
+    rc, sleeps = run_agent(cfg, FakeSystem(), FakeHttp([(status, {}, {"error": "no"})]))
+    assert rc == agent.EXIT_STOP and sleeps == []
+    assert not (tmp_path / "state" / "enrollment.json").exists()
+
+
+def test_429_honours_retry_after_and_202_polls(tmp_path, ca):
+    cfg = make_cfg(tmp_path, ca)
+    http = FakeHttp(
+        [
+            (429, {"retry-after": "7"}, {"error": "slow down"}),
+            (202, {"retry-after": "30"}, {"status": "pending"}),
+            (200, {}, enrollment()),
+        ]
+    )
+    rc, sleeps = run_agent(cfg, FakeSystem(), http)
+    assert rc == 0 and sleeps[:2] == [7.0, 30.0]
+
+
+def test_server_errors_back_off_with_jitter_capped(tmp_path, ca):
+    cfg = make_cfg(tmp_path, ca, retry_max_seconds=10, enroll_attempts=6)
+    answers = [
+        (503, {}, {}),
+        OSError("refused"),
+        (500, {}, {}),
+        (502, {}, {}),
+        (500, {}, {}),
+        (500, {}, {}),
+    ]
+    rc, sleeps = run_agent(cfg, FakeSystem(), FakeHttp(answers), rand=1.0)
+    assert rc == agent.EXIT_RETRY
+    assert sleeps == [4.0, 8.0, 10.0, 10.0, 10.0]
+    (tmp_path / "x").mkdir()
+    cfg = make_cfg(tmp_path / "x", ca, retry_max_seconds=10, enroll_attempts=3)
+    rc, sleeps = run_agent(cfg, FakeSystem(), FakeHttp([(503, {}, {})] * 3), rand=0.25)
+    assert rc == agent.EXIT_RETRY and sleeps == [1.0, 2.0]  # jitter scales the delay
+
+
+def test_waits_for_clock_dns_and_route(tmp_path, ca):
+    cfg = make_cfg(tmp_path, ca, build_time=1_800_000_100)
+    sysm = FakeSystem()
+    sysm.dns_fail = 2
+    rc, sleeps = run_agent(cfg, sysm, FakeHttp([(200, {}, enrollment())]), rand=1.0)
+    assert rc == 0
+    # clock behind the build time until the sleeps move it past, then two DNS failures
+    assert sleeps[:3] == [1.0, 2.0, 4.0] and len(sleeps) >= 5
+    cfg2 = make_cfg(tmp_path, ca)
+    s2 = FakeSystem()
+    s2.route_ok = False
+    a = agent.Agent(
+        cfg2,
+        s2,
+        FakeHttp([]),
+        clock=lambda: 1_800_000_000.0,
+        sleep=lambda s: None,
+        rand=lambda: 0.0,
+    )
+    a.check_ca()
+    with pytest.raises(agent.Retry):
+        a.wait_for_network(max_attempts=3)
+
+
+def test_failed_join_resets_and_fetches_fresh_material(tmp_path, ca):
+    cfg = make_cfg(tmp_path, ca)
+    sysm = FakeSystem(join_failures=1)
+    http = FakeHttp([(200, {}, enrollment())])
+    rc, _ = run_agent(cfg, sysm, http)
+    assert rc == 0
+    kube = [c[1:] for c in sysm.calls if c[0] == "kubeadm"]
+    assert [k[0] for k in kube] == ["join", "reset", "join"] and kube[1] == ["reset", "-f"]
+    assert http.joins == 2
+    toks = [yaml.safe_load(c)["discovery"]["bootstrapToken"]["token"] for c in sysm.join_configs]
+    assert toks[0] != toks[1]
+
+
+def test_join_material_for_another_address_is_refused(tmp_path, ca):
+    cfg = make_cfg(tmp_path, ca)
+    rc, _ = run_agent(cfg, FakeSystem(), FakeHttp([(200, {}, enrollment())], join_ip="10.100.0.9"))
+    assert rc == agent.EXIT_STOP
+    assert not (tmp_path / "state" / "joined").exists()
+
+
+def test_ca_pin_mismatch_and_missing_token_stop(tmp_path, ca):
+    cfg = make_cfg(tmp_path, ca, ca_pin="sha256:" + "0" * 64)
+    assert run_agent(cfg, FakeSystem(), FakeHttp([]))[0] == agent.EXIT_STOP
+    cfg = make_cfg(tmp_path, ca, token_file=str(tmp_path / "missing"))
+    assert run_agent(cfg, FakeSystem(), FakeHttp([]))[0] == agent.EXIT_STOP
+
+
+def test_cert_rejection_stops(tmp_path, ca):
+    cfg = make_cfg(tmp_path, ca)
+    err = ssl.SSLCertVerificationError("bad")
+    err.verify_message = "self-signed certificate"
+    assert run_agent(cfg, FakeSystem(), FakeHttp([err]))[0] == agent.EXIT_STOP
+
+
+def test_inconsistent_enrollment_is_not_saved(tmp_path, ca):
+    cfg = make_cfg(tmp_path, ca)
+    bad = enrollment(address="10.100.255.255")  # the broadcast address
+    rc, _ = run_agent(cfg, FakeSystem(), FakeHttp([(200, {}, bad)]))
+    assert rc == agent.EXIT_RETRY
+    assert not (tmp_path / "state" / "enrollment.json").exists()
+
+
+def test_fingerprint_from_dmi_and_nics(tmp_path, ca):
+    cfg = make_cfg(tmp_path, ca)
+    dmi = tmp_path / "sys/class/dmi/id"
+    dmi.mkdir(parents=True)
+    (dmi / "product_uuid").write_text("4c4c4544-0042\n")
+    nic = tmp_path / "sys/class/net/eth0"
+    (nic / "device").mkdir(parents=True)
+    (nic / "address").write_text("52:54:00:12:34:56\n")
+    (tmp_path / "sys/class/net/lo").mkdir()
+    a = agent.Agent(cfg, FakeSystem(), FakeHttp([]))
+    fp = a.fingerprint()
+    assert fp.startswith("sha256:") and fp == a.fingerprint()
+    (nic / "address").write_text("52:54:00:12:34:57\n")
+    assert a.fingerprint() != fp
+
+
+def test_config_errors_name_file_and_key(tmp_path, capsys):
+    p = tmp_path / "node.json"
+    p.write_text(json.dumps({"site": "lab", "enroll_url": "http://x", "ca_pin": "md5:1"}))
+    assert agent.main(["--config", str(p)]) == agent.EXIT_STOP
+    err = capsys.readouterr().err
+    assert f"{p}: enroll_url: must be https" in err and f"{p}: ca_file: required" in err
+    assert f"{p}: ca_pin:" in err
+    assert agent.main(["--config", str(tmp_path / "nope.json")]) == agent.EXIT_STOP

@@ -1,0 +1,180 @@
+"""`builder hub …` commands through builder.cli.main: init, tokens, nodes, approve, revoke."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ssl
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from builder import cli
+from builder.hub import config as hub_config
+from builder.hub.pki import wg_public_key
+from builder.hub.provider import Provider, ca_cert_hash
+from builder.hub.store import EnrollRequest
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*args])
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+@pytest.fixture
+def hubdir(tmp_path, capsys):
+    d = tmp_path / "hub"
+    code, out, err = run_cli(
+        capsys,
+        "hub",
+        "init",
+        str(d),
+        "--endpoint",
+        "hub.example:51820",
+        "--url",
+        "https://hub.example:8443",
+        "--overlay-cidr",
+        "10.77.0.0/24",
+    )
+    assert code == 0, err
+    cfg = json.loads((d / "hub.json").read_text())
+    cfg["wireguard"]["apply"] = False  # unit tests touch no interface
+    (d / "hub.json").write_text(json.dumps(cfg))
+    return d, out
+
+
+def test_init_writes_keys_privately_and_prints_the_pins(hubdir):
+    d, out = hubdir
+    lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    der = ssl.PEM_cert_to_DER_cert((d / "ca.pem").read_text())
+    assert lines["enrollment.ca_pin"] == "sha256:" + hashlib.sha256(der).hexdigest()
+    assert lines["wireguard.hub_public_key"] == wg_public_key((d / "wg.key").read_text().strip())
+    for name in ("ca.key", "server.key", "wg.key", "secret.key", "hub.json"):
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o600, name
+    cert = x509.load_pem_x509_certificate((d / "server.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "hub.example" in sans.get_values_for_type(x509.DNSName)
+    assert "10.77.0.1" in [str(i) for i in sans.get_values_for_type(x509.IPAddress)]
+    cfg = hub_config.load(d / "hub.json")
+    assert str(cfg.wg.hub_ip) == "10.77.0.1" and cfg.join_url == "https://10.77.0.1:8443/v1/join"
+
+
+def test_init_refuses_to_overwrite_and_bad_input(hubdir, capsys):
+    d, _ = hubdir
+    code, _, err = run_cli(
+        capsys, "hub", "init", str(d), "--endpoint", "h:1", "--url", "https://h:1"
+    )
+    assert code == 2 and "already exists" in err
+    code, _, err = run_cli(
+        capsys,
+        "hub",
+        "init",
+        str(d / "x"),
+        "--endpoint",
+        "h:1",
+        "--url",
+        "https://h:1",
+        "--overlay-cidr",
+        "10.0.0.1/24",
+    )
+    assert code == 2 and "--overlay-cidr" in err and not (d / "x").exists()
+
+
+def test_bad_config_names_file_and_key(tmp_path, capsys):
+    p = tmp_path / "hub.json"
+    p.write_text(
+        json.dumps(
+            {
+                "wireguard": {"overlay_cidr": "nope", "hub_overlay_ip": "1.2.3.4"},
+                "join": {"provider": "magic"},
+            }
+        )
+    )
+    code, _, err = run_cli(capsys, "hub", "nodes", "--config", str(p))
+    assert code == 2
+    assert f"{p}: wireguard.overlay_cidr:" in err and f"{p}: join.provider:" in err
+    assert "Traceback" not in err
+    p.write_text("{")
+    code, _, err = run_cli(capsys, "hub", "nodes", "--config", str(p))
+    assert code == 2 and "not valid JSON" in err
+
+
+def test_token_lifecycle_and_nodes(hubdir, capsys):
+    d, _ = hubdir
+    conf = str(d / "hub.json")
+    code, out, err = run_cli(
+        capsys,
+        "hub",
+        "token",
+        "create",
+        "--config",
+        conf,
+        "--site",
+        "lab",
+        "--uses",
+        "3",
+        "--ttl",
+        "2h",
+        "--approve",
+    )
+    assert code == 0
+    token = out.strip()
+    tid = token.split(".")[1]
+    assert tid in err and token not in err
+    code, out, _ = run_cli(capsys, "hub", "token", "list", "--config", conf)
+    assert tid in out and token.split(".")[2] not in out and "valid" in out
+    code, out, _ = run_cli(capsys, "hub", "token", "list", "--config", conf, "--json")
+    rows = json.loads(out)
+    assert rows[0]["max_uses"] == 3 and rows[0]["approve"] == 1
+    code, _, err = run_cli(
+        capsys, "hub", "token", "create", "--config", conf, "--site", "lab", "--ttl", "forever"
+    )
+    assert code == 2 and "--ttl" in err
+
+    # a node enrolls (pending: approval token), is approved, then revoked
+    _, store = cli._hub_store(d / "hub.json")
+    key = "A" * 43 + "="
+    assert store.enroll(EnrollRequest(token, "lab", "n1", key, "h1")).status == 202
+    code, out, _ = run_cli(capsys, "hub", "nodes", "--config", conf, "--json")
+    assert json.loads(out)[0]["state"] == "pending"
+    code, out, _ = run_cli(capsys, "hub", "approve", "--config", conf, "n1")
+    assert code == 0 and out.split() == ["n1", "10.77.0.2"]
+    code, out, err = run_cli(capsys, "hub", "revoke", "--config", conf, "n1")
+    assert code == 0 and "revoked n1" in out and "reconcile" in err
+    code, out, _ = run_cli(capsys, "hub", "nodes", "--config", conf)
+    assert "revoked" in out
+    code, _, err = run_cli(capsys, "hub", "approve", "--config", conf, "ghost")
+    assert code == 2 and "no node" in err
+    code, _, _ = run_cli(capsys, "hub", "token", "revoke", "--config", conf, tid)
+    assert code == 0
+    code, out, _ = run_cli(capsys, "hub", "token", "list", "--config", conf)
+    assert "revoked" in out
+
+
+def test_static_provider_and_ca_hash(tmp_path):
+    pem = Path(tmp_path / "ca.pem")
+    from builder.hub.pki import make_ca_and_server
+
+    ca, _, _, _ = make_ca_and_server(["x"])
+    pem.write_bytes(ca)
+    h = ca_cert_hash(ca)
+    assert h.startswith("sha256:") and len(h) == 71
+    (tmp_path / "tok").write_text("abcdef.0123456789abcdef\n")
+    p = Provider(
+        {
+            "provider": "static",
+            "token": "file:tok",
+            "ca_cert_hashes": [h],
+            "api_server": "10.0.0.1:6443",
+            "_base": str(tmp_path),
+        }
+    )
+    m = p.material({"node_id": "n", "ip": "10.0.0.5", "hostname": "h"})
+    assert m["token"] == "abcdef.0123456789abcdef" and m["token_id"] is None
+    assert m["node_ip"] == "10.0.0.5" and m["ca_cert_hashes"] == [h]
+    p.delete(None)  # nothing to delete for static tokens
