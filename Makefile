@@ -60,6 +60,18 @@ image: deps ## Build the image for SITE (iso, ami or qcow2, as its profile says)
 ami: deps ## Alias: build the AMI for SITE (default aws)
 	$(BUILDER) image $(if $(filter onprem,$(SITE)),aws,$(SITE)) --target ami $(ARGS)
 
+##@ Flash
+
+.PHONY: flash devices bench-flash
+flash: deps ## Write the newest dist/SITE ISO to a USB stick, verified (make flash SITE=onprem DEVICE=/dev/sdX)
+	$(BUILDER) flash --site $(SITE) $(DEVICE) $(ARGS)
+
+devices: deps ## List USB sticks / removable disks and which are safe to flash
+	$(BUILDER) devices $(ARGS)
+
+bench-flash: deps ## Benchmark flash throughput vs dd bs=4M conv=fsync (loop device + file)
+	$(VENV)/bin/python tests/bench/bench_flash.py $(ARGS)
+
 ##@ Test
 
 .PHONY: test test-unit test-integration lint bench

@@ -27,6 +27,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import mmap
 import os
@@ -160,7 +161,11 @@ def stderr_progress(label: str, total: int) -> ProgressLike:
 
 
 def resolve_image(image: Path | None, site: str | None, dist: Path = Path("dist")) -> Path:
-    """The image to write: ``image`` itself, or the newest ``*.iso`` in ``dist/<site>/``."""
+    """The image to write: ``image`` itself, or the site's latest ISO in ``dist/<site>/``.
+
+    Latest = the ISO ``manifest.json`` names (what `builder image` last built), else the
+    newest ``*.iso`` by modification time (temp files of a build in progress are skipped).
+    """
     if image is not None and site is not None:
         raise UsageError("give either IMAGE or --site, not both")
     if image is not None:
@@ -170,6 +175,9 @@ def resolve_image(image: Path | None, site: str | None, dist: Path = Path("dist"
     if site is None:
         raise UsageError("missing IMAGE (or --site SITE to use the latest ISO in dist/SITE/)")
     folder = dist / site
+    built = _manifest_iso(folder / "manifest.json")
+    if built is not None:
+        return built
     isos = [p for p in folder.glob("*.iso") if p.is_file() and not p.name.startswith(".")]
     if not isos:
         raise UsageError(
@@ -177,6 +185,23 @@ def resolve_image(image: Path | None, site: str | None, dist: Path = Path("dist"
             hint=f"build it first: make image SITE={site}",
         )
     return max(isos, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def _manifest_iso(manifest: Path) -> Path | None:
+    """The ISO that the last `builder image` recorded in ``dist/<site>/manifest.json``."""
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("target") != "iso":
+        return None
+    for art in data.get("artifacts") or []:
+        name = art.get("name") if isinstance(art, dict) else None
+        if isinstance(name, str) and name.endswith(".iso") and "/" not in name:
+            path = manifest.parent / name
+            if path.is_file():
+                return path
+    return None
 
 
 def read_sums(path: Path) -> dict[str, str]:

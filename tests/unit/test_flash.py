@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -228,6 +229,21 @@ def test_site_picks_the_newest_iso(tmp_path: Path) -> None:
         flash.resolve_image(new, "onprem", tmp_path / "dist")
     with pytest.raises(UsageError, match="no such image file"):
         flash.resolve_image(tmp_path / "nope.iso", None, tmp_path / "dist")
+
+
+def test_site_prefers_the_iso_the_manifest_names(tmp_path: Path) -> None:
+    site = tmp_path / "dist" / "onprem"
+    site.mkdir(parents=True)
+    built = make_image(site / "onprem-ubuntu24.04-k8s1.35.0.iso", 4096)
+    seed = make_image(site / "seed.iso", 4096, seed=3)  # newer, but not the node image
+    os.utime(built, (time.time() - 100, time.time() - 100))
+    manifest = {"target": "iso", "artifacts": [{"name": built.name, "sha256": sha(built)}]}
+    (site / "manifest.json").write_text(json.dumps(manifest))
+    assert flash.resolve_image(None, "onprem", tmp_path / "dist") == built
+    built.unlink()  # manifest names a missing file: fall back to the newest ISO
+    assert flash.resolve_image(None, "onprem", tmp_path / "dist") == seed
+    (site / "manifest.json").write_text("{not json")
+    assert flash.resolve_image(None, "onprem", tmp_path / "dist") == seed
 
 
 def test_cli_flash_by_site(tmp_path: Path) -> None:
