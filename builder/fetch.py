@@ -32,7 +32,7 @@ from .fsutil import atomic_write, sha256_file
 
 log = logging.getLogger("builder.fetch")
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16
 TIMEOUT = (15, 60)  # connect, read (seconds)
 NO_NET_HINT = "no network? download the ISO elsewhere and pass it with --base-iso PATH"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

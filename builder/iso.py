@@ -49,6 +49,8 @@ KERNEL_ARGS = "autoinstall ds=nocloud\\;s=/cdrom/nocloud/"
 KERNEL_ARGS_SEEN = "autoinstall ds=nocloud;s=/cdrom/nocloud/"
 PREPARER_ID = f"{TOOL.upper()} REMASTER"
 VOLID_MAX = 32
+# What xorriso says when replaying a grub-mkrescue base (HFS+ / APM next to the GPT) fails.
+HFS_SIGNS = ("hfs", "cannot set up gpt", "gpt partitions", "apm")
 
 _LINUX_RE = re.compile(r"^(?P<indent>\s*)(?P<cmd>linux|linuxefi)(?P<sep>\s+)(?P<rest>\S.*?)\s*$")
 _TIMEOUT_RE = re.compile(r"^(?P<indent>\s*)set\s+timeout\s*=\s*\S+\s*$")
@@ -277,9 +279,9 @@ def remaster(
         try:
             run(remaster_argv(base, out, stage, volume_id, epoch), env=env)
         except CommandFailed as exc:
-            if "hfs" not in exc.output.lower():
+            if not any(sign in exc.output.lower() for sign in HFS_SIGNS):
                 raise
-            log.warning("replay failed on the base's HFS+ tree; retrying with -hfsplus off")
+            log.warning("replay failed on the base's HFS+/APM setup; retrying with -hfsplus off")
             out.write_bytes(b"")
             run(remaster_argv(base, out, stage, volume_id, epoch, hfsplus_off=True), env=env)
         return {k: hashlib.md5(v).hexdigest() for k, v in changed.items()}

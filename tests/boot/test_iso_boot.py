@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from builder import iso, qemu
+from builder import qemu
+from builder.image import build_iso
+from builder.profile import load_profile
+from tests.support.iso_inputs import fixture_overrides
 from tests.support.ubuntu_like_iso import build_fixture
 
 pytestmark = pytest.mark.boot
+PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 
 SUCCESS = [r"^FIXTURE-DONE"]
 FAILURE = [r"FIXTURE-ERROR.*", r"Kernel panic.*"]
@@ -56,15 +60,13 @@ def base_iso() -> Path:
 
 @pytest.fixture(scope="module")
 def remastered(base_iso: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    from tests.support.iso_inputs import iso_tree  # the rendered iso/ tree for the test
-
+    """The real pipeline: load profiles/onprem.yaml, render, verify the base, remaster."""
     tmp = tmp_path_factory.mktemp("remaster")
-    add = iso_tree(tmp / "build")
-    out = tmp / "remastered.iso"
-    out.write_bytes(b"")
-    iso.remaster(base_iso, out, add, volume_id="NODEFORGE_ONPREM", grub_timeout=1)
-    user_data = (add / "nocloud" / "user-data").read_bytes()
-    return out, hashlib.sha256(user_data).hexdigest()
+    profile = load_profile("onprem", PROFILES, fixture_overrides(base_iso))
+    result = build_iso(profile, dist=tmp / "dist", build_dir=tmp / "build", base_iso=base_iso)
+    user_data = (tmp / "build" / "iso" / "nocloud" / "user-data").read_bytes()
+    assert user_data.startswith(b"#cloud-config")
+    return result.path, hashlib.sha256(user_data).hexdigest()
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -29,3 +29,16 @@ def iso_tree(root: Path, user_data: str = USER_DATA) -> Path:
     script.write_text("#!/bin/bash\nset -euo pipefail\necho configured\n")
     os.chmod(script, 0o755)
     return iso
+
+
+def fixture_overrides(base: Path, *extra: str) -> list[str]:
+    """--set values that point the onprem profile at the stand-in base ISO (pinned sha256)."""
+    from builder.fsutil import sha256_file
+
+    return [
+        f"iso.base.url=file://{base}",
+        f"iso.base.sha256={sha256_file(base)}",
+        "iso.base.sha256sums_url=null",
+        "iso.grub_timeout=1",
+        *extra,
+    ]

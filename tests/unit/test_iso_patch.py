@@ -1,0 +1,141 @@
+"""grub.cfg / loopback.cfg / md5sum.txt patching and volume id checks (pure functions)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from builder import iso
+from builder.errors import UsageError
+
+UBUNTU_GRUB = """\
+set timeout=30
+
+loadfont unicode
+
+menuentry "Try or Install Ubuntu Server" {
+\tset gfxpayload=keep
+\tlinux\t/casper/vmlinuz  ---
+\tinitrd\t/casper/initrd
+}
+menuentry "Ubuntu Server with the HWE kernel" {
+\tset gfxpayload=keep
+\tlinux\t/casper/hwe-vmlinuz  ---
+\tinitrd\t/casper/hwe-initrd
+}
+grub_platform
+if [ "$grub_platform" = "efi" ]; then
+menuentry 'Boot from next volume' {
+\texit 1
+}
+else
+menuentry 'Test memory' {
+\tlinux16 /boot/memtest86+x64.bin
+}
+fi
+"""
+
+ARGS = r"autoinstall ds=nocloud\;s=/cdrom/nocloud/"
+
+
+def test_every_installer_linux_line_gets_args_before_dashes() -> None:
+    out = iso.patch_grub_cfg(UBUNTU_GRUB, timeout=5)
+    linux = [line for line in out.splitlines() if line.strip().startswith("linux\t")]
+    assert linux == [
+        f"\tlinux\t/casper/vmlinuz {ARGS} ---",
+        f"\tlinux\t/casper/hwe-vmlinuz {ARGS} ---",
+    ]
+
+
+def test_semicolon_is_escaped_for_grub() -> None:
+    out = iso.patch_grub_cfg(UBUNTU_GRUB, timeout=None)
+    assert "ds=nocloud\\;s=/cdrom/nocloud/" in out
+    assert "ds=nocloud;s=" not in out
+
+
+def test_linux16_and_other_lines_untouched() -> None:
+    out = iso.patch_grub_cfg(UBUNTU_GRUB, timeout=5)
+    assert "\tlinux16 /boot/memtest86+x64.bin\n" in out
+    assert "\tinitrd\t/casper/initrd\n" in out
+    assert out.count("autoinstall") == 2
+
+
+def test_timeout_replaced() -> None:
+    out = iso.patch_grub_cfg(UBUNTU_GRUB, timeout=5)
+    assert "set timeout=5\n" in out
+    assert "timeout=30" not in out
+
+
+def test_timeout_added_when_missing_and_left_alone_when_none() -> None:
+    text = 'menuentry "x" {\n linux /casper/vmlinuz ---\n}\n'
+    assert iso.patch_grub_cfg(text, timeout=7).startswith("set timeout=7\n")
+    assert "timeout" not in iso.patch_grub_cfg(text, timeout=None)
+
+
+def test_patch_is_idempotent() -> None:
+    once = iso.patch_grub_cfg(UBUNTU_GRUB, timeout=5)
+    assert iso.patch_grub_cfg(once, timeout=5) == once
+
+
+def test_args_after_dashes_stay_after() -> None:
+    line = "\tlinux\t/casper/vmlinuz  iso-scan/filename=${iso_path} --- quiet console=ttyS0\n"
+    out = iso.patch_linux_line(line)
+    assert out == (
+        "\tlinux\t/casper/vmlinuz  iso-scan/filename=${iso_path} "
+        f"{ARGS} --- quiet console=ttyS0\n"
+    )
+
+
+def test_line_without_dashes_gets_args_at_end() -> None:
+    assert (
+        iso.patch_linux_line("linux /casper/vmlinuz quiet") == f"linux /casper/vmlinuz quiet {ARGS}"
+    )
+
+
+def test_linuxefi_patched_too() -> None:
+    assert ARGS in iso.patch_linux_line("  linuxefi /casper/vmlinuz ---\n")
+
+
+def test_md5sums_refreshed_and_new_files_added() -> None:
+    text = "aaa  ./.disk/info\nbbb  ./boot/grub/grub.cfg\nccc  ./casper/vmlinuz\n"
+    new_cfg = b"patched"
+    out = iso.refresh_md5sums(text, {"boot/grub/grub.cfg": new_cfg, "nocloud/user-data": b"u"})
+    lines = out.splitlines()
+    assert lines[0] == "aaa  ./.disk/info"
+    assert lines[1] == f"{hashlib.md5(new_cfg).hexdigest()}  ./boot/grub/grub.cfg"
+    assert lines[2] == "ccc  ./casper/vmlinuz"
+    assert lines[3] == f"{hashlib.md5(b'u').hexdigest()}  ./nocloud/user-data"
+
+
+@pytest.mark.parametrize(
+    "volid", ["NODEFORGE_ONPREM", "A", "X" * 32, "Ubuntu-Server 24.04 LTS amd64"]
+)
+def test_volume_id_ok(volid: str) -> None:
+    assert iso.check_volume_id(volid) == volid
+
+
+@pytest.mark.parametrize("volid", ["", "X" * 33, "NODEFORGE_ÖNPREM", "tab\there"])
+def test_volume_id_rejected_naming_the_key(volid: str) -> None:
+    with pytest.raises(UsageError, match=r"^iso\.volume_id: "):
+        iso.check_volume_id(volid)
+
+
+def test_remaster_argv_is_deterministic_and_replays_boot(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    stage = tmp_path / "stage"
+    (stage / "nocloud").mkdir(parents=True)
+    (stage / "nocloud" / "user-data").write_text("x")
+    argv = [
+        str(a)
+        for a in iso.remaster_argv(tmp_path / "b.iso", tmp_path / "o.iso", stage, "V", 1700000000)
+    ]
+    joined = " ".join(argv)
+    assert "-boot_image any replay" in joined
+    assert "-volid V" in joined
+    assert f"-preparer_id {iso.PREPARER_ID}" in joined
+    assert "-volume_date uuid 2023111422132000" in joined
+    assert "-volume_date all_file_dates set_to_mtime" in joined
+    assert f"-map {stage}/nocloud/user-data /nocloud/user-data" in joined
+    assert "-hfsplus" not in argv
+    again = iso.remaster_argv(tmp_path / "b.iso", tmp_path / "o.iso", stage, "V", 1700000000, True)
+    assert [str(a) for a in again][-len(argv) :] != argv and "-hfsplus" in [str(a) for a in again]
