@@ -269,14 +269,19 @@ def find_target(device: str, image_size: int, view: SysView) -> Target:
         if stat.S_ISDIR(st.st_mode):
             raise UsageError(f"{device}: is a directory, not a device or image file")
         raise UsageError(f"{device}: not a block device or regular file")
-    if str(path).startswith("/dev/"):
-        # Never create files under /dev. With a fixture view the name may still be known.
+    if path.parent == Path("/dev") or str(path).startswith(("/dev/disk/", "/dev/mapper/")):
+        # Never create files where device nodes live. A fixture view may still know the name.
         blk = blockdev.inspect(path.name, image_size, view)
         if blk is None or view.is_host:
             raise UsageError(
                 f"{device}: no such device", hint="list candidates with `builder devices`"
             )
         return Target(path, "block", blk, exists=False)
+    if "/" not in device and Path("/dev", device).exists():
+        raise UsageError(
+            f"{device}: no such file here; did you mean /dev/{device}?",
+            hint="a DEVICE without a directory is taken as a file name",
+        )
     if not path.parent.is_dir():
         raise UsageError(f"{device}: directory {path.parent} does not exist")
     return Target(path, "file", exists=False)

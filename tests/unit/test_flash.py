@@ -128,6 +128,20 @@ def test_bad_targets(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no such device"):
         flash.flash(image, "/dev/nodeforge-test-no-such-disk", yes=True)
     assert not Path("/dev/nodeforge-test-no-such-disk").exists()  # never created under /dev
+    with pytest.raises(UsageError, match="no such device"):
+        flash.flash(image, "/dev/disk/by-id/usb-nodeforge-test-0:0", yes=True)
+
+
+def test_bare_device_name_is_not_taken_as_a_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = make_image(tmp_path / "a.iso", 4096)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="did you mean /dev/null"):
+        flash.flash(image, "null", yes=True)
+    assert not (tmp_path / "null").exists()
+    flash.flash(image, "stick.img", yes=True, progress_factory=quiet)  # a plain file name
+    assert (tmp_path / "stick.img").read_bytes() == image.read_bytes()
     (tmp_path / "empty.iso").write_bytes(b"")
     with pytest.raises(UsageError, match="image is empty"):
         flash.flash(tmp_path / "empty.iso", str(tmp_path / "o"), yes=True)
