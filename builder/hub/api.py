@@ -26,6 +26,7 @@ import re
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import Counter
@@ -115,6 +116,8 @@ class Metrics:
         self.batches = 0
         self.batch_items = 0
         self.wg_errors = 0
+        self.db_seconds = 0.0
+        self.wg_seconds = 0.0
 
     def request(self, path: str, status: int) -> None:
         with self.lock:
@@ -155,6 +158,12 @@ class Metrics:
             out.append("# TYPE nodeforge_hub_batches_total counter")
             out.append(f"nodeforge_hub_batches_total {self.batches}")
             out.append(f"nodeforge_hub_batch_items_total {self.batch_items}")
+            out.append("# HELP nodeforge_hub_db_seconds_total Writer time in SQLite.")
+            out.append("# TYPE nodeforge_hub_db_seconds_total counter")
+            out.append(f"nodeforge_hub_db_seconds_total {self.db_seconds:.6f}")
+            out.append("# HELP nodeforge_hub_wg_seconds_total Writer time applying peers.")
+            out.append("# TYPE nodeforge_hub_wg_seconds_total counter")
+            out.append(f"nodeforge_hub_wg_seconds_total {self.wg_seconds:.6f}")
             out.append("# TYPE nodeforge_hub_wg_errors_total counter")
             out.append(f"nodeforge_hub_wg_errors_total {self.wg_errors}")
         out.append("# HELP nodeforge_hub_nodes Nodes by state.")
@@ -233,6 +242,7 @@ class Hub:
             self._process(batch)
 
     def _process(self, batch: list[Job]) -> None:
+        t0 = time.monotonic()
         try:
             outcomes = self.store.enroll_many([j.req for j in batch])
         except Exception as exc:  # database trouble: every request in the batch fails
@@ -240,6 +250,7 @@ class Hub:
             outcomes = [Outcome(503, "database unavailable", retry_after=5) for _ in batch]
         adds = [o.add_peer for o in outcomes if o.status == 200 and o.add_peer]
         removes = [k for o in outcomes if o.status == 200 for k in o.remove_peers]
+        t1 = time.monotonic()
         if self.cfg.wg.apply and (adds or removes):
             try:
                 self.wg.apply(adds, removes)
@@ -249,6 +260,8 @@ class Hub:
         with self.metrics.lock:
             self.metrics.batches += 1
             self.metrics.batch_items += len(batch)
+            self.metrics.db_seconds += t1 - t0
+            self.metrics.wg_seconds += time.monotonic() - t1
         for j, o in zip(batch, outcomes, strict=True):
             j.outcome = o
             j.done.set()
@@ -561,6 +574,10 @@ def make_server(cfg: HubConfig) -> HubHTTPServer:
 
 def serve(cfg: HubConfig, ready: Any = None) -> None:
     """Run the hub until SIGTERM/SIGINT."""
+    # many connection threads (TLS handshakes) share the GIL with the one writer thread,
+    # which gives it up at every SQLite call: a short switch interval keeps it from queuing
+    # behind them for 5 ms each time (measured: see tests/bench/bench_hub.py)
+    sys.setswitchinterval(0.0005)
     srv = make_server(cfg)
     srv.hub.start()
     log.info(

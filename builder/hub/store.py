@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS audit(
 """
 
 ACTIVE = ("active", "joined")
+AUDIT_INSERT = (
+    "INSERT INTO audit(ts, event, node_id, token_id, remote, detail) VALUES (?,?,?,?,?,?)"
+)
 
 
 class PoolExhausted(BuilderError):
@@ -150,10 +153,17 @@ class Store:
         **detail: Any,
     ) -> None:
         now = self.clock()
-        c.execute(
-            "INSERT INTO audit(ts, event, node_id, token_id, remote, detail) VALUES (?,?,?,?,?,?)",
-            (now, event, node_id, token_id, remote, json.dumps(detail, sort_keys=True)),
-        )
+        row = (now, event, node_id, token_id, remote, json.dumps(detail, sort_keys=True))
+        buf = getattr(self._local, "audit_buf", None)
+        if buf is not None:  # inside enroll_many: written with one executemany before COMMIT
+            buf.append((row, detail))
+            return
+        c.execute(AUDIT_INSERT, row)
+        self._log_audit(row, detail)
+
+    @staticmethod
+    def _log_audit(row: tuple[Any, ...], detail: dict[str, Any]) -> None:
+        now, event, node_id, token_id, remote, _ = row
         audit_log.info(
             "%s",
             json.dumps(
@@ -336,21 +346,32 @@ class Store:
     def enroll_many(self, reqs: Sequence[EnrollRequest]) -> list[Outcome]:
         out: list[Outcome] = []
         ctx: dict[str, Any] = {}
-        with self._tx() as c:
-            for i, r in enumerate(reqs):
-                c.execute(f"SAVEPOINT e{i}")
-                try:
-                    o = self._enroll_one(c, r, ctx)
-                except PoolExhausted as exc:
-                    c.execute(f"ROLLBACK TO e{i}")
-                    o = Outcome(503, str(exc), retry_after=300)
-                except Exception as exc:  # keep the batch alive; this request fails alone
-                    c.execute(f"ROLLBACK TO e{i}")
-                    log.exception("enrollment of %s failed", r.node_id)
-                    o = Outcome(500, f"internal error: {type(exc).__name__}")
-                    ctx.pop("taken", None)
-                c.execute(f"RELEASE e{i}")
-                out.append(o)
+        buf: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self._local.audit_buf = buf
+        try:
+            with self._tx() as c:
+                for i, r in enumerate(reqs):
+                    mark = len(buf)
+                    c.execute(f"SAVEPOINT e{i}")
+                    try:
+                        o = self._enroll_one(c, r, ctx)
+                    except PoolExhausted as exc:
+                        c.execute(f"ROLLBACK TO e{i}")
+                        del buf[mark:]
+                        o = Outcome(503, str(exc), retry_after=300)
+                    except Exception as exc:  # keep the batch alive; this request fails alone
+                        c.execute(f"ROLLBACK TO e{i}")
+                        del buf[mark:]
+                        log.exception("enrollment of %s failed", r.node_id)
+                        o = Outcome(500, f"internal error: {type(exc).__name__}")
+                        ctx.pop("taken", None)
+                    c.execute(f"RELEASE e{i}")
+                    out.append(o)
+                c.executemany(AUDIT_INSERT, [row for row, _ in buf])
+        finally:
+            self._local.audit_buf = None
+        for row, detail in buf:
+            self._log_audit(row, detail)
         return out
 
     def enroll(self, req: EnrollRequest) -> Outcome:

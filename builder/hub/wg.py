@@ -36,6 +36,9 @@ class WgInterface:
         self.name = name
         self.private_key_file = private_key_file
         self.listen_port = listen_port
+        # our view of allowed-ips (``ip/32`` -> key), exact while only this process changes
+        # peers; rebuilt by every syncconf, dropped (re-read with `wg show`) after a failure
+        self.held: dict[str, str] | None = None
 
     def exists(self) -> bool:
         return run(["ip", "link", "show", "dev", self.name], check=False).returncode == 0
@@ -86,10 +89,10 @@ class WgInterface:
     def apply(self, add: Sequence[tuple[str, str]], remove: Iterable[str] = ()) -> None:
         """Add peers ``(pubkey, ip)`` with ``ip/32``; remove old keys and any other peer that
         still holds one of these /32s (the database already gave the address to ``pubkey``).
-        One ``wg show`` and one ``wg set`` for the whole batch."""
+        One ``wg set`` for the whole batch."""
         if not add and not remove:
             return
-        held = self.allowed_ips()
+        held = self.held if self.held is not None else self.allowed_ips()
         argv = ["wg", "set", self.name]
         gone = set(remove)
         for pubkey, ip in add:
@@ -101,13 +104,22 @@ class WgInterface:
             argv += ["peer", pubkey, "remove"]
         for pubkey, ip in add:
             argv += ["peer", pubkey, "allowed-ips", f"{ip}/32"]
-        run(argv)
+        try:
+            run(argv)
+        except BuilderError:
+            self.held = None
+            raise
+        gone |= {p for p, _ in add}  # a key that moved drops its old address
+        held = {ip: k for ip, k in held.items() if k not in gone}
+        held.update({f"{ip}/32": k for k, ip in add})
+        self.held = held
 
     def remove(self, pubkeys: Iterable[str]) -> None:
         argv = ["wg", "set", self.name]
         for k in pubkeys:
             argv += ["peer", k, "remove"]
         if len(argv) > 3:
+            self.held = None
             run(argv)
 
     def syncconf(self, peers: Sequence[tuple[str, str]]) -> None:
@@ -121,7 +133,9 @@ class WgInterface:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write("\n".join(lines))
+            self.held = None
             run(["wg", "syncconf", self.name, name])
+            self.held = {f"{ip}/32": k for k, ip in peers}
         finally:
             os.unlink(name)
 
