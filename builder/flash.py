@@ -642,6 +642,8 @@ def flash(
     sysfs/mountinfo view (default: this machine); a fixture view never allows writing to a
     block device.
     """
+    if block_size <= 0 or block_size % ALIGN:
+        raise UsageError(f"block size {block_size} is not a positive multiple of {ALIGN}")
     view = view or SysView()
     progress_factory = progress_factory or stderr_progress
     length = image.stat().st_size
