@@ -117,6 +117,8 @@ class Disk:
 
     @property
     def label(self) -> str:
+        if self.backing_file:
+            return f"loop device over {self.backing_file}"
         return " ".join(p for p in (self.vendor, self.model) if p) or "(no model)"
 
     @property
@@ -553,7 +555,7 @@ def format_table(disks: Iterable[Disk]) -> str:
                 human_size(d.size),
                 d.transport,
                 "1" if d.removable else "0",
-                d.label if not d.backing_file else f"loop: {d.backing_file}",
+                d.label,
                 d.serial or "-",
                 verdict,
             )
