@@ -340,7 +340,7 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def setup(self) -> None:
-        self.timeout = self.server.hub.cfg.limits.request_timeout
+        self.timeout = self.server.hub.cfg.limits.request_timeout  # type: ignore[misc]
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -545,7 +545,7 @@ class HubHTTPServer(ThreadingHTTPServer):
             log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
             return
         try:
-            self.RequestHandlerClass(tls, client_address, self)
+            self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
         finally:
             with contextlib.suppress(OSError):
                 tls.close()

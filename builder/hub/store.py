@@ -393,6 +393,7 @@ class Store:
                 reason="unknown token",
             )
             return Outcome(401, "unknown enrollment token")
+        assert row is not None  # secret_matches() is False without a row
         tid = row["id"]
 
         def deny(status: int, why: str) -> Outcome:
