@@ -197,6 +197,8 @@ def remaster_argv(
     argv: list[str | os.PathLike[str]] = [
         "xorriso",
         "-report_about", "WARNING",
+        "-stdio_sync", "off",  # no fsync every 32 MiB; the caller fsyncs before its rename
+        "-fs", "64m",
         "-indev", base,
         "-outdev", out,
         "-boot_image", "any", "replay",
