@@ -92,6 +92,9 @@ bench: deps ## Run every benchmark script in tests/bench (figures and ratios vs 
 bench-render: deps ## Benchmark render + validate for SITE
 	$(VENV)/bin/python tests/bench/bench_render.py $(SITE)
 
+bench-remaster: deps ## Benchmark ISO remaster vs cp of the same >= 1 GiB base ISO
+	$(VENV)/bin/python tests/bench/bench_remaster.py $(ARGS)
+
 ##@ Help
 
 .PHONY: help clean
