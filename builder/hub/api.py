@@ -21,6 +21,8 @@ import ipaddress
 import json
 import logging
 import math
+import multiprocessing
+import os
 import queue
 import re
 import signal
@@ -42,6 +44,7 @@ from .pki import wg_public_key
 from .provider import Provider
 from .store import EnrollRequest, Outcome, Pool, Store
 from .wg import WgInterface
+from .writer import WriterCore, writer_main
 
 log = logging.getLogger("nodeforge.hub")
 
@@ -191,45 +194,50 @@ class Hub:
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.stopping = threading.Event()
         self.writer = threading.Thread(target=self._writer, name="hub-writer", daemon=True)
-        self._next_reconcile = 0.0
+        self.core: WriterCore | None = None
+        self.proc: Any = None
+        self.pipe: Any = None
 
-    # -- writer thread --------------------------------------------------------------------
+    # -- writer -------------------------------------------------------------------------
     def start(self) -> None:
-        if self.cfg.wg.apply:
-            if self.cfg.wg.create_interface:
-                created = self.wg.ensure(
-                    str(self.cfg.wg.hub_ip), self.cfg.wg.network.prefixlen, self.cfg.wg.mtu
-                )
-                if created:
-                    log.info("created interface %s", self.cfg.wg.interface)
-            self.reconcile()
+        """Start the writer (own process unless limits.writer_process is false): it creates
+        the interface if missing and reconciles the database into it before we serve."""
+        if self.cfg.limits.writer_process:
+            ctx = multiprocessing.get_context("spawn")
+            parent, child = ctx.Pipe()
+            self.proc = ctx.Process(
+                target=writer_main,
+                args=(str(self.cfg.path), child),
+                name="nodeforge-hub-writer",
+                daemon=True,
+            )
+            self.proc.start()
+            child.close()
+            self.pipe = parent
+            if not parent.poll(120):
+                raise BuilderError("hub writer did not start within 120 s")
+            try:
+                kind, msg = parent.recv()
+            except EOFError as exc:
+                raise BuilderError("hub writer exited during start-up (see its log above)") from exc
+            if kind != "ready":
+                raise BuilderError(f"hub writer: {msg}")
+        else:
+            self.core = WriterCore(self.cfg)
+            self.core.start()
         self.writer.start()
-
-    def reconcile(self) -> None:
-        peers = self.store.active_peers()
-        self.wg.syncconf(peers)
-        self._next_reconcile = time.monotonic() + self.cfg.reconcile_seconds
-        log.info("reconciled %d peers into %s", len(peers), self.cfg.wg.interface)
 
     def _writer(self) -> None:
         batch_max = self.cfg.limits.batch_max
         while not self.stopping.is_set():
-            timeout = max(0.05, self._next_reconcile - time.monotonic())
+            idle = self.core.idle_seconds() if self.core else 1.0
             try:
-                job = self.jobs.get(timeout=timeout)
+                job = self.jobs.get(timeout=idle)
             except queue.Empty:
                 job = None
             if job is None:
-                if (
-                    self.cfg.wg.apply
-                    and self.cfg.reconcile_seconds > 0
-                    and time.monotonic() >= self._next_reconcile
-                ):
-                    try:
-                        self.reconcile()
-                    except BuilderError as exc:
-                        log.error("reconcile failed: %s", exc.message)
-                        self._next_reconcile = time.monotonic() + 5
+                if self.core:
+                    self.core.maybe_reconcile()
                 continue
             batch = [job]
             while len(batch) < batch_max:
@@ -242,44 +250,29 @@ class Hub:
             self._process(batch)
 
     def _process(self, batch: list[Job]) -> None:
-        t0 = time.monotonic()
-        try:
-            outcomes = self.store.enroll_many([j.req for j in batch])
-        except Exception as exc:  # database trouble: every request in the batch fails
-            log.error("enrollment batch failed: %s", exc)
-            outcomes = [Outcome(503, "database unavailable", retry_after=5) for _ in batch]
-        adds = [o.add_peer for o in outcomes if o.status == 200 and o.add_peer]
-        removes = [k for o in outcomes if o.status == 200 for k in o.remove_peers]
-        t1 = time.monotonic()
-        if self.cfg.wg.apply and (adds or removes):
+        reqs = [j.req for j in batch]
+        if self.core:
+            res = self.core.process(reqs)
+        else:
             try:
-                self.wg.apply(adds, removes)
-            except BuilderError as exc:
-                log.error("wg set for a batch of %d failed: %s", len(adds), exc.message)
-                self._apply_one_by_one(outcomes)
+                self.pipe.send(reqs)
+                res = self.pipe.recv()
+            except (EOFError, OSError) as exc:
+                # the writer died: answer 503 (nodes retry) and let systemd restart us
+                log.error("hub writer process is gone (%s): exiting", exc)
+                for j in batch:
+                    j.outcome = Outcome(503, "hub restarting", retry_after=5)
+                    j.done.set()
+                os._exit(70)
         with self.metrics.lock:
             self.metrics.batches += 1
             self.metrics.batch_items += len(batch)
-            self.metrics.db_seconds += t1 - t0
-            self.metrics.wg_seconds += time.monotonic() - t1
-        for j, o in zip(batch, outcomes, strict=True):
+            self.metrics.db_seconds += res.db_seconds
+            self.metrics.wg_seconds += res.wg_seconds
+            self.metrics.wg_errors += res.wg_errors
+        for j, o in zip(batch, res.outcomes, strict=True):
             j.outcome = o
             j.done.set()
-
-    def _apply_one_by_one(self, outcomes: list[Outcome]) -> None:
-        """A batch ``wg set`` failed: apply peer by peer so one bad peer fails alone.
-        A peer that cannot be applied is committed but answered 503; the node's retry is a
-        replay and is applied again (and the periodic reconcile covers it as well)."""
-        for o in outcomes:
-            if o.status != 200 or not o.add_peer:
-                continue
-            try:
-                self.wg.apply([o.add_peer], o.remove_peers)
-            except BuilderError as exc:
-                log.error("wg set for %s failed: %s", o.add_peer[0], exc.message)
-                with self.metrics.lock:
-                    self.metrics.wg_errors += 1
-                o.status, o.error, o.retry_after = 503, "WireGuard apply failed", 5
 
     def submit(self, req: EnrollRequest) -> Outcome:
         job = Job(req)
@@ -292,6 +285,11 @@ class Hub:
     def stop(self) -> None:
         self.stopping.set()
         self.jobs.put(None)
+        if self.pipe is not None:
+            with contextlib.suppress(OSError):
+                self.pipe.close()
+        if self.proc is not None:
+            self.proc.join(10)
 
     # -- responses ------------------------------------------------------------------------
     def enroll_response(self, node: dict[str, Any]) -> dict[str, Any]:
@@ -577,7 +575,7 @@ def serve(cfg: HubConfig, ready: Any = None) -> None:
     # many connection threads (TLS handshakes) share the GIL with the one writer thread,
     # which gives it up at every SQLite call: a short switch interval keeps it from queuing
     # behind them for 5 ms each time (measured: see tests/bench/bench_hub.py)
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(0.0001)
     srv = make_server(cfg)
     srv.hub.start()
     log.info(

@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "max_body_bytes": 4096,
         "batch_max": 256,
         "request_timeout": 10,
+        "writer_process": True,
     },
     "join": {
         "provider": "static",
@@ -90,6 +91,7 @@ class Limits:
     max_body_bytes: int
     batch_max: int
     request_timeout: float
+    writer_process: bool
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,7 @@ def parse(raw: dict[str, Any], p: Path) -> HubConfig:
         max_body_bytes=int(num(lim["max_body_bytes"], "limits.max_body_bytes", 256)),
         batch_max=int(num(lim["batch_max"], "limits.batch_max", 1)),
         request_timeout=num(lim["request_timeout"], "limits.request_timeout", 1),
+        writer_process=bool(lim["writer_process"]),
     )
     wg = WireGuard(
         interface=iface,

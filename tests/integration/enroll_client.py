@@ -36,6 +36,15 @@ def keypair(seed: str) -> tuple[str, str]:
     return base64.b64encode(bytes(raw)).decode(), base64.b64encode(pub).decode()
 
 
+_CTX: dict[str, ssl.SSLContext] = {}
+
+
+def _context(ca: str) -> ssl.SSLContext:
+    if ca not in _CTX:  # one context per process: loading the CA is not what we measure
+        _CTX[ca] = ssl.create_default_context(cafile=ca)
+    return _CTX[ca]
+
+
 def call(
     url,
     ca,
@@ -48,7 +57,7 @@ def call(
     headers=None,
 ):
     u = urllib.parse.urlsplit(url)
-    ctx = ssl.create_default_context(cafile=ca)
+    ctx = _context(ca)
     conn = http.client.HTTPSConnection(
         u.hostname,
         u.port,
@@ -105,16 +114,44 @@ def cmd_burst(a):
     if a.only:
         only = [int(x) for x in a.only.split(",") if x]
     idx = only if only is not None else list(range(a.n))
+    bodies = {i: enroll_body(a.prefix, i, a.site) for i in idx}  # keys made before timing
     lock = threading.Lock()
     out = open(a.out, "a")  # noqa: SIM115 - closed below, shared by threads
-    lat = []
+    local = threading.local()
+    u = urllib.parse.urlsplit(a.url)
+    headers = {"Authorization": f"Bearer {a.token}", "Content-Type": "application/json"}
+
+    def keepalive_call(body):
+        for attempt in (1, 2):
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = http.client.HTTPSConnection(
+                    u.hostname, u.port, context=_context(a.ca), timeout=30
+                )
+            try:
+                conn.request("POST", "/v1/enroll", body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+                if r.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    local.conn = None
+                return r.status, json.loads(data) if data else {}
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                local.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def one(i):
-        body, node_id, pub = enroll_body(a.prefix, i, a.site)
+        body, node_id, pub = bodies[i]
         t0 = time.monotonic()
         try:
-            st, _, bd = call(a.url, a.ca, "POST", "/v1/enroll", a.token, body)
-        except (OSError, http.client.HTTPException) as exc:
+            if a.keepalive:
+                st, bd = keepalive_call(body)
+            else:
+                st, _, bd = call(a.url, a.ca, "POST", "/v1/enroll", a.token, body)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             st, bd = 0, {"error": str(exc)}
         dt = time.monotonic() - t0
         rec = {
@@ -123,13 +160,15 @@ def cmd_burst(a):
             "pubkey": pub,
             "status": st,
             "latency": dt,
+            "t_end": time.time(),
             "address": bd.get("address") if isinstance(bd, dict) else None,
         }
         with lock:
-            lat.append(dt)
             out.write(json.dumps(rec) + "\n")
             out.flush()
 
+    if a.start_at:  # several client processes start together, after their set-up
+        time.sleep(max(0.0, a.start_at - time.time()))
     with cf.ThreadPoolExecutor(a.threads) as ex:
         list(ex.map(one, idx))
     out.close()
@@ -172,6 +211,10 @@ def main():
             p.add_argument("--prefix", default="burst")
             p.add_argument("--out", required=True)
             p.add_argument("--only", default=None)
+            p.add_argument("--start-at", type=float, default=0.0)
+            p.add_argument(
+                "--keepalive", action="store_true", help="reuse one connection per thread"
+            )
         if name == "flood":
             p.add_argument("--n", type=int, default=60)
     a = ap.parse_args()
