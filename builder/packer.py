@@ -219,12 +219,12 @@ def preflight(target: str, pkrvars: Mapping[str, Any], version: tuple[int, ...])
                 "HTTPS_PROXY)",
             )
     else:
-        base = str(pkrvars.get("qemu_base_image", ""))
+        base = str(pkrvars.get("qemu_base_image_url") or "")
         host = urlparse(base).hostname if "://" in base else None
         if host and not _resolves(host):
             raise BuilderError(
                 f"cannot resolve {host} to download the base cloud image {base}",
-                hint="no network? point qemu_base_image at a local file or an offline mirror",
+                hint="no network? set qcow2.base_image.url in the profile to a local mirror",
             )
 
 
@@ -281,8 +281,8 @@ def plan_packer(
         rv["qemu_ssh_private_key_file"] = str(run_dir / "seed" / "build_key")
         rv["qemu_accelerator"] = qemu_accelerator()
         if base_image is not None:
-            rv["qemu_base_image"] = str(base_image.resolve())
-            rv["qemu_base_checksum"] = "none"  # filled with the real sha256 by the build
+            rv["qemu_base_image_url"] = str(base_image.resolve())
+            rv["qemu_base_image_checksum"] = "none"  # filled with the real sha256 by the build
         if qemu_args:
             rv["qemu_args"] = json.dumps([list(a) for a in qemu_args])
     rv.update(extra_vars or {})
@@ -308,12 +308,12 @@ def _prepare(plan: PackerPlan, version: tuple[int, ...], templates_src: Path | N
     if plan.target == "qcow2":
         user = str(plan.pkrvars.get("ssh_username", "ubuntu"))
         write_build_seed(Path(plan.runtime_vars["qemu_seed_dir"]), user)
-        base = plan.runtime_vars.get("qemu_base_image")
-        if base and plan.runtime_vars.get("qemu_base_checksum") == "none":
+        base = plan.runtime_vars.get("qemu_base_image_url")
+        if base and plan.runtime_vars.get("qemu_base_image_checksum") == "none":
             digest = "sha256:" + sha256_file(base)
-            plan.runtime_vars["qemu_base_checksum"] = digest
-            old = "-var=qemu_base_checksum=none"
-            plan.argv[plan.argv.index(old)] = f"-var=qemu_base_checksum={digest}"
+            plan.runtime_vars["qemu_base_image_checksum"] = digest
+            old = "-var=qemu_base_image_checksum=none"
+            plan.argv[plan.argv.index(old)] = f"-var=qemu_base_image_checksum={digest}"
 
 
 def _env() -> dict[str, str]:
@@ -479,7 +479,7 @@ def write_dist_manifest(
             "ubuntu": v.get("ubuntu_release"),
             "kubernetes": v.get("kubernetes_version"),
             "crio": v.get("crio_version"),
-            "nvidia_driver": v.get("nvidia_driver_package") or None,
+            "nvidia_driver_branch": v.get("nvidia_driver_branch") or None,
             "packer": ".".join(map(str, packer_version())),
         },
         "packer": {

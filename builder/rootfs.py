@@ -139,10 +139,21 @@ def _customize_hook() -> str:
     )
 
 
-def extract_rootfs(tarball: Path, dest: Path) -> Path:
+# what a chroot (no boot) does not need: kernel, modules, docs
+CHROOT_EXCLUDES = (
+    "./boot/*",
+    "./usr/lib/modules/*",
+    "./usr/share/doc/*",
+    "./usr/share/man/*",
+    "./usr/share/locale/*",
+)
+
+
+def extract_rootfs(tarball: Path, dest: Path, exclude: tuple[str, ...] = ()) -> Path:
     """Extract a cached root tarball into ``dest`` (must be empty or missing)."""
     dest.mkdir(parents=True, exist_ok=True)
-    run(["tar", "-C", dest, "--numeric-owner", "-xpf", tarball])
+    excludes = [f"--exclude={pattern}" for pattern in exclude]
+    run(["tar", "-C", dest, "--numeric-owner", *excludes, "-xpf", tarball])
     return dest
 
 

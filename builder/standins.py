@@ -31,6 +31,7 @@ from .fsutil import atomic_write
 from .run import run
 
 STANDIN_LOG = "/var/log/nodeforge-standins.log"
+STANDIN_JOIN_CONFIG = "/var/log/nodeforge-standins-kubeadm-join.yaml"
 
 DEFAULT_VERSIONS = {
     "kubernetes": "1.35.0-1.1",
@@ -95,6 +96,20 @@ _NVIDIA_SMI = """if [ "${1:-}" = -L ]; then
 fi
 """
 
+# `kubeadm join --config FILE`: keep a copy of the JoinConfiguration it was given (0600: it
+# holds a bootstrap token) so boot tests can check node-ip, labels and taints.
+_KUBEADM = """if [ "${1:-}" = join ]; then
+    prev=""
+    for a in "$@"; do
+        if [ "$prev" = --config ] && [ -f "$a" ]; then
+            (umask 077; cp "$a" @JOIN_CONFIG@) 2>/dev/null || true
+        fi
+        prev="$a"
+    done
+fi
+""".replace("@JOIN_CONFIG@", STANDIN_JOIN_CONFIG)
+
+
 _UNIT = """[Unit]
 Description={desc} (nodeforge STAND-IN)
 After=network-online.target
@@ -153,7 +168,7 @@ def _specs(versions: dict[str, str]) -> list[tuple[str, str, dict[str, str], dic
             (
                 "kubeadm",
                 v,
-                {"/usr/bin/kubeadm": _tool_script("kubeadm", v, "kubeadm", False)},
+                {"/usr/bin/kubeadm": _tool_script("kubeadm", v, "kubeadm", False, _KUBEADM)},
                 {},
                 "kubeadm",
             ),

@@ -13,7 +13,7 @@ locals {
     "nodeforge:build-time"      = var.build_time
     "nodeforge:kubernetes"      = var.kubernetes_version
     "nodeforge:crio"            = var.crio_version
-    "nodeforge:nvidia-driver"   = var.nvidia_driver_package
+    "nodeforge:nvidia-driver"   = var.gpu ? var.nvidia_driver_branch : "none"
     "nodeforge:ubuntu-release"  = var.ubuntu_release
   })
 }
@@ -64,8 +64,8 @@ source "amazon-ebs" "node" {
 }
 
 source "qemu" "node" {
-  iso_url          = var.qemu_base_image
-  iso_checksum     = var.qemu_base_checksum
+  iso_url          = var.qemu_base_image_url
+  iso_checksum     = var.qemu_base_image_checksum
   disk_image       = true
   use_backing_file = false
   format           = "qcow2"
@@ -108,7 +108,7 @@ build {
   }
 
   provisioner "shell" {
-    environment_vars = ["NF_FILES_DIR=/tmp/nodeforge/files"]
+    environment_vars = concat(var.provision_env, ["NF_FILES_DIR=/tmp/nodeforge/files"])
     execute_command  = "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} bash '{{ .Path }}'"
     inline = [
       "bash /tmp/nodeforge/scripts/provision.sh",
@@ -129,6 +129,7 @@ build {
       build_time         = var.build_time
       kubernetes_version = var.kubernetes_version
       crio_version       = var.crio_version
+      gpu                = var.gpu ? "true" : "false"
     }
   }
 }

@@ -40,9 +40,18 @@ variable "kubernetes_version" {
 variable "crio_version" {
   type = string
 }
-variable "nvidia_driver_package" {
+variable "gpu" {
+  type    = bool
+  default = false
+}
+variable "nvidia_driver_branch" {
   type    = string
   default = ""
+}
+variable "provision_env" {
+  type        = list(string)
+  default     = []
+  description = "The NF_* variables (KEY=value), also in build_dir/scripts/provision.env."
 }
 variable "disk_size_gb" {
   type    = number
@@ -119,14 +128,14 @@ variable "aws_tags" {
 }
 
 # --- qemu ---------------------------------------------------------------------------------------
-variable "qemu_base_image" {
+variable "qemu_base_image_url" {
   type        = string
-  default     = "https://cloud-images.ubuntu.com/releases/noble/release/ubuntu-24.04-server-cloudimg-amd64.img"
+  default     = "https://cloud-images.ubuntu.com/releases/24.04/release/ubuntu-24.04-server-cloudimg-amd64.img"
   description = "Ubuntu cloud image (URL or local path); an offline site points at its mirror."
 }
-variable "qemu_base_checksum" {
+variable "qemu_base_image_checksum" {
   type        = string
-  default     = "file:https://cloud-images.ubuntu.com/releases/noble/release/SHA256SUMS"
+  default     = "file:https://cloud-images.ubuntu.com/releases/24.04/release/SHA256SUMS"
   description = "sha256:<hex>, file:<SHA256SUMS url>, or none."
 }
 variable "qemu_accelerator" {

@@ -2,7 +2,7 @@
 # Last step before an image is captured: no caches, no identity shared between clones
 # (machine-id, ssh host keys, cloud-init state), no history; writes /etc/<tool>-release.
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "$(readlink -f "$0")")/common.sh"
 
 # --- release file: which profile, which builder, which versions, when ---------------------------

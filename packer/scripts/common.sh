@@ -57,8 +57,21 @@ fetch() {
 
 # apt_repo NAME URL KEY_URL: flat repository `deb [signed-by=…] URL /` with its keyring
 apt_repo() {
-    local name="$1" url="$2" key_url="$3" keyring tmp
+    local name="$1" url="$2" key_url="$3" keyring list tmp other
     keyring="$APT_KEYRINGS/$NF_TOOL-$name.gpg"
+    list="/etc/apt/sources.list.d/$NF_TOOL-$name.list"
+    case "$url" in */) ;; *) url="$url/" ;; esac
+    # One offline mirror may serve several of our repositories from one URL: apt refuses the
+    # same URL with two signed-by keyrings, so the first list for a URL serves them all.
+    for other in /etc/apt/sources.list.d/"$NF_TOOL"-*.list; do
+        if [ ! -e "$other" ] || [ "$other" = "$list" ]; then continue; fi
+        if grep -qF " $url /" "$other"; then
+            log "$url is already configured in $other (shared mirror)"
+            rm -f "$list" "$keyring"
+            apt_update_list "$other"
+            return 0
+        fi
+    done
     install -d -m 0755 "$APT_KEYRINGS"
     tmp="$(mktemp)"
     fetch "$key_url" "$tmp"
@@ -68,15 +81,17 @@ apt_repo() {
     fi
     chmod 0644 "$tmp"
     mv -f "$tmp" "$keyring"
-    case "$url" in */) ;; *) url="$url/" ;; esac
-    printf 'deb [signed-by=%s] %s /\n' "$keyring" "$url" \
-        | write_file "/etc/apt/sources.list.d/$NF_TOOL-$name.list"
-    # refresh only this source: fast, and works when the main archive is unreachable
+    printf 'deb [signed-by=%s] %s /\n' "$keyring" "$url" | write_file "$list"
+    apt_update_list "$list"
+}
+
+# apt_update_list LIST: refresh only this source (fast; works without the main archive)
+apt_update_list() {
     apt-get update -qq \
-        -o Dir::Etc::sourcelist="sources.list.d/$NF_TOOL-$name.list" \
+        -o Dir::Etc::sourcelist="$1" \
         -o Dir::Etc::sourceparts=- \
         -o APT::Get::List-Cleanup=0 \
-        || die "apt-get update failed for $url"
+        || die "apt-get update failed for $1"
 }
 
 # apt_pin NAME VERSION_GLOB PACKAGE...: prefer exactly this version (even over newer ones)
@@ -113,7 +128,7 @@ apt_install_held() {
 # installed_version PACKAGE: the dpkg version, or empty
 installed_version() {
     dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null \
-        | awk '$1 == "ii" {print $2}'
+        | awk 'substr($1, 2, 1) == "i" {print $2}'  # ii, or hi when held
 }
 
 # check_version PACKAGE GLOB: fail unless the installed version matches the pin

@@ -2,7 +2,7 @@
 # Node basics: the files/ overlay, kernel modules, sysctls, swap off, time sync, and the
 # first-boot enrollment unit. Idempotent; reads the NF_* variables (builder/INTERFACES.md).
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "$(readlink -f "$0")")/common.sh"
 
 need_var NF_MODULES
@@ -79,7 +79,7 @@ if [ -n "${NF_NTP_SERVERS:-}" ]; then
             echo "# written by $NF_TOOL provisioning (profile: time_sync.servers)"
             echo "[Time]"
             echo "NTP=$NF_NTP_SERVERS"
-        } | write_file "/etc/systemd/timesyncd.conf.d/90-$NF_TOOL.conf"
+        } | write_file "/etc/systemd/timesyncd.conf.d/10-$NF_TOOL.conf"
         if [ -e /lib/systemd/system/systemd-timesyncd.service ] \
             || [ -e /usr/lib/systemd/system/systemd-timesyncd.service ]; then
             enable_unit systemd-timesyncd.service

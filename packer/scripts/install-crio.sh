@@ -2,7 +2,7 @@
 # CRI-O from the profile's repository (pkgs.k8s.io / openSUSE / an offline mirror), pinned to
 # the Kubernetes minor, held, configured from the profile and enabled. Idempotent.
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "$(readlink -f "$0")")/common.sh"
 
 need_var NF_CRIO_VERSION NF_CRIO_APT_URL NF_CRIO_APT_KEY_URL
@@ -35,13 +35,14 @@ toml_list() {
     echo "insecure_registries = $(toml_list ${NF_CRIO_INSECURE_REGISTRIES:-})"
 } | write_file "/etc/crio/crio.conf.d/10-$NF_TOOL.conf"
 
-# registry mirrors: "registry=mirror[,mirror…]" entries, space separated
+# registry mirrors: "registry=mirror[,mirror…]" entries, space separated; an entry without
+# "registry=" mirrors docker.io
 conf="/etc/containers/registries.conf.d/90-$NF_TOOL.conf"
 if [ -n "${NF_CRIO_REGISTRY_MIRRORS:-}" ]; then
     {
         echo "# written by $NF_TOOL provisioning (profile: crio.registry_mirrors)"
         for entry in $NF_CRIO_REGISTRY_MIRRORS; do
-            case "$entry" in *=*) ;; *) die "NF_CRIO_REGISTRY_MIRRORS: '$entry' is not registry=mirror" ;; esac
+            case "$entry" in *=*) ;; *) entry="docker.io=$entry" ;; esac
             echo
             echo "[[registry]]"
             echo "prefix = \"${entry%%=*}\""

@@ -3,7 +3,7 @@
 # exact patch pinned when given, held. kubelet is enabled but waits for `kubeadm join`
 # (started by the enrollment agent). Idempotent.
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "$(readlink -f "$0")")/common.sh"
 
 need_var NF_K8S_VERSION NF_K8S_APT_URL NF_K8S_APT_KEY_URL

@@ -3,7 +3,7 @@
 # toolkit, CRI-O runtime wiring, and a boot-time check that labels the node only when an
 # NVIDIA GPU is really present. Skips cleanly when NF_GPU=0. Idempotent.
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "$(readlink -f "$0")")/common.sh"
 
 if [ "${NF_GPU:-0}" != 1 ]; then
@@ -14,9 +14,9 @@ need_var NF_NVIDIA_DRIVER_BRANCH NF_NVIDIA_APT_URL NF_NVIDIA_APT_KEY_URL
 
 case "${NF_NVIDIA_VARIANT:-server}" in
     server) default_pkg="nvidia-driver-$NF_NVIDIA_DRIVER_BRANCH-server" ;;
-    open) default_pkg="nvidia-driver-$NF_NVIDIA_DRIVER_BRANCH-server-open" ;;
-    desktop) default_pkg="nvidia-driver-$NF_NVIDIA_DRIVER_BRANCH" ;;
-    *) die "NF_NVIDIA_VARIANT: '$NF_NVIDIA_VARIANT' is not server, open or desktop" ;;
+    open) default_pkg="nvidia-driver-$NF_NVIDIA_DRIVER_BRANCH-open" ;;
+    server-open) default_pkg="nvidia-driver-$NF_NVIDIA_DRIVER_BRANCH-server-open" ;;
+    *) die "NF_NVIDIA_VARIANT: '$NF_NVIDIA_VARIANT' is not server, open or server-open" ;;
 esac
 driver_pkg="${NF_NVIDIA_DRIVER_PACKAGE:-$default_pkg}"
 
@@ -53,28 +53,35 @@ TOML
 
 # Boot-time check: label the node only when an NVIDIA GPU is on the PCI bus and the driver
 # answers; otherwise make sure no GPU label is set (an image may boot on a CPU-only host).
-write_file "/usr/lib/$NF_TOOL/gpu-check" 0755 <<SH
+write_file "/usr/lib/$NF_TOOL/gpu-check" 0755 <<'SH'
 #!/bin/sh
-# written by $NF_TOOL provisioning: label the node as a GPU node only when one is present
+# written by nodeforge provisioning: label the node as a GPU node only when one is present.
+# Adds/removes one --node-labels flag in KUBELET_EXTRA_ARGS (/etc/default/kubelet, read by
+# kubeadm's kubelet drop-in); everything else in that file is kept.
 set -u
-labels=/etc/default/kubelet
+file=/etc/default/kubelet
+label=--node-labels=nvidia.com/gpu.present=true
 gpu=0
 for dev in /sys/bus/pci/devices/*; do
-    [ -r "\$dev/vendor" ] || continue
-    if [ "\$(cat "\$dev/vendor")" = 0x10de ]; then
-        case "\$(cat "\$dev/class")" in 0x03*) gpu=1 ;; esac
+    [ -r "$dev/vendor" ] || continue
+    if [ "$(cat "$dev/vendor")" = 0x10de ]; then
+        case "$(cat "$dev/class")" in 0x03*) gpu=1 ;; esac
     fi
 done
-if [ "\$gpu" = 1 ] && nvidia-smi -L >/dev/null 2>&1; then
+if [ "$gpu" = 1 ] && nvidia-smi -L >/dev/null 2>&1; then
     nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml || true
-    printf '%s\n' "# written by $NF_TOOL-gpu-check" \
-        'KUBELET_EXTRA_ARGS="--node-labels=nvidia.com/gpu.present=true"' >"\$labels.tmp"
-    mv -f "\$labels.tmp" "\$labels"
-    echo "$NF_TOOL-gpu-check: NVIDIA GPU present, node labelled nvidia.com/gpu.present=true"
+    want=1
+    echo "gpu-check: NVIDIA GPU present: $label"
 else
-    if grep -qs "^# written by $NF_TOOL-gpu-check" "\$labels"; then rm -f "\$labels"; fi
-    echo "$NF_TOOL-gpu-check: no usable NVIDIA GPU, no GPU label"
+    want=0
+    echo "gpu-check: no usable NVIDIA GPU, no GPU label"
 fi
+current="$(sed -n 's/^KUBELET_EXTRA_ARGS=//p' "$file" 2>/dev/null | tail -n 1 | tr -d '"')"
+args="$(printf ' %s ' "$current" | sed "s| $label | |g; s/^ *//; s/ *$//")"
+if [ "$want" = 1 ]; then args="${args:+$args }$label"; fi
+[ "$args" = "$current" ] && exit 0
+{ grep -v '^KUBELET_EXTRA_ARGS=' "$file" 2>/dev/null; echo "KUBELET_EXTRA_ARGS=\"$args\""; } >"$file.tmp"
+mv -f "$file.tmp" "$file"
 SH
 write_file "/etc/systemd/system/$NF_TOOL-gpu-check.service" <<UNIT
 # written by $NF_TOOL provisioning

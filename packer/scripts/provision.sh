@@ -19,7 +19,7 @@ if [ -z "${NF_FILES_DIR:-}" ] && [ -d "$here/../files" ]; then
 fi
 export NF_FILES_DIR="${NF_FILES_DIR:-/tmp/nodeforge/files}"
 
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 . "$here/common.sh"
 [ "$(id -u)" = 0 ] || die "must run as root"
 

@@ -62,7 +62,7 @@ def test_qcow2_plan_has_runtime_vars(tmp_path, monkeypatch):
     )
     rv = plan.runtime_vars
     assert rv["qemu_accelerator"] == "tcg"
-    assert rv["qemu_base_image"] == str(base.resolve())
+    assert rv["qemu_base_image_url"] == str(base.resolve())
     assert json.loads(rv["qemu_args"]) == [["-kernel", "/k"], ["-append", "root=/dev/vda"]]
     assert rv["qemu_ssh_private_key_file"].endswith("/.packer-run/seed/build_key")
     assert "-only=qemu.node" in plan.argv
@@ -121,9 +121,9 @@ def test_preflight_errors_have_hints(monkeypatch, tmp_path):
         packer.preflight("ami", {"aws_region": "eu-west-1"}, (1, 11, 0))
     with pytest.raises(BuilderError, match="cannot resolve cloud-images.ubuntu.com"):
         packer.preflight(
-            "qcow2", {"qemu_base_image": "https://cloud-images.ubuntu.com/x.img"}, (1, 6, 6)
+            "qcow2", {"qemu_base_image_url": "https://cloud-images.ubuntu.com/x.img"}, (1, 6, 6)
         )
-    packer.preflight("qcow2", {"qemu_base_image": "/local/base.qcow2"}, (1, 6, 6))
+    packer.preflight("qcow2", {"qemu_base_image_url": "/local/base.qcow2"}, (1, 6, 6))
 
 
 def test_accelerator_env_override(monkeypatch):
