@@ -469,7 +469,9 @@ class Handler(BaseHTTPRequestHandler):
         if out.status == 200 and out.node:
             self._send(200, hub.enroll_response(out.node))
         elif out.status == 202:
-            self._send(202, {"status": "pending", "detail": out.error}, out.retry_after)
+            self._send(
+                202, {"status": "pending", "detail": out.error}, hub.cfg.pending_retry_seconds
+            )
         else:
             self._send(out.status, {"error": out.error}, out.retry_after)
 
@@ -529,10 +531,29 @@ class HubHTTPServer(ThreadingHTTPServer):
     def __init__(self, hub: Hub, ctx: ssl.SSLContext) -> None:
         self.hub = hub
         self.ctx = ctx
+        self.slots = threading.BoundedSemaphore(hub.cfg.limits.max_connections)
         host = hub.cfg.listen_host
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host.strip("[]"), hub.cfg.listen_port), Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # bounded: a flood of idle connections cannot start unbounded threads
+        if not self.slots.acquire(blocking=False):
+            log.warning("connection limit reached: dropping %s", client_address[0])
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # the TLS handshake runs here, in the connection's own thread, under a timeout

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "secret_key_file": "secret.key",
     "quarantine_seconds": 86400,
     "reconcile_seconds": 30,
+    "pending_retry_seconds": 30,
     "wireguard": {
         "interface": "wg0",
         "private_key_file": "wg.key",
@@ -50,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_max": 256,
         "request_timeout": 10,
         "writer_process": True,
+        "max_connections": 512,
     },
     "join": {
         "provider": "static",
@@ -92,6 +94,7 @@ class Limits:
     batch_max: int
     request_timeout: float
     writer_process: bool
+    max_connections: int
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class HubConfig:
     secret_key_file: Path
     quarantine_seconds: int
     reconcile_seconds: float
+    pending_retry_seconds: float
     wg: WireGuard
     limits: Limits
     join: dict[str, Any] = field(default_factory=dict)
@@ -221,6 +225,7 @@ def parse(raw: dict[str, Any], p: Path) -> HubConfig:
         batch_max=int(num(lim["batch_max"], "limits.batch_max", 1)),
         request_timeout=num(lim["request_timeout"], "limits.request_timeout", 1),
         writer_process=bool(lim["writer_process"]),
+        max_connections=int(num(lim["max_connections"], "limits.max_connections", 1)),
     )
     wg = WireGuard(
         interface=iface,
@@ -247,6 +252,7 @@ def parse(raw: dict[str, Any], p: Path) -> HubConfig:
         secret_key_file=path_of(d["secret_key_file"], "secret_key_file"),
         quarantine_seconds=int(num(d["quarantine_seconds"], "quarantine_seconds")),
         reconcile_seconds=num(d["reconcile_seconds"], "reconcile_seconds"),
+        pending_retry_seconds=num(d["pending_retry_seconds"], "pending_retry_seconds", 1),
         wg=wg,
         limits=limits,
         join={**j, "_base": str(base)},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from enroll_lab import AGENT, BUILDER, REPO, Lab, missing_tools, records, sh, standin
 
 pytestmark = pytest.mark.integration
@@ -69,6 +69,7 @@ def hub_setup(
     }
     cfg["limits"] = {**cfg.get("limits", {}), **limits}
     cfg["reconcile_seconds"] = 5
+    cfg["pending_retry_seconds"] = 1
     (d / "hub.json").write_text(json.dumps(cfg, indent=1))
     return {
         "dir": d,
@@ -315,6 +316,71 @@ def test_two_nodes_enroll_handshake_and_join_through_the_tunnel(lab, hub):
         time.sleep(0.5)
         dump = {f[0] for f in lab.wg_dump(lab.hub_ns, hub["iface"])}
     assert nodes["node-a"]["pubkey"] not in dump and nodes["node-b"]["pubkey"] in dump
+
+
+def _agent(lab: Lab, name: str, path: Path) -> subprocess.Popen:
+    env = {**os.environ, "NF_STANDIN_RECORD": str(lab.tmp / f"node-{name}" / "kubeadm.jsonl")}
+    return subprocess.Popen(
+        ["ip", "netns", "exec", lab.nodes[name], sys.executable, str(AGENT), "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def test_approval_then_reinstall_keeps_the_address(lab, hub):
+    conf = str(hub["config"])
+    token = builder(
+        "hub", "token", "create", "--config", conf, "--site", "lab", "--uses", "2", "--approve"
+    ).stdout.strip()
+    lab.add_node("c", 4)
+    path, cfg = node_config(lab, hub, "c", token)
+    dmi = Path(cfg["sys_dir"]) / "class/dmi/id"
+    dmi.mkdir(parents=True)
+    (dmi / "product_uuid").write_text("4c4c4544-0031-3510-8052-b4c04f333232\n")
+    p = _agent(lab, "c", path)
+    deadline = time.monotonic() + 60
+    pending = []
+    while time.monotonic() < deadline and not pending:
+        pending = [
+            r for r in db_nodes(hub) if r["hostname"] == "node-c" and r["state"] == "pending"
+        ]
+        time.sleep(0.3)
+    assert pending and pending[0]["ip"] is None, "node c never showed up as pending"
+    time.sleep(1.5)
+    assert p.poll() is None, "the agent must keep polling while pending"
+    out = builder("hub", "approve", "--config", conf, pending[0]["node_id"]).stdout.split()
+    out_log, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out_log
+    assert "pending approval" in out_log
+    first = {r["node_id"]: r for r in db_nodes(hub)}[pending[0]["node_id"]]
+    assert first["ip"] == out[1] and first["state"] == "joined"
+
+    # reinstall: the disk is wiped (new key, new node_id), same hardware (DMI fingerprint)
+    sh(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.nodes["c"],
+            "wg-quick",
+            "down",
+            str(Path(cfg["wireguard_dir"]) / f"{cfg['interface']}.conf"),
+        ]
+    )
+    shutil.rmtree(cfg["state_dir"])
+    p = _agent(lab, "c", path)
+    out_log, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out_log
+    rows = [r for r in db_nodes(hub) if r["hostname"] == "node-c"]
+    assert len(rows) == 1
+    again = rows[0]
+    assert again["ip"] == first["ip"] and again["pubkey"] != first["pubkey"]
+    assert again["node_id"] != first["node_id"] and again["state"] == "joined"
+    dump = {f[0]: f for f in lab.wg_dump(lab.hub_ns, hub["iface"])}
+    assert first["pubkey"] not in dump, "the old peer of reinstalled hardware is still there"
+    assert dump[again["pubkey"]][3] == f"{first['ip']}/32" and int(dump[again["pubkey"]][4]) > 0
 
 
 def _req(lab, hub, *args):

@@ -178,3 +178,19 @@ def test_static_provider_and_ca_hash(tmp_path):
     assert m["token"] == "abcdef.0123456789abcdef" and m["token_id"] is None
     assert m["node_ip"] == "10.0.0.5" and m["ca_cert_hashes"] == [h]
     p.delete(None)  # nothing to delete for static tokens
+
+
+def test_writer_core_in_process_without_an_interface(hubdir):
+    from builder.hub.writer import WriterCore
+
+    d, _ = hubdir
+    cfg = hub_config.load(d / "hub.json")
+    core = WriterCore(cfg)
+    core.start()  # wireguard.apply is false: no interface, no syncconf
+    token, _ = core.store.create_token("lab", 2, 60, False)
+    res = core.process(
+        [EnrollRequest(token, "lab", f"n{i}", f"{chr(65 + i)}" * 43 + "=", "h") for i in range(3)]
+    )
+    assert [o.status for o in res.outcomes] == [200, 200, 403]
+    assert res.wg_seconds < 1 and res.wg_errors == 0
+    assert [o.node["ip"] for o in res.outcomes[:2]] == ["10.77.0.2", "10.77.0.3"]
