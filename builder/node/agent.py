@@ -27,6 +27,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import ssl
 import subprocess  # stdlib-only node script: it cannot use builder.run
@@ -275,6 +276,15 @@ def join_configuration(mat: dict[str, Any], cfg: Config, address: str, hostname:
     else:
         lines.append("  taints: []")
     return "\n".join(lines) + "\n"
+
+
+SYSTEMCTL_SHIM = """#!/bin/sh
+# nodeforge-enroll: systemctl shim for `kubeadm join` (see Agent.kubeadm_env)
+case " $* " in
+  *" kubelet "*|*" kubelet.service "*) exec @REAL@ --job-mode=ignore-dependencies "$@" ;;
+esac
+exec @REAL@ "$@"
+"""
 
 
 # -- the state machine ---------------------------------------------------------------------
@@ -605,6 +615,23 @@ class Agent:
             )
         raise Retry("could not fetch join material")
 
+    def kubeadm_env(self) -> dict[str, str]:
+        """PATH for kubeadm with a ``systemctl`` shim first, when we run under systemd.
+
+        Our unit is ordered ``Before=kubelet.service`` and is still activating while
+        ``kubeadm join`` runs; kubeadm's ``systemctl restart kubelet`` would queue a job that
+        waits for our unit to finish, i.e. forever. The shim adds
+        ``--job-mode=ignore-dependencies`` to systemctl calls about kubelet so the kubelet
+        starts now; every other call passes through unchanged.
+        """
+        real = shutil.which(self.cfg.systemctl)
+        if not real or not os.environ.get("INVOCATION_ID"):  # not started by systemd
+            return {}
+        shim = Path(self.cfg.run_dir) / "shim"
+        shim.mkdir(parents=True, exist_ok=True)
+        atomic_write(shim / "systemctl", SYSTEMCTL_SHIM.replace("@REAL@", real), 0o755)
+        return {"PATH": f"{shim}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+
     def join(self, enr: dict[str, Any]) -> None:
         run_dir = Path(self.cfg.run_dir)
         path = run_dir / "join.yaml"
@@ -614,7 +641,11 @@ class Agent:
                 path, join_configuration(mat, self.cfg, enr["address"], self.hostname()), 0o600
             )
             log("join", "running kubeadm join", config=path, node_ip=enr["address"])
-            rc, out = self.sys.run([self.cfg.kubeadm, "join", "--config", str(path)], timeout=900)
+            rc, out = self.sys.run(
+                [self.cfg.kubeadm, "join", "--config", str(path)],
+                timeout=900,
+                env=self.kubeadm_env(),
+            )
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # it holds a bootstrap token
             if rc == 0:

@@ -561,3 +561,33 @@ def test_kill_9_during_a_burst_loses_nothing_and_duplicates_nothing(lab):
     assert used == n, "a replay used the token again"
     proc2.send_signal(signal.SIGTERM)
     proc2.wait(timeout=15)
+
+
+def test_systemctl_shim_passes_kubelet_jobs_without_ordering(tmp_path):
+    """The shim the agent puts first on kubeadm's PATH, run by a real /bin/sh."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nodeforge_agent_shim", AGENT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["nodeforge_agent_shim"] = mod
+    spec.loader.exec_module(mod)
+    rec = tmp_path / "calls"
+    real = tmp_path / "real-systemctl"
+    real.write_text(f'#!/bin/sh\necho "$*" >> {rec}\n')
+    real.chmod(0o755)
+    shim = tmp_path / "systemctl"
+    shim.write_text(mod.SYSTEMCTL_SHIM.replace("@REAL@", str(real)))
+    shim.chmod(0o755)
+    for args in (
+        ["daemon-reload"],
+        ["restart", "kubelet"],
+        ["is-active", "kubelet.service"],
+        ["restart", "crio"],
+    ):
+        sh([str(shim), *args])
+    assert rec.read_text().splitlines() == [
+        "daemon-reload",
+        "--job-mode=ignore-dependencies restart kubelet",
+        "--job-mode=ignore-dependencies is-active kubelet.service",
+        "restart crio",
+    ]

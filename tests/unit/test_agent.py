@@ -52,6 +52,7 @@ class FakeSystem:
             ts = "1800000000" if self.hs_polls > self.handshake_after else "0"
             return 0, f"{HUB_KEY}\t{ts}\n"
         if argv[1] == "join":
+            self.join_env = env
             self.join_configs.append(Path(argv[3]).read_text())
             mode = stat.S_IMODE(Path(argv[3]).stat().st_mode)
             assert mode == 0o600
@@ -362,3 +363,24 @@ def test_config_errors_name_file_and_key(tmp_path, capsys):
     assert f"{p}: enroll_url: must be https" in err and f"{p}: ca_file: required" in err
     assert f"{p}: ca_pin:" in err
     assert agent.main(["--config", str(tmp_path / "nope.json")]) == agent.EXIT_STOP
+
+
+def test_kubeadm_gets_a_systemctl_shim_under_systemd(tmp_path, ca, monkeypatch):
+    fake = tmp_path / "bin" / "systemctl"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    cfg = make_cfg(tmp_path, ca, systemctl=str(fake))
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    sysm = FakeSystem()
+    assert run_agent(cfg, sysm, FakeHttp([(200, {}, enrollment())]))[0] == 0
+    assert sysm.join_env == {}  # not under systemd: kubeadm runs with our PATH
+    (tmp_path / "state" / "joined").unlink()
+    monkeypatch.setenv("INVOCATION_ID", "abc")
+    sysm = FakeSystem()
+    assert run_agent(cfg, sysm, FakeHttp([]))[0] == 0
+    shim = tmp_path / "run" / "shim"
+    assert sysm.join_env["PATH"].split(":")[0] == str(shim)
+    text = (shim / "systemctl").read_text()
+    assert f"exec {fake} --job-mode=ignore-dependencies" in text and f'exec {fake} "$@"' in text
+    assert stat.S_IMODE((shim / "systemctl").stat().st_mode) == 0o755
