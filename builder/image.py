@@ -172,6 +172,8 @@ def build_iso(
 ) -> ImageResult:
     """Build (or reuse) ``dist/<site>/<image name>.iso``; see the module docstring."""
     volume_id, timeout = iso_settings(profile)
+    if base_iso is not None and not base_iso.is_file():
+        raise UsageError(f"--base-iso: {base_iso}: no such file")
     dist = dist or default_dist(profile.site)
     rendered = render_site(profile, build_dir)
     tree = rendered.path / "iso"
