@@ -106,7 +106,9 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hub(lab):
-    h = hub_setup(lab.tmp, lab.tag, "hub", 8443, 51820, "10.100.0.0/16")
+    h = hub_setup(
+        lab.tmp, lab.tag, "hub", 8443, 51820, "10.100.0.0/16", per_ip_rate=2, per_ip_burst=25
+    )
     proc = lab.start_hub(h["config"], h["log"], {"NF_STANDIN_RECORD": str(h["record"])})
     lab.wait_healthy(h["url"], h["ca"], proc, h["log"])
     h["proc"] = proc
@@ -444,7 +446,7 @@ def test_abuse_gets_the_right_status_and_writes_nothing(lab, hub):
         "--bind",
         "192.168.77.50",
         "--n",
-        "60",
+        "100",
     )
     assert r["counts"].get("429", 0) > 0 and r["retry_after"]
     assert r["counts"].get("0", 0) == 0, "connections dropped under flood"
