@@ -40,6 +40,8 @@ source "amazon-ebs" "node" {
     device_name           = "/dev/sda1"
     volume_size           = var.aws_volume_size_gb
     volume_type           = "gp3"
+    iops                  = 3000
+    throughput            = 125
     encrypted             = true
     delete_on_termination = true
   }
