@@ -28,7 +28,6 @@ import re
 import signal
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections import Counter
@@ -593,10 +592,6 @@ def make_server(cfg: HubConfig) -> HubHTTPServer:
 
 def serve(cfg: HubConfig, ready: Any = None) -> None:
     """Run the hub until SIGTERM/SIGINT."""
-    # many connection threads (TLS handshakes) share the GIL with the one writer thread,
-    # which gives it up at every SQLite call: a short switch interval keeps it from queuing
-    # behind them for 5 ms each time (measured: see tests/bench/bench_hub.py)
-    sys.setswitchinterval(0.0001)
     srv = make_server(cfg)
     srv.hub.start()
     log.info(
