@@ -496,3 +496,34 @@ def write_dist_manifest(
     sums = "".join(f"{sha256_file(plan.dist_dir / f)}  {f}\n" for f in [*files, "manifest.json"])
     atomic_write(plan.dist_dir / "SHA256SUMS", sums)
     return path
+
+
+def check_packer_tree(tree: Path) -> list[str]:
+    """``packer validate`` a rendered tree for both Packer targets, offline.
+
+    Returns problems as ``file: message`` lines (empty when valid), for ``builder validate``.
+    A remote qemu base image is replaced by a local placeholder: fetching its checksum file
+    is a download, not validation.
+    """
+    import tempfile
+
+    problems: list[str] = []
+    for target in TARGETS:
+        with tempfile.TemporaryDirectory(prefix="nf-pkr-validate-") as tmp:
+            extra: dict[str, str] = {}
+            if target == "qcow2":
+                placeholder = Path(tmp) / "base.img"
+                placeholder.write_bytes(b"")
+                extra = {
+                    "qemu_base_image_url": str(placeholder),
+                    "qemu_base_image_checksum": "none",
+                }
+            try:
+                validate_packer(tree, target, extra_vars=extra, dist_dir=Path(tmp) / "dist")
+            except BuilderError as exc:
+                problems += [
+                    f"{tree / PKRVARS}: packer validate ({target}): {line}"
+                    for line in exc.message.splitlines()[1:]
+                    if line.strip()
+                ] or [f"{tree / PKRVARS}: {exc.message}"]
+    return problems

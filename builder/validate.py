@@ -23,7 +23,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .errors import CommandFailed, ValidationError
+from .errors import ValidationError
 from .profile import PACKAGE_DIR, REPO_DIR, display_path
 from .run import run, which
 
@@ -121,17 +121,10 @@ def check_units(tree: Path) -> list[str]:
 
 
 def check_packer(tree: Path) -> list[str]:
-    var_file = tree / "packer" / "site.auto.pkrvars.json"
-    try:
-        run(
-            ["packer", "validate", f"-var-file={var_file}", f"-var=build_dir={tree}", PACKER_DIR],
-            cwd=tree,
-            env={"CHECKPOINT_DISABLE": "1", "PACKER_LOG": "0"},
-        )
-    except CommandFailed as exc:
-        lines = [ln for ln in exc.output.splitlines() if ln.strip()]
-        return [f"{display_path(PACKER_DIR)}: packer validate: {ln}" for ln in lines]
-    return []
+    # both Packer targets, offline, Packer 1.6 compatible: see builder/packer.py
+    from .packer import check_packer_tree
+
+    return check_packer_tree(tree)
 
 
 CHECKS = (
