@@ -290,8 +290,9 @@ def _hub_store(config_file: Path | None) -> Any:
     from .hub.store import Pool, Store
 
     cfg = hub_config.load(config_file)
-    return cfg, Store(cfg.database, Pool(cfg.wg.network, cfg.wg.hub_ip, cfg.wg.reserved),
-                      cfg.quarantine_seconds)
+    return cfg, Store(
+        cfg.database, Pool(cfg.wg.network, cfg.wg.hub_ip, cfg.wg.reserved), cfg.quarantine_seconds
+    )
 
 
 @cli.group()
@@ -308,13 +309,29 @@ def hub() -> None:
 @click.option("--listen", default="", help="HOST:PORT to listen on (default 0.0.0.0:<url port>).")
 @click.option("--san", "sans", multiple=True, help="Extra DNS name/IP for the server cert.")
 @click.option("--force", is_flag=True, help="Replace an existing hub.json.")
-def hub_init(directory: Path, endpoint: str, url: str, overlay_cidr: str, hub_ip: str | None,
-             listen: str, sans: tuple[str, ...], force: bool) -> None:
+def hub_init(
+    directory: Path,
+    endpoint: str,
+    url: str,
+    overlay_cidr: str,
+    hub_ip: str | None,
+    listen: str,
+    sans: tuple[str, ...],
+    force: bool,
+) -> None:
     """Create a CA, a server cert, WireGuard and secret keys and DIR/hub.json."""
     from .hub.pki import init_hub
 
-    res = init_hub(directory, endpoint=endpoint, url=url, overlay_cidr=overlay_cidr,
-                   hub_ip=hub_ip, listen=listen, extra_names=list(sans), force=force)
+    res = init_hub(
+        directory,
+        endpoint=endpoint,
+        url=url,
+        overlay_cidr=overlay_cidr,
+        hub_ip=hub_ip,
+        listen=listen,
+        extra_names=list(sans),
+        force=force,
+    )
     click.echo(f"config: {res['config']}")
     click.echo(f"ca_cert: {res['ca_cert']}")
     click.echo(f"enrollment.ca_pin: {res['ca_pin']}")
@@ -345,8 +362,9 @@ def hub_token() -> None:
 @click.option("--ttl", default="72h", show_default=True, help="Lifetime: 15m, 72h, 7d, …")
 @click.option("--approve", is_flag=True, help="Enrollments wait for `builder hub approve`.")
 @click.option("--description", default="")
-def hub_token_create(config_file: Path | None, site: str, uses: int, ttl: str, approve: bool,
-                     description: str) -> None:
+def hub_token_create(
+    config_file: Path | None, site: str, uses: int, ttl: str, approve: bool, description: str
+) -> None:
     """Mint a token; it is printed once (only its hash is stored)."""
     from .hub.tokens import parse_duration
 
@@ -372,10 +390,19 @@ def hub_token_list(config_file: Path | None, as_json: bool) -> None:
     click.echo(f"{'ID':16}  {'SITE':12} {'USED':>9}  {'APPROVE':7}  STATUS")
     now = _time.time()
     for r in rows:
-        status = ("revoked" if r["revoked_at"] else "expired" if r["expires_at"] <= now
-                  else "used up" if r["used"] >= r["max_uses"] else "valid")
-        click.echo(f"{r['id']:16}  {r['site']:12} {r['used']:>4}/{r['max_uses']:<4}  "
-                   f"{'yes' if r['approve'] else 'no':7}  {status}")
+        status = (
+            "revoked"
+            if r["revoked_at"]
+            else "expired"
+            if r["expires_at"] <= now
+            else "used up"
+            if r["used"] >= r["max_uses"]
+            else "valid"
+        )
+        click.echo(
+            f"{r['id']:16}  {r['site']:12} {r['used']:>4}/{r['max_uses']:<4}  "
+            f"{'yes' if r['approve'] else 'no':7}  {status}"
+        )
 
 
 @hub_token.command("revoke")
@@ -400,8 +427,10 @@ def hub_nodes(config_file: Path | None, as_json: bool) -> None:
         return
     click.echo(f"{'NODE':36}  {'HOSTNAME':20} {'ADDRESS':15}  {'STATE':8}  SITE")
     for r in rows:
-        click.echo(f"{r['node_id']:36}  {r['hostname'][:20]:20} {r['ip'] or '-':15}  "
-                   f"{r['state']:8}  {r['site']}")
+        click.echo(
+            f"{r['node_id']:36}  {r['hostname'][:20]:20} {r['ip'] or '-':15}  "
+            f"{r['state']:8}  {r['site']}"
+        )
 
 
 @hub.command("approve")
@@ -428,8 +457,9 @@ def hub_revoke(config_file: Path | None, node_id: str) -> None:
         wg.remove([old["pubkey"]])
         click.echo(f"removed peer {old['pubkey']} from {cfg.wg.interface}", err=True)
     else:
-        click.echo(f"{cfg.wg.interface} not here: the hub removes the peer at its next "
-                   "reconcile", err=True)
+        click.echo(
+            f"{cfg.wg.interface} not here: the hub removes the peer at its next reconcile", err=True
+        )
     click.echo(f"revoked {node_id}")
 
 

@@ -92,6 +92,7 @@ class Config:
     http_timeout: float = 20
     join_attempts: int = 3
     enroll_attempts: int = 20
+    token_wait_seconds: float = 300
 
     @property
     def joined_marker(self) -> Path:
@@ -440,13 +441,25 @@ class Agent:
 
     # 3. enroll
     def token(self) -> str:
-        try:
-            t = Path(self.cfg.token_file).read_text().strip()
-        except OSError as exc:
-            raise Stop(f"{self.cfg.token_file}: no enrollment token ({exc.strerror})") from exc
-        if not t:
-            raise Stop(f"{self.cfg.token_file}: enrollment token file is empty")
-        return t
+        """The enrollment token; waits (bounded) for it to appear, e.g. from a late runcmd."""
+        waited, attempt = 0.0, 0
+        while True:
+            try:
+                t = Path(self.cfg.token_file).read_text().strip()
+            except FileNotFoundError:
+                t = ""
+            except OSError as exc:
+                raise Stop(
+                    f"{self.cfg.token_file}: cannot read the token ({exc.strerror})"
+                ) from exc
+            if t:
+                return t
+            if waited >= self.cfg.token_wait_seconds:
+                raise Stop(f"{self.cfg.token_file}: no enrollment token (missing or empty)")
+            delay = min(10.0, 1.0 + self.backoff(attempt, 1.0))
+            self.pause(delay, "token", f"waiting for {self.cfg.token_file}")
+            waited += delay
+            attempt += 1
 
     def saved(self, pub: str) -> dict[str, Any] | None:
         f = self.state / "enrollment.json"

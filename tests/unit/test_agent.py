@@ -320,8 +320,26 @@ def test_join_material_for_another_address_is_refused(tmp_path, ca):
 def test_ca_pin_mismatch_and_missing_token_stop(tmp_path, ca):
     cfg = make_cfg(tmp_path, ca, ca_pin="sha256:" + "0" * 64)
     assert run_agent(cfg, FakeSystem(), FakeHttp([]))[0] == agent.EXIT_STOP
-    cfg = make_cfg(tmp_path, ca, token_file=str(tmp_path / "missing"))
-    assert run_agent(cfg, FakeSystem(), FakeHttp([]))[0] == agent.EXIT_STOP
+    cfg = make_cfg(tmp_path, ca, token_file=str(tmp_path / "missing"), token_wait_seconds=30)
+    rc, sleeps = run_agent(cfg, FakeSystem(), FakeHttp([]))
+    assert rc == agent.EXIT_STOP
+    assert 30 <= sum(sleeps) <= 45 and max(sleeps) <= 10  # waited, bounded, then stopped
+
+
+def test_token_written_late_is_waited_for(tmp_path, ca):
+    late = tmp_path / "late-token"
+    cfg = make_cfg(tmp_path, ca, token_file=str(late))
+    sysm, http = FakeSystem(), FakeHttp([(200, {}, enrollment())])
+    calls = []
+
+    def sleep(s):
+        calls.append(s)
+        if len(calls) == 3:  # cloud-final's runcmd writes it while we wait
+            late.write_text("nf1.late\n")
+
+    a = agent.Agent(cfg, sysm, http, clock=lambda: 1_800_000_000.0, sleep=sleep, rand=lambda: 0.5)
+    assert a.run() == 0
+    assert http.requests[0][2] == "nf1.late"
 
 
 def test_cert_rejection_stops(tmp_path, ca):
