@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 from .errors import BuilderError, CommandFailed, UsageError
 from .fsutil import atomic_write, sha256_file
-from .run import popen, require, run
+from .run import popen, require, run, which
 
 log = logging.getLogger("builder.packer")
 
@@ -293,7 +293,7 @@ def plan_packer(
     argv.append(f"-var-file={site_tree / PKRVARS}")
     for k, v in rv.items():
         argv.append(f"-var={k}={v}")
-    argv.append(str(templates or run_dir / "templates"))
+    argv.append(str(templates or packer_dir()))
     return PackerPlan(site, target, site_tree, dist, run_dir, argv, pkrvars, rv)
 
 
@@ -380,6 +380,9 @@ def build_packer_image(
         extra_vars=extra_vars,
     )
     if dry_run:
+        # the same template directory a real run would use (a staged copy for Packer < 1.7)
+        if which("packer") and packer_version() < (1, 7):
+            plan.argv[-1] = str(plan.run_dir / "templates")
         return plan
     version = packer_version()
     preflight(target, {**plan.pkrvars, **plan.runtime_vars}, version)
@@ -527,3 +530,41 @@ def check_packer_tree(tree: Path) -> list[str]:
                     if line.strip()
                 ] or [f"{tree / PKRVARS}: {exc.message}"]
     return problems
+
+
+def build_site_image(
+    site: str,
+    target: str | None = None,
+    dry_run: bool = False,
+    *,
+    profiles_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+    dist: Path | None = None,
+    base_image: Path | None = None,
+) -> PackerResult | PackerPlan:
+    """Load ``site``, render ``build/<site>`` and build its Packer target (ami or qcow2)."""
+    from .profile import load_profile
+    from .render import render_site
+
+    profile = load_profile(site, profiles_dir, overrides)
+    kind = target or str(profile.get("target"))
+    if kind not in TARGETS:
+        raise UsageError(
+            f"{profile.where('target')}: target {kind!r} is not built by Packer "
+            f"(choose from {', '.join(TARGETS)})"
+        )
+    tree = render_site(profile).path
+    return build_packer_image(tree, kind, dry_run, dist_dir=dist, base_image=base_image)
+
+
+def result_lines(result: PackerResult | PackerPlan) -> list[str]:
+    """What the CLI prints on stdout: the command (dry run), AMI ids, or image paths."""
+    if isinstance(result, PackerPlan):
+        return [result.command()]
+    out = []
+    for art in result.artifacts:
+        if art["type"] == "ami":
+            out.append(f"{art['region']} {art['ami_id']}")
+        else:
+            out.append(str(result.plan.dist_dir / art["path"]))
+    return [*out, str(result.manifest)]

@@ -37,7 +37,8 @@ def site_tree(tmp: Path, site: str = "aws", **vars_: object) -> Path:
     return tree
 
 
-def test_ami_dry_run_plan_is_exact_and_writes_nothing(tmp_path):
+def test_ami_dry_run_plan_is_exact_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(packer, "which", lambda tool: None)  # unit lane: no packer
     tree = site_tree(tmp_path)
     plan = packer.build_packer_image(tree, "ami", dry_run=True)
     assert isinstance(plan, packer.PackerPlan)
@@ -48,6 +49,7 @@ def test_ami_dry_run_plan_is_exact_and_writes_nothing(tmp_path):
     assert f"-var=build_dir={tree.resolve()}" in argv
     assert plan.dist_dir == (tmp_path / "dist" / "aws").resolve()
     assert not any("qemu" in a for a in argv)
+    assert argv[-1] == str(packer.packer_dir())
     assert plan.command().startswith("packer build -color=false")
     assert not (tmp_path / "dist").exists()
 
@@ -238,3 +240,21 @@ def test_required_plugins_kept_apart():
     for f in TEMPLATES.glob("*.pkr.hcl"):
         assert "required_plugins" not in f.read_text(), f
     assert "required_plugins" in (TEMPLATES / "plugins/required.pkr.hcl").read_text()
+
+
+def test_result_lines(tmp_path):
+    plan = packer.plan_packer(site_tree(tmp_path), "ami")
+    assert packer.result_lines(plan) == [plan.command()]
+    res = packer.PackerResult(
+        plan,
+        tmp_path / "manifest.json",
+        [
+            {"type": "ami", "region": "eu-central-1", "ami_id": "ami-1"},
+            {"type": "qcow2", "path": "x.qcow2", "size": 1, "sha256": "0"},
+        ],
+    )
+    assert packer.result_lines(res) == [
+        "eu-central-1 ami-1",
+        str(plan.dist_dir / "x.qcow2"),
+        str(tmp_path / "manifest.json"),
+    ]
