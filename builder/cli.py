@@ -302,35 +302,53 @@ def hub() -> None:
 
 @hub.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--endpoint", required=True, help="WireGuard endpoint nodes dial (HOST:PORT).")
-@click.option("--url", required=True, help="Enrollment URL nodes use (https://HOST:PORT).")
-@click.option("--overlay-cidr", default="10.100.0.0/16", show_default=True)
+@click.option("--site", default=None, help="Take endpoint, URL, overlay, MTU from this profile.")
+@profiles_dir_option
+@click.option("--endpoint", default=None, help="WireGuard endpoint nodes dial (HOST:PORT).")
+@click.option("--url", default=None, help="Enrollment URL nodes use (https://HOST:PORT).")
+@click.option("--overlay-cidr", default=None, help="Overlay network [10.100.0.0/16].")
 @click.option("--hub-ip", default=None, help="Hub overlay address (default: first host).")
 @click.option("--listen", default="", help="HOST:PORT to listen on (default 0.0.0.0:<url port>).")
 @click.option("--san", "sans", multiple=True, help="Extra DNS name/IP for the server cert.")
 @click.option("--force", is_flag=True, help="Replace an existing hub.json.")
 def hub_init(
     directory: Path,
-    endpoint: str,
-    url: str,
-    overlay_cidr: str,
+    site: str | None,
+    profiles_dir: Path | None,
+    endpoint: str | None,
+    url: str | None,
+    overlay_cidr: str | None,
     hub_ip: str | None,
     listen: str,
     sans: tuple[str, ...],
     force: bool,
 ) -> None:
     """Create a CA, a server cert, WireGuard and secret keys and DIR/hub.json."""
+    from .errors import UsageError
     from .hub.pki import init_hub
 
+    wg: dict[str, Any] = {}
+    if site:
+        from .profile import load_profile
+
+        prof = load_profile(site, profiles_dir)
+        endpoint = endpoint or prof.get("wireguard.hub_endpoint")
+        url = url or prof.get("enrollment.url")
+        overlay_cidr = overlay_cidr or prof.get("wireguard.overlay_cidr")
+        hub_ip = hub_ip or prof.get("wireguard.hub_overlay_ip")
+        wg = {k: prof.get(f"wireguard.{k}") for k in ("mtu", "keepalive", "interface")}
+    if not endpoint or not url:
+        raise UsageError("--endpoint and --url are required (or --site to read them)")
     res = init_hub(
         directory,
         endpoint=endpoint,
         url=url,
-        overlay_cidr=overlay_cidr,
+        overlay_cidr=overlay_cidr or "10.100.0.0/16",
         hub_ip=hub_ip,
         listen=listen,
         extra_names=list(sans),
         force=force,
+        wireguard={k: v for k, v in wg.items() if v is not None},
     )
     click.echo(f"config: {res['config']}")
     click.echo(f"ca_cert: {res['ca_cert']}")

@@ -112,6 +112,7 @@ def init_hub(
     listen: str,
     extra_names: list[str],
     force: bool = False,
+    wireguard: dict[str, object] | None = None,
 ) -> dict[str, str]:
     """Create DIR/{hub.json, ca.pem, ca.key, server.pem, server.key, wg.key, secret.key}."""
     try:
@@ -160,6 +161,7 @@ def init_hub(
             "hub_overlay_ip": str(hip),
             "mtu": 1420,
             "keepalive": 25,
+            **(wireguard or {}),
         },
         "join": {
             "provider": "kubeadm",

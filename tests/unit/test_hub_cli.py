@@ -194,3 +194,19 @@ def test_writer_core_in_process_without_an_interface(hubdir):
     assert [o.status for o in res.outcomes] == [200, 200, 403]
     assert res.wg_seconds < 1 and res.wg_errors == 0
     assert [o.node["ip"] for o in res.outcomes[:2]] == ["10.77.0.2", "10.77.0.3"]
+
+
+def test_init_from_a_site_profile(workdir, capsys):
+    code, out, err = run_cli(capsys, "hub", "init", str(workdir / "h"), "--site", "onprem")
+    assert code == 0, err
+    cfg = json.loads((workdir / "h" / "hub.json").read_text())
+    from builder.profile import load_profile
+
+    prof = load_profile("onprem")
+    assert cfg["wireguard"]["endpoint"] == prof.get("wireguard.hub_endpoint")
+    assert cfg["url"] == prof.get("enrollment.url")
+    assert cfg["wireguard"]["overlay_cidr"] == prof.get("wireguard.overlay_cidr")
+    assert cfg["wireguard"]["hub_overlay_ip"] == prof.get("wireguard.hub_overlay_ip")
+    assert cfg["wireguard"]["mtu"] == prof.get("wireguard.mtu")
+    code, _, err = run_cli(capsys, "hub", "init", str(workdir / "h2"))
+    assert code == 2 and "--endpoint" in err
