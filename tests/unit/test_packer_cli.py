@@ -1,0 +1,54 @@
+"""`builder packer` through Click: dry run, wrong target, errors without tracebacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from builder import packer
+from builder.cli import cli, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _no_tools(monkeypatch, tmp_path):
+    monkeypatch.setattr(packer, "which", lambda tool: None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUILDER_PROFILES", str(REPO / "profiles"))
+
+
+def test_ami_dry_run_prints_the_command_only():
+    r = CliRunner().invoke(cli, ["packer", "aws", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    [line] = r.stdout.splitlines()
+    assert line.startswith("packer build -color=false -on-error=cleanup -only=amazon-ebs.node ")
+    assert "/build/aws/packer/site.auto.pkrvars.json" in line
+    assert Path("build/aws/scripts/provision.sh").exists()  # rendered first
+    assert not Path("dist").exists()
+
+
+def test_qcow2_dry_run_via_target_override():
+    r = CliRunner().invoke(cli, ["packer", "aws", "--target", "qcow2", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "-only=qemu.node" in r.stdout and "-var=qemu_accelerator=" in r.stdout
+
+
+def test_iso_site_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["packer", "onprem", "--dry-run"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "onprem.yaml: target: target 'iso' is not built by Packer" in err
+    assert "Traceback" not in err
+
+
+def test_missing_packer_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SystemExit) as exc:
+        main(["packer", "aws"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: packer not found" in err and "hint:" in err
