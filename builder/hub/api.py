@@ -488,7 +488,9 @@ class Handler(BaseHTTPRequestHandler):
         except BuilderError as exc:
             log.error("join material for %s: %s", node["node_id"], exc.message)
             raise HttpError(503, "join material unavailable", 30) from exc
-        prev = hub.store.set_bootstrap_token(node["node_id"], mat.get("token_id"))
+        prev = hub.store.set_bootstrap_token(
+            node["node_id"], mat.get("token_id"), self.client_address[0]
+        )
         if prev and prev != mat.get("token_id"):
             try:
                 hub.provider.delete(prev)
@@ -500,7 +502,7 @@ class Handler(BaseHTTPRequestHandler):
         hub = self.server.hub
         self._body()
         node = self._tunnel()
-        tid = hub.store.complete(node["node_id"])
+        tid = hub.store.complete(node["node_id"], self.client_address[0])
         try:
             hub.provider.delete(tid)
         except BuilderError as exc:

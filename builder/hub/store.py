@@ -313,17 +313,19 @@ class Store:
             self._audit(c, "node.revoke", node_id=node_id, ip=n["ip"])
             return dict(n)
 
-    def set_bootstrap_token(self, node_id: str, token_id: str | None) -> str | None:
+    def set_bootstrap_token(
+        self, node_id: str, token_id: str | None, remote: str | None = None
+    ) -> str | None:
         """Remember the node's current bootstrap token; return the previous one."""
         with self._tx() as c:
             r = c.execute(
                 "SELECT bootstrap_token_id FROM nodes WHERE node_id=?", (node_id,)
             ).fetchone()
             c.execute("UPDATE nodes SET bootstrap_token_id=? WHERE node_id=?", (token_id, node_id))
-            self._audit(c, "node.join_material", node_id=node_id)
+            self._audit(c, "node.join_material", node_id=node_id, remote=remote)
             return r[0] if r else None
 
-    def complete(self, node_id: str) -> str | None:
+    def complete(self, node_id: str, remote: str | None = None) -> str | None:
         with self._tx() as c:
             r = c.execute(
                 "SELECT bootstrap_token_id FROM nodes WHERE node_id=?", (node_id,)
@@ -333,7 +335,7 @@ class Store:
                 " updated_at=? WHERE node_id=? AND state IN ('active','joined')",
                 (self.clock(), self.clock(), node_id),
             )
-            self._audit(c, "node.complete", node_id=node_id)
+            self._audit(c, "node.complete", node_id=node_id, remote=remote)
             return r[0] if r else None
 
     def audit_events(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -229,6 +229,13 @@ def test_two_nodes_enroll_handshake_and_join_through_the_tunnel(lab, hub):
         minted = [e for e in hub_tokens if e["token"] == used]
         assert minted and nodes[f"node-{name}"]["node_id"] in " ".join(minted[0]["argv"])
         assert used.split(".")[0] in deleted
+    # the hub's audit log saw the join material leave through the tunnel (overlay source)
+    c = sqlite3.connect(hub["dir"] / "hub.db")
+    audit = c.execute("SELECT event, node_id, remote FROM audit").fetchall()
+    c.close()
+    for r in nodes.values():
+        assert ("node.join_material", r["node_id"], r["ip"]) in audit
+        assert ("node.complete", r["node_id"], r["ip"]) in audit
     # node b failed once: reset -f, then fresh material (a second token)
     recs_b = records(lab.tmp / "node-b" / "kubeadm.jsonl")
     assert [e["argv"][:2] for e in recs_b] == [
