@@ -148,6 +148,8 @@ def build_argv(vm: VM, workdir: Path) -> list[str]:
             opts += ",snapshot=on"
         argv += ["-drive", opts]
         boot = "bootindex=1" if vm.cdrom is not None else "bootindex=0"
+        if vm.kernel is not None:  # -kernel's option ROM already holds bootindex 0
+            boot = "bootindex=1"
         if vm.disk_bus == "virtio":
             argv += ["-device", f"virtio-blk-pci,drive=disk0,{boot}"]
         elif vm.disk_bus == "usb":
