@@ -30,6 +30,13 @@ def missing_tools() -> list[str]:
     out = [t for t in need if shutil.which(t) is None]
     if os.geteuid() != 0:
         out.append("root")
+    if not out:  # a container without CAP_SYS_ADMIN cannot make namespaces
+        probe = f"nfprobe{os.getpid()}"
+        p = sh(["ip", "netns", "add", probe], check=False)
+        if p.returncode != 0:
+            out.append(f"network namespaces ({p.stderr.strip()})")
+        else:
+            sh(["ip", "netns", "del", probe], check=False)
     return out
 
 
