@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import ipaddress
 import json
 import logging
 import math
@@ -615,10 +614,3 @@ def serve(cfg: HubConfig, ready: Any = None) -> None:
     finally:
         srv.hub.stop()
         srv.server_close()
-
-
-def overlay_ip_ok(ip: str, cfg: HubConfig) -> bool:
-    try:
-        return ipaddress.IPv4Address(ip) in cfg.wg.network
-    except ValueError:
-        return False
