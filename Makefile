@@ -74,7 +74,7 @@ bench-flash: deps ## Benchmark flash throughput vs dd bs=4M conv=fsync (loop dev
 
 ##@ Test
 
-.PHONY: test test-unit test-integration lint bench
+.PHONY: test test-unit test-integration lint bench bench-packer
 test: deps ## Run every test lane (unit, integration, boot)
 	$(PYTEST) -q tests $(ARGS)
 
@@ -94,6 +94,9 @@ bench-render: deps ## Benchmark render + validate for SITE
 
 bench-remaster: deps ## Benchmark ISO remaster vs cp of the same >= 1 GiB base ISO
 	$(VENV)/bin/python tests/bench/bench_remaster.py $(ARGS)
+
+bench-packer: deps ## Benchmark a qemu packer build vs a bare boot of the same base image
+	$(VENV)/bin/python tests/bench/bench_packer.py $(ARGS)
 
 ##@ Help
 
