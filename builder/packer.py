@@ -130,7 +130,8 @@ def write_build_seed(seed_dir: Path, ssh_username: str) -> Path:
     )
     atomic_write(
         seed_dir / "meta-data",
-        f"instance-id: nodeforge-build-{secrets.token_hex(4)}\nlocal-hostname: nodeforge-build\n",
+        # hostname "localhost": resolvable for sudo without touching /etc/hosts in the image
+        f"instance-id: nodeforge-build-{secrets.token_hex(4)}\nlocal-hostname: localhost\n",
     )
     return key_path
 

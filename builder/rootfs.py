@@ -114,6 +114,7 @@ def build_rootfs(extra_packages: tuple[str, ...] = ()) -> Path:
                 timeout=1800,
             )
         except BuilderError as exc:
+            tar.unlink(missing_ok=True)
             raise BuilderError(
                 f"mmdebstrap could not build the {SUITE} root: {exc.message}",
                 hint=f"is {mirror()} reachable? (set BUILDER_DEBIAN_MIRROR for a local mirror)",
