@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,10 @@ try:
 except ValueError:
     rep["cloud_init"] = None
 rep["release"] = read("/etc/nodeforge-release")
+_, out, _ = sh("systemd-analyze", "blame", "--no-pager")
+rep["systemd_blame"] = [" ".join(x.split()) for x in out.splitlines()[:12]]
+_, out, _ = sh("cloud-init", "analyze", "blame", timeout=60)
+rep["cloud_init_blame"] = [" ".join(x.split()) for x in out.splitlines() if "s (" in x][:12]
 _, out, _ = sh("journalctl", "-b", "-o", "cat", "--no-pager", "-g", "ordering cycle")
 rep["ordering_cycles"] = [l for l in out.splitlines() if "cycle" in l][:10]
 body = json.dumps(rep, separators=(",", ":"), sort_keys=True)
@@ -323,6 +328,7 @@ def hub_identity(overlay_cidr: str, hub_ip: str) -> HubIdentity:
     return HubIdentity(d, ident["ca_pin"], ident["public_key"], overlay_cidr, hub_ip)
 
 
+_PREP_LOCK = threading.Lock()
 _NS_COUNTER = iter(range(1, 1_000_000))
 _NS_LOCK = threading.Lock()
 
@@ -475,12 +481,29 @@ def gpu_overrides() -> list[str]:
     return [f"gpu.nvidia.apt.url={url}", f"gpu.nvidia.apt.key_url={url}Release.key"]
 
 
-def disk_key(tarball: Path, tree: Path) -> str:
+def standin_versions(profile: Any) -> dict[str, str]:
+    """Stand-in package versions matching what the profile pins (Debian revisions as the
+    real repositories use them); the repository adds newer decoys of each."""
+    k8s = str(profile.get("kubernetes.version"))
+    crio = str(profile.get("crio.version"))
+    vers = {
+        "kubernetes": f"{k8s}-1.1",
+        "crio": f"{crio}.0-1.1" if crio.count(".") == 1 else f"{crio}-1.1",
+    }
+    if profile.get("gpu.enabled"):
+        branch = str(profile.get("gpu.nvidia.driver_branch"))
+        vers["nvidia_driver_branch"] = branch
+        vers["nvidia_driver"] = f"{branch}.195.03-0ubuntu0.24.04.1"
+        vers["nvidia_toolkit"] = f"{profile.get('gpu.nvidia.container_toolkit_version')}-1"
+    return {**standins.DEFAULT_VERSIONS, **vers}
+
+
+def disk_key(tarball: Path, tree: Path, versions: dict[str, str]) -> str:
     h = hashlib.sha256()
     h.update(f"{FORMAT}|{tarball.name}|{APPEND}\n".encode())
     _hash_tree(h, tree, "files")
     _hash_tree(h, tree, "scripts")
-    h.update(json.dumps(standins.DEFAULT_VERSIONS, sort_keys=True).encode())
+    h.update(json.dumps(versions, sort_keys=True).encode())
     h.update(Path(standins.__file__).read_bytes())
     h.update(bootcheck_script().encode() + BOOTCHECK_UNIT.encode())
     return h.hexdigest()[:20]
@@ -503,11 +526,19 @@ def _chroot_provision(root: Path) -> None:
         ) from exc
 
 
-def build_node_disk(site: str, tree: Path, *, size_gb: int = 4, rebuild: bool = False) -> NodeDisk:
+def build_node_disk(
+    site: str,
+    tree: Path,
+    versions: dict[str, str] | None = None,
+    *,
+    size_gb: int = 4,
+    rebuild: bool = False,
+) -> NodeDisk:
     """Build (or reuse) the stand-in node disk for a rendered build tree ``tree``."""
     t0 = time.monotonic()
     tarball = rootfs.build_rootfs(ROOTFS_EXTRA)
-    key = disk_key(tarball, tree)
+    versions = versions or dict(standins.DEFAULT_VERSIONS)
+    key = disk_key(tarball, tree, versions)
     d = cache_root() / "disk" / f"{site}-{key}"
     info_file = d / "disk.json"
     if info_file.exists() and not rebuild:
@@ -519,7 +550,7 @@ def build_node_disk(site: str, tree: Path, *, size_gb: int = 4, rebuild: bool = 
     d.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nf-disk-", dir=d) as tmp:
         root = rootfs.extract_rootfs(tarball, Path(tmp) / "root")
-        standins.build_standin_repo(root / REPO_IN_ROOT.lstrip("/"))
+        standins.build_standin_repo(root / REPO_IN_ROOT.lstrip("/"), **versions)
         build = root / BUILD_IN_ROOT.lstrip("/")
         shutil.copytree(tree / "scripts", build / "scripts")
         shutil.copytree(tree / "files", build / "files")
@@ -663,6 +694,12 @@ class Node:
     seed: Path
     log: Path
     boots: list[dict[str, Any]] = field(default_factory=list)
+    # a machine's identity (kept across its reboots): two QEMU guests otherwise share the
+    # default MAC and have no SMBIOS UUID, i.e. look like ONE machine to the hub
+    mac: str = field(
+        default_factory=lambda: "52:54:00:" + ":".join(f"{b:02x}" for b in os.urandom(3))
+    )
+    uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
 def make_node(name: str, base: Path, workdir: Path, user_data: bytes, site: str) -> Node:
@@ -674,6 +711,12 @@ def make_node(name: str, base: Path, workdir: Path, user_data: bytes, site: str)
     meta = f"instance-id: nodeforge-{site}-{name}-{os.urandom(4).hex()}\nlocal-hostname: {name}\n"
     sd = seed.write_seed(wd / "seed.iso", {"user-data": user_data, "meta-data": meta.encode()})
     return Node(name, wd, overlay, sd, wd / "console.log")
+
+
+def machine_identity(argv: list[str], node: Node) -> list[str]:
+    """Give the guest's NIC the node's own MAC (qemu.build_argv leaves QEMU's default)."""
+    nic = "virtio-net-pci,netdev=net0"
+    return [f"{a},mac={node.mac}" if a == nic else a for a in argv]
 
 
 def boot_node(
@@ -694,9 +737,12 @@ def boot_node(
     if uefi:
         vm.firmware = "uefi"
         # GRUB's embedded config carries the kernel arguments; extra ones are not passed here
+    elif disk.kernel is None:
+        pass  # a real cloud image (--base-image): its own boot loader, BIOS
     else:
         vm.kernel, vm.initrd, vm.append = disk.kernel, disk.initrd, APPEND + opts
-    argv = lab.exec_argv(qemu.build_argv(vm, node.workdir / f"fw-{n}"))
+    vm.extra = ["-uuid", node.uuid]
+    argv = lab.exec_argv(machine_identity(qemu.build_argv(vm, node.workdir / f"fw-{n}"), node))
     t0 = time.monotonic()
     res = qemu.boot(
         argv,
@@ -790,24 +836,24 @@ def check_joined(r: dict[str, Any], e: Expect, *, max_handshake_age: float = 180
         if r.get("units", {}).get(u, {}).get("enabled") != "enabled":
             p.append(f"{u} is not enabled: {r.get('units', {}).get(u)}")
     pk = r.get("packages", {})
+    sv = e.standin_versions  # empty for a real image: then only the pinned prefix is checked
     for pkg in ("kubeadm", "kubelet", "kubectl"):
         got = pk.get(pkg, "")
-        if not got.startswith(e.k8s_version + "-") or got != e.standin_versions["kubernetes"]:
-            p.append(
-                f"{pkg} {got or 'missing'}, want the pinned {e.standin_versions['kubernetes']}"
-            )
+        if not got.startswith(e.k8s_version + "-") or (sv and got != sv["kubernetes"]):
+            want = sv.get("kubernetes", e.k8s_version + "-*")
+            p.append(f"{pkg} {got or 'missing'}, want the pinned {want}")
     got = pk.get("cri-o", "")
-    if not got.startswith(e.crio_minor + ".") or got != e.standin_versions["crio"]:
-        p.append(f"cri-o {got or 'missing'}, want the pinned {e.standin_versions['crio']}")
+    if not got.startswith(e.crio_minor + ".") or (sv and got != sv["crio"]):
+        p.append(f"cri-o {got or 'missing'}, want the pinned {sv.get('crio', e.crio_minor)}")
     held = set(r.get("held", []))
     for pkg in ("kubeadm", "kubelet", "kubectl", "cri-o"):
         if pkg not in held:
             p.append(f"{pkg} is not held")
     if e.gpu:
         tk = pk.get("nvidia-container-toolkit", "")
-        if tk != e.standin_versions["nvidia_toolkit"]:
-            p.append(f"nvidia-container-toolkit {tk or 'missing'}, want the pinned "
-                     f"{e.standin_versions['nvidia_toolkit']}")  # fmt: skip
+        if not tk or (sv and tk != sv["nvidia_toolkit"]):
+            want = sv.get("nvidia_toolkit", "the profile's")
+            p.append(f"nvidia-container-toolkit {tk or 'missing'}, want the pinned {want}")
     mid = r.get("machine_id", "")
     if not re.fullmatch(r"[0-9a-f]{32}", mid or ""):
         p.append(f"/etc/machine-id is not a generated id: {mid!r}")
@@ -966,18 +1012,23 @@ def prepare_site(
     base = load_profile(site, profiles_dir, list(overrides))
     cidr = str(base.get("wireguard.overlay_cidr"))
     hub_ip = str(base.get("wireguard.hub_overlay_ip"))
-    ident = hub_identity(cidr, hub_ip)
+    with _PREP_LOCK:  # shared cache entries: one builder at a time in this process
+        ident = hub_identity(cidr, hub_ip)
+        rootfs.build_rootfs(ROOTFS_EXTRA)
     extra = lab_overrides(ident) + (gpu_overrides() if base.get("gpu.enabled") else [])
     profile = load_profile(site, profiles_dir, [*extra, *overrides])
     tree = workdir / "build" / site
     render_site(profile, tree)
     t1 = time.monotonic()
-    disk = build_node_disk(site, tree, rebuild=rebuild)
+    versions = standin_versions(profile)
+    disk = build_node_disk(site, tree, versions, rebuild=rebuild)
     t2 = time.monotonic()
     secs = {"render": round(t1 - t0, 1), "disk": round(t2 - t1, 1)}
     log.info("%s: rendered in %.1f s; disk %s in %.1f s", site, secs["render"],
              "reused from cache" if disk.cached else "built", secs["disk"])  # fmt: skip
-    return SiteSetup(site, profile, tree, ident, disk, expectations(profile, ident), secs)
+    exp = expectations(profile, ident)
+    exp = Expect(**{**exp.__dict__, "standin_versions": versions})
+    return SiteSetup(site, profile, tree, ident, disk, exp, secs)
 
 
 def run_boot_test(
@@ -995,7 +1046,7 @@ def run_boot_test(
     """
     if nodes < 1:
         raise UsageError("--nodes: must be at least 1")
-    base = build_uefi_disk(setup.disk) if uefi else setup.disk.qcow2
+    base = build_uefi_disk(setup.disk) if uefi and setup.disk.kernel else setup.disk.qcow2
     user_data = (setup.tree / "cloud-init/user-data").read_bytes()
     result: dict[str, Any] = {"site": setup.site, "nodes": [], "problems": [],
                               "timings": dict(setup.seconds), "uefi": uefi,
@@ -1025,6 +1076,7 @@ def run_boot_test(
                 "outcome": r["outcome"], "seconds_to_joined": r["_seconds_to_report"],
                 "guest_uptime": r["uptime"], "console": r["_console"],
             })  # fmt: skip
+        result["reports"] = reports
         result["problems"] += check_hub(lab, reports, setup.site)
         mids = [r["machine_id"] for r in reports]
         if len(set(mids)) != len(mids):
@@ -1036,6 +1088,7 @@ def run_boot_test(
             t2 = time.monotonic()
             again = boot_node(lab, vms[0], setup.disk, uefi=uefi, timeout=timeout)
             result["timings"]["reboot"] = round(time.monotonic() - t2, 1)
+            result["reboot_report"] = again
             result["problems"] += [f"{vms[0].name} reboot: {x}"
                                    for x in check_reboot(reports[0], again)]  # fmt: skip
             used2 = sum(int(t.get("used", 0)) for t in lab.tokens())
@@ -1073,10 +1126,8 @@ def boot_test(
     with workspace(keep) as wd:
         t0 = time.monotonic()
         if base_image is not None:
-            from .boottest_base import prepare_from_base_image  # real cloud image path
-
             setup = prepare_from_base_image(site, base_image, wd, profiles_dir=profiles_dir,
-                                            overrides=overrides)  # fmt: skip
+                                            overrides=overrides, uefi=uefi)  # fmt: skip
         else:
             setup = prepare_site(site, wd, profiles_dir=profiles_dir, overrides=overrides)
         result = run_boot_test(setup, wd, nodes=nodes, uefi=uefi, reboot=reboot)
@@ -1091,3 +1142,285 @@ def boot_test(
         t.get("hub_start"), t.get("first_boot"), t.get("reboot", "-"), t.get("total"),
     )  # fmt: skip
     return result
+
+
+# -- negative boots -------------------------------------------------------------------------
+_REFUSER = """
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    print("refused", time.time(), flush=True)
+    c.close()
+"""
+
+
+class HubOutage:
+    """Stands in for a hub that is down: in the lab's namespace, accepts each connection
+    on the hub's port and closes it at once (the node sees a failed TLS handshake), counting
+    the attempts. ``stop()`` frees the port for the real hub."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.attempts: list[float] = []
+        self.proc = popen(
+            lab.exec_argv([sys.executable, "-c", _REFUSER, str(HUB_PORT)]),
+            stdout=-1,  # subprocess.PIPE
+            stderr=None,
+            stdin=None,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            if raw.startswith(b"refused"):
+                self.attempts.append(time.time())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_hub_late(
+    setup: SiteSetup, workdir: Path, *, outage: float = 60.0, timeout: float = 600
+) -> dict[str, Any]:
+    """The hub is unreachable for ``outage`` seconds after the node's first attempt; the
+    node must retry (backoff) and then enroll and join."""
+    out: dict[str, Any] = {"problems": []}
+    with Lab(workdir, setup.ident) as lab:
+        user_data = (setup.tree / "cloud-init/user-data").read_bytes()
+        name = f"{setup.site}-late"
+        ud = node_user_data(user_data, site=setup.site, hostname=name, token=lab.token(setup.site))
+        node = make_node(name, setup.disk.qcow2, workdir, ud, setup.site)
+        down = HubOutage(lab)
+        errors: list[BaseException] = []
+
+        def later() -> None:
+            try:
+                deadline = time.monotonic() + timeout
+                while not down.attempts and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                if not down.attempts:
+                    return
+                time.sleep(max(0.0, down.attempts[0] + outage - time.time()))
+                down.stop()
+                out["hub_started"] = time.time()
+                lab.start_hub()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        starter = threading.Thread(target=later, daemon=True)
+        starter.start()
+        try:
+            report = boot_node(lab, node, setup.disk, timeout=timeout)
+        finally:
+            down.stop()
+        starter.join(timeout=30)
+        if errors:
+            raise errors[0]
+        out["report"] = report
+        out["refused_attempts"] = len(down.attempts)
+        p = out["problems"]
+        if not down.attempts:
+            p.append("the node never tried the hub while it was down")
+        else:
+            out["outage_seconds"] = round(out.get("hub_started", 0) - down.attempts[0], 1)
+            if out["outage_seconds"] < outage - 1:
+                p.append(f"the outage lasted only {out['outage_seconds']} s")
+        waits = [
+            x for x in report.get("enroll_journal", []) if "step=enroll" in x and "waiting" in x
+        ]
+        out["retries_logged"] = len(waits)
+        if not waits:
+            p.append("the agent logged no retry while the hub was down")
+        p += check_joined(report, setup.expect)
+        p += check_hub(lab, [report], setup.site)
+        if p:
+            out["hub_log_tail"] = lab.hub_log()
+    return out
+
+
+def run_expired_token(setup: SiteSetup, workdir: Path, *, timeout: float = 420) -> dict[str, Any]:
+    """An expired one-time token: the node stops (exit 78) with a clear journal message and
+    nothing half-configured (no wg0.conf, no tunnel, not joined); the hub records nothing."""
+    out: dict[str, Any] = {"problems": []}
+    with Lab(workdir, setup.ident) as lab:
+        lab.start_hub()
+        token = lab.token(setup.site, ttl="1s")
+        time.sleep(2.5)  # let it expire
+        user_data = (setup.tree / "cloud-init/user-data").read_bytes()
+        name = f"{setup.site}-expired"
+        ud = node_user_data(user_data, site=setup.site, hostname=name, token=token)
+        node = make_node(name, setup.disk.qcow2, workdir, ud, setup.site)
+        report = boot_node(lab, node, setup.disk, timeout=timeout)
+        out["report"] = report
+        p = out["problems"]
+        p += check_not_configured(report)
+        journal = report.get("enroll_journal", [])
+        stop = [x for x in journal if "permanent failure" in x]
+        out["journal_message"] = stop[-1] if stop else None
+        if not stop or not any("401" in x or "expired" in x for x in stop):
+            p.append(f"no clear journal message about the refused token: {journal[-5:]}")
+        if lab.nodes():
+            p.append(f"the hub recorded nodes for an expired token: {lab.nodes()}")
+    return out
+
+
+# -- baseline for the benchmark -------------------------------------------------------------
+def build_bare_disk(size_gb: int = 4) -> Path:
+    """The same Debian stand-in root as the node disk, WITHOUT our provisioning (cached):
+    the baseline a benchmark boots to cloud-init's "finished" marker."""
+    tarball = rootfs.build_rootfs(ROOTFS_EXTRA)
+    key = hashlib.sha256(f"{FORMAT}|{tarball.name}|{size_gb}".encode()).hexdigest()[:16]
+    out = cache_root() / "bare" / f"bare-{key}.qcow2"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nf-bare-", dir=out.parent) as tmp:
+        root = rootfs.extract_rootfs(tarball, Path(tmp) / "root")
+        fstab = root / "etc/fstab"
+        fstab.write_text(fstab.read_text().replace("/dev/vda ", "LABEL=root "))
+        raw = Path(tmp) / "root.img"
+        run(["truncate", "-s", f"{size_gb}G", raw])
+        run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, "-E", "root_owner=0:0", raw],
+            env={"E2FSPROGS_FAKE_TIME": "0"}, timeout=900)  # fmt: skip
+        with atomic_output(out) as t:
+            run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, t], timeout=900)
+    return out
+
+
+CLOUD_INIT_DONE = r"Cloud-init v\. \S+ finished at"
+
+
+def boot_bare(disk: NodeDisk, bare: Path, workdir: Path, timeout: float = 420) -> float:
+    """Seconds from QEMU start to cloud-init's "finished" on the bare base (markers only:
+    a NoCloud seed with an empty cloud-config, user networking, no hub, no enrollment)."""
+    node = make_node("bare", bare, workdir, b"#cloud-config\n{}\n", "bare")
+    vm = qemu.VM(memory_mb=1024, cpus=1, disk=node.overlay, seeds=[node.seed], network=True)
+    vm.kernel, vm.initrd, vm.append = disk.kernel, disk.initrd, APPEND
+    ns = f"nfbare{os.getpid() % 100000}"
+    run(["ip", "netns", "add", ns])  # same isolation as the real boots: nothing leaves
+    try:
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        argv = ["ip", "netns", "exec", ns, *qemu.build_argv(vm, node.workdir / "fw")]
+        res = qemu.boot(argv, node.workdir / "console.log", success=[CLOUD_INIT_DONE],
+                        timeout=timeout)  # fmt: skip
+    finally:
+        run(["ip", "netns", "del", ns], check=False)
+    return res.seconds
+
+
+# -- a real cloud image (--base-image) ------------------------------------------------------
+PROVISIONED = "NODEFORGE-PROVISIONED"
+PROVISION_FAILED = "NODEFORGE-PROVISION-FAILED"
+
+
+def provision_user_data(tree: Path) -> bytes:
+    """A cloud-config that provisions a REAL cloud image from inside (as Packer would):
+    unpack scripts/ + files/ + the TEST-ONLY check unit, run provision.sh against the
+    profile's real repositories, report on the console and power off."""
+    import base64
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for part in ("scripts", "files"):
+            tf.add(tree / part, arcname=part)
+        for name, text, mode in (
+            ("test/nodeforge-bootcheck", bootcheck_script(), 0o755),
+            ("test/nodeforge-bootcheck.service", BOOTCHECK_UNIT, 0o644),
+        ):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tf.addfile(info, io.BytesIO(data))
+    payload = base64.b64encode(buf.getvalue()).decode()
+    script = (
+        "set -e; d=/var/tmp/nodeforge-build; mkdir -p $d; "
+        "tar -C $d -xzf /var/lib/nodeforge-payload.tgz; rm -f /var/lib/nodeforge-payload.tgz; "
+        "install -D -m 0755 $d/test/nodeforge-bootcheck "
+        "/usr/lib/nodeforge-test/nodeforge-bootcheck; "
+        "install -m 0644 $d/test/nodeforge-bootcheck.service /etc/systemd/system/; "
+        "systemctl enable nodeforge-bootcheck.service; "
+        f"if bash $d/scripts/provision.sh; then echo {PROVISIONED} >/dev/ttyS0; "
+        f"else echo {PROVISION_FAILED} >/dev/ttyS0; fi"
+    )
+    doc = {
+        "write_files": [
+            {
+                "path": "/var/lib/nodeforge-payload.tgz",
+                "encoding": "b64",
+                "content": payload,
+                "permissions": "0600",
+            }
+        ],  # fmt: skip
+        "runcmd": [["bash", "-c", script]],
+        "power_state": {"mode": "poweroff", "condition": True, "timeout": 60},
+    }
+    return b"#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000).encode()
+
+
+def prepare_from_base_image(
+    site: str,
+    base_image: Path,
+    workdir: Path,
+    *,
+    profiles_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+    uefi: bool = False,
+    timeout: float = 1800,
+) -> SiteSetup:
+    """``--base-image``: provision a real cloud image (e.g. Ubuntu's) by booting it once.
+
+    Needs a machine with internet (the profile's real package repositories) and, to be
+    quick, KVM. The provisioning boot uses QEMU user networking in the HOST namespace (it
+    must reach the repositories); the test boots afterwards run in the private namespace
+    with the test hub, like the stand-in disk. Result cached by the hash of the image and
+    the rendered tree.
+    """
+    from .fsutil import sha256_file
+    from .profile import load_profile
+    from .render import render_site
+
+    t0 = time.monotonic()
+    base = load_profile(site, profiles_dir, list(overrides))
+    cidr = str(base.get("wireguard.overlay_cidr"))
+    hub_ip = str(base.get("wireguard.hub_overlay_ip"))
+    with _PREP_LOCK:
+        ident = hub_identity(cidr, hub_ip)
+    hub_only = [o for o in lab_overrides(ident) if not o.startswith(("kubernetes.", "crio."))]
+    profile = load_profile(site, profiles_dir, [*hub_only, *overrides])
+    tree = workdir / "build" / site
+    render_site(profile, tree)
+    h = hashlib.sha256(f"{FORMAT}|real|{sha256_file(base_image)}|{uefi}\n".encode())
+    _hash_tree(h, tree, "files")
+    _hash_tree(h, tree, "scripts")
+    h.update(bootcheck_script().encode() + BOOTCHECK_UNIT.encode())
+    key = h.hexdigest()[:20]
+    d = cache_root() / "real" / f"{site}-{key}"
+    out = d / "disk.qcow2"
+    cached = out.exists()
+    if not cached:
+        d.mkdir(parents=True, exist_ok=True)
+        node = make_node("provision", base_image, workdir, provision_user_data(tree), site)
+        vm = qemu.VM(memory_mb=2048, cpus=2, disk=node.overlay, seeds=[node.seed], network=True)
+        vm.firmware = "uefi" if uefi else "bios"
+        log.info("provisioning %s in a first boot (real repositories; needs internet)…",
+                 base_image.name)  # fmt: skip
+        qemu.boot(qemu.build_argv(vm, node.workdir / "fw"), node.log, success=[PROVISIONED],
+                  failure=[PROVISION_FAILED, r"Kernel panic"], timeout=timeout,
+                  wait_exit=120)  # fmt: skip
+        with atomic_output(out) as t:
+            run(["qemu-img", "convert", "-O", "qcow2", node.overlay, t], timeout=1800)
+    no_kernel: Any = None  # boots from its own boot loader
+    disk = NodeDisk(site, out, no_kernel, no_kernel, key, "", "", cached, time.monotonic() - t0)
+    exp = expectations(profile, ident)
+    exp = Expect(**{**exp.__dict__, "standin_versions": {}})
+    secs = {"render": 0.0, "disk": round(time.monotonic() - t0, 1)}
+    return SiteSetup(site, profile, tree, ident, disk, exp, secs)

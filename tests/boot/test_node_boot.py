@@ -1,0 +1,196 @@
+"""From first power-on to "joined": QEMU (TCG here) boots the stand-in node disk of each site.
+
+The disk is a Debian bookworm root (STAND-IN for the installed Ubuntu system) provisioned
+by our real scripts against the STAND-IN apt repository; the guest gets the site's real
+rendered user-data on a NoCloud seed with a one-time token, and enrolls with the REAL hub
+(`builder hub serve`, wireguard-go) in a private network namespace. A TEST-ONLY unit in the
+image reports what the node looks like once joined (see builder/boottest.py).
+
+Scenarios run side by side (one vCPU each) to keep the lane short:
+- `builder boot-test aws --nodes 2 --json`: two nodes at once, then a reboot of the first;
+- onprem (GPU profile) on a GPT disk booted by OVMF (GRUB from the ESP), then a reboot;
+- hub unreachable for the first minute after the node's first attempt;
+- an expired token.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from builder import boottest
+from tests.boot.conftest import node_boot_missing
+
+pytestmark = pytest.mark.boot
+
+_missing = node_boot_missing()
+if _missing:
+    pytest.skip(f"node boot tests need {', '.join(_missing)}", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[2]
+SITES = ("aws", "onprem")
+
+
+@pytest.fixture(scope="module")
+def setups(boot_workdir: Path, boot_pool) -> dict[str, boottest.SiteSetup]:
+    futs = {
+        s: boot_pool.submit(boottest.prepare_site, s, boot_workdir / f"prep-{s}") for s in SITES
+    }
+    return {s: f.result() for s, f in futs.items()}
+
+
+def _cli_boot_test(site: str, workdir: Path, *args: str) -> dict[str, Any]:
+    p = subprocess.run(
+        [sys.executable, "-c", "from builder.cli import main; main()",
+         "boot-test", site, "--json", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "TMPDIR": str(workdir)},
+    )  # fmt: skip
+    out: dict[str, Any] = {"rc": p.returncode, "stderr": p.stderr}
+    try:
+        out["result"] = json.loads(p.stdout)
+    except ValueError:
+        out["result"] = None
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(setups, boot_workdir: Path, boot_pool) -> dict[str, concurrent.futures.Future]:
+    def wd(name: str) -> Path:
+        d = boot_workdir / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    return {
+        "aws-cli": boot_pool.submit(_cli_boot_test, "aws", wd("cli"), "--nodes", "2"),
+        "onprem-uefi": boot_pool.submit(
+            boottest.run_boot_test, setups["onprem"], wd("onprem-uefi"), uefi=True
+        ),
+        "hub-late": boot_pool.submit(boottest.run_hub_late, setups["aws"], wd("late")),
+        "expired": boot_pool.submit(boottest.run_expired_token, setups["aws"], wd("expired")),
+    }
+
+
+@pytest.fixture(scope="module")
+def aws_cli(runs) -> dict[str, Any]:
+    out = runs["aws-cli"].result()
+    assert out["result"] is not None, out["stderr"][-4000:]
+    return out
+
+
+def test_cli_two_nodes_boot_at_once_and_both_join(aws_cli, setups):
+    res = aws_cli["result"]
+    assert aws_cli["rc"] == 0, "\n".join(res["problems"]) + aws_cli["stderr"][-2000:]
+    assert res["problems"] == []
+    assert "timings (s):" in aws_cli["stderr"]  # the harness reports its timings
+    nodes = res["nodes"]
+    assert len(nodes) == 2 and all(n["outcome"] == "joined" for n in nodes)
+    addrs = [n["address"].split("/")[0] for n in nodes]
+    net = ipaddress.ip_network(setups["aws"].ident.overlay_cidr)
+    assert len(set(addrs)) == 2 and all(ipaddress.ip_address(a) in net for a in addrs)
+    # two boots of the same image: machine-ids generated fresh, and different
+    mids = [n["machine_id"] for n in nodes]
+    assert len(set(mids)) == 2 and all(len(m) == 32 for m in mids)
+
+
+def test_first_boot_has_everything_in_place(aws_cli, setups):
+    exp = setups["aws"].expect
+    for r in aws_cli["result"]["reports"]:
+        assert r["modules"]["overlay"] and r["modules"]["br_netfilter"]
+        for key in boottest.REQUIRED_SYSCTLS:
+            assert r["sysctls"][key] == "1", key
+        assert r["sysctls"]["vm.overcommit_memory"] == "1"  # a profile extra (base.yaml)
+        assert r["swaps"] == []
+        for unit in ("crio.service", "kubelet.service"):
+            assert r["units"][unit]["enabled"] == "enabled"
+        for pkg in ("kubeadm", "kubelet", "kubectl"):
+            assert r["packages"][pkg] == exp.standin_versions["kubernetes"]
+        assert r["packages"]["cri-o"] == exp.standin_versions["crio"]
+        address = r["wg"]["addresses"][0].split("/")[0]
+        (peer,) = r["wg"]["peers"]
+        assert peer["pubkey"] == exp.hub_pubkey and peer["latest_handshake"] > 0
+        assert r["now"] - peer["latest_handshake"] < 180
+        jc = yaml.safe_load(r["join_config"])
+        args = {a["name"]: a["value"] for a in jc["nodeRegistration"]["kubeletExtraArgs"]}
+        assert args["node-ip"] == address
+        labels = dict(kv.split("=", 1) for kv in args["node-labels"].split(","))
+        assert labels == exp.labels
+        assert jc["nodeRegistration"]["taints"] == []
+        assert jc["discovery"]["bootstrapToken"]["token"] == "<masked>"
+        assert r["enroll"]["Result"] == "success" and r["enroll_starts_this_boot"] == 1
+        assert r["ordering_cycles"] == []
+
+
+def test_reboot_does_not_enroll_again(aws_cli):
+    res = aws_cli["result"]
+    first, again = res["reports"][0], res["reboot_report"]
+    assert again["outcome"] == "joined"
+    assert again["enroll"]["ConditionResult"] == "no"  # skipped: /var/lib/nodeforge/joined
+    assert again["enroll_starts_this_boot"] == 0
+    assert again["machine_id"] == first["machine_id"] and again["boot_id"] != first["boot_id"]
+    assert again["wg"]["addresses"] == first["wg"]["addresses"]  # wg-quick@wg0 brings it up
+
+
+def test_the_checks_catch_a_wrong_node(aws_cli, setups):
+    """The checks are not rubber stamps: a real report, altered, fails them."""
+    exp = setups["aws"].expect
+    good = aws_cli["result"]["reports"][0]
+    assert boottest.check_joined(good, exp) == []
+    bad: dict[str, Any] = copy.deepcopy(good)
+    bad["sysctls"]["net.ipv4.ip_forward"] = "0"
+    bad["modules"]["br_netfilter"] = False
+    bad["packages"]["kubelet"] = "1.35.1-1.1"
+    bad["swaps"] = ["/swap.img file 1048572 0 -2"]
+    bad["join_config"] = bad["join_config"].replace("site=aws", "site=elsewhere")
+    problems = "\n".join(boottest.check_joined(bad, exp))
+    for needle in ("net.ipv4.ip_forward", "br_netfilter", "kubelet 1.35.1-1.1", "swap is on",
+                   "labels"):  # fmt: skip
+        assert needle in problems
+    stale = copy.deepcopy(good)
+    stale["now"] = good["now"] + 3600
+    assert any("handshake" in p for p in boottest.check_joined(stale, exp))
+    again = copy.deepcopy(aws_cli["result"]["reboot_report"])
+    again["enroll_starts_this_boot"] = 1
+    assert boottest.check_reboot(good, again)
+
+
+def test_onprem_uefi_gpt_boot_joins_with_gpu_labels_and_taints(runs, setups):
+    res = runs["onprem-uefi"].result()
+    assert res["problems"] == [], "\n".join(res["problems"])
+    (r,) = res["reports"]
+    console = Path(r["_console"]).read_text(errors="replace")
+    assert "GRUB (UEFI) loading the kernel from the ext4 partition" in console
+    exp = setups["onprem"].expect
+    jc = yaml.safe_load(r["join_config"])
+    taints = [(t["key"], t.get("value"), t["effect"]) for t in jc["nodeRegistration"]["taints"]]
+    assert taints == [("nvidia.com/gpu", "present", "NoSchedule")] == list(exp.taints)
+    assert r["packages"]["nvidia-container-toolkit"] == exp.standin_versions["nvidia_toolkit"]
+    assert res["reboot_report"]["enroll_starts_this_boot"] == 0
+
+
+def test_hub_unreachable_at_first_node_retries_then_joins(runs):
+    res = runs["hub-late"].result()
+    assert res["problems"] == [], "\n".join(res["problems"])
+    assert res["refused_attempts"] >= 1 and res["retries_logged"] >= 1
+    assert res["outage_seconds"] >= 59
+    assert res["report"]["outcome"] == "joined"
+
+
+def test_expired_token_stops_cleanly(runs):
+    res = runs["expired"].result()
+    assert res["problems"] == [], "\n".join(res["problems"])
+    r = res["report"]
+    assert r["outcome"] == "enroll-failed"
+    assert "token expired" in res["journal_message"]
+    assert r["wg"]["conf_exists"] is False and r["wg"]["addresses"] == []
+    assert r["joined_marker"] is None
