@@ -98,6 +98,20 @@ bench-remaster: deps ## Benchmark ISO remaster vs cp of the same >= 1 GiB base I
 bench-packer: deps ## Benchmark a qemu packer build vs a bare boot of the same base image
 	$(VENV)/bin/python tests/bench/bench_packer.py $(ARGS)
 
+##@ Boot tests
+
+BOOT_SITES := $(sort $(basename $(notdir $(filter-out profiles/base.yaml,$(wildcard profiles/*.yaml)))))
+
+.PHONY: boot-test boot-test-all bench-boot
+boot-test: deps ## Boot SITE's node in QEMU with a real hub and check it joins (make boot-test SITE=aws ARGS="--nodes 2")
+	$(BUILDER) boot-test $(SITE) $(ARGS)
+
+boot-test-all: deps ## boot-test every site profile, one after the other
+	@for s in $(BOOT_SITES); do echo "== boot-test $$s"; $(BUILDER) boot-test $$s $(ARGS) || exit 1; done
+
+bench-boot: deps ## Benchmark: bare cloud-init boot of the base vs our first boot to "joined"
+	$(VENV)/bin/python tests/bench/bench_boot.py $(ARGS)
+
 ##@ Help
 
 .PHONY: help clean
