@@ -221,10 +221,10 @@ def preflight(target: str, pkrvars: Mapping[str, Any], version: tuple[int, ...])
             )
     else:
         base = str(pkrvars.get("qemu_base_image_url") or "")
-        host = urlparse(base).hostname if "://" in base else None
-        if host and not _resolves(host):
+        base_host = urlparse(base).hostname if "://" in base else None
+        if base_host and not _resolves(base_host):
             raise BuilderError(
-                f"cannot resolve {host} to download the base cloud image {base}",
+                f"cannot resolve {base_host} to download the base cloud image {base}",
                 hint="no network? set qcow2.base_image.url in the profile to a local mirror",
             )
 

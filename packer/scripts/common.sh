@@ -8,6 +8,8 @@
 NF_TOOL="${NF_TOOL:-nodeforge}"
 NF_FILES_DIR="${NF_FILES_DIR:-/tmp/nodeforge/files}"
 export DEBIAN_FRONTEND=noninteractive
+# wait for another apt/dpkg (unattended-upgrades on a fresh cloud image) instead of failing
+APT_LOCK_WAIT=(-o DPkg::Lock::Timeout=600)
 APT_KEYRINGS=/etc/apt/keyrings
 
 log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
@@ -87,7 +89,7 @@ apt_repo() {
 
 # apt_update_list LIST: refresh only this source (fast; works without the main archive)
 apt_update_list() {
-    apt-get update -qq \
+    apt-get update -qq "${APT_LOCK_WAIT[@]}" \
         -o Dir::Etc::sourcelist="$1" \
         -o Dir::Etc::sourceparts=- \
         -o APT::Get::List-Cleanup=0 \
@@ -118,7 +120,7 @@ version_glob() {
 
 # apt_install_held PACKAGE...: install (pins decide the version), then hold
 apt_install_held() {
-    apt-get install -y -qq --no-install-recommends \
+    apt-get install -y -qq --no-install-recommends "${APT_LOCK_WAIT[@]}" \
         --allow-change-held-packages \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "$@" || die "apt-get install $* failed"

@@ -24,9 +24,13 @@ export NF_FILES_DIR="${NF_FILES_DIR:-/tmp/nodeforge/files}"
 [ "$(id -u)" = 0 ] || die "must run as root"
 
 log "site ${NF_SITE:-?}, profile ${NF_PROFILE_HASH:-?}"
+# a freshly booted cloud image may still be running cloud-init (and apt) when we get in
+if ! in_chroot && command -v cloud-init >/dev/null 2>&1; then
+    cloud-init status --wait >/dev/null 2>&1 || log "warning: cloud-init finished with errors"
+fi
 # a fresh cloud image has no package lists; a mirror-only site may have no main archive
 if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
-    apt-get update -qq || die "apt-get update failed (no network? set the profile's mirrors)"
+    apt-get update -qq -o DPkg::Lock::Timeout=600 || die "apt-get update failed (no network? set the profile's mirrors)"
 fi
 if ! command -v curl >/dev/null 2>&1 || ! command -v gpg >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends curl gnupg ca-certificates
