@@ -109,8 +109,9 @@ def profiles_cmd(profiles_dir: Path | None, as_json: bool) -> None:
 @set_option
 @profiles_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
-def show_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | None,
-             as_json: bool) -> None:
+def show_cmd(
+    site: str, overrides: tuple[str, ...], profiles_dir: Path | None, as_json: bool
+) -> None:
     """Print the merged, validated profile for SITE (secrets masked)."""
     import yaml
 
@@ -127,17 +128,21 @@ def show_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | None,
 @site_argument
 @set_option
 @profiles_dir_option
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
-              help="Output directory (default: build/SITE).")
-def render_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | None,
-               output: Path | None) -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory (default: build/SITE).",
+)
+def render_cmd(
+    site: str, overrides: tuple[str, ...], profiles_dir: Path | None, output: Path | None
+) -> None:
     """Render the build tree for SITE (cloud-init, autoinstall, Packer vars, scripts)."""
     from .profile import load_profile
     from .render import render_site
 
     result = render_site(load_profile(site, profiles_dir, overrides), output)
-    log.info("rendered %d files for %s (input %s)", len(result.files), site,
-             result.input_hash[:12])
+    log.info("rendered %d files for %s (input %s)", len(result.files), site, result.input_hash[:12])
     click.echo(str(result.path))
 
 
@@ -145,11 +150,16 @@ def render_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | None,
 @site_argument
 @set_option
 @profiles_dir_option
-@click.option("--skip", multiple=True, metavar="CHECK",
-              help="Leave out a validator (autoinstall-schema, cloud-init-schema, shellcheck, "
-              "systemd-analyze, packer-validate).")
-def validate_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | None,
-                 skip: tuple[str, ...]) -> None:
+@click.option(
+    "--skip",
+    multiple=True,
+    metavar="CHECK",
+    help="Leave out a validator (autoinstall-schema, cloud-init-schema, shellcheck, "
+    "systemd-analyze, packer-validate).",
+)
+def validate_cmd(
+    site: str, overrides: tuple[str, ...], profiles_dir: Path | None, skip: tuple[str, ...]
+) -> None:
     """Validate SITE: profile schema and checks, then the rendered tree with real validators.
 
     Nothing is written: the tree is rendered into a temporary directory.
@@ -163,6 +173,7 @@ def validate_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | Non
     log.info("%s: ok (%s)", site, ", ".join(["profile-schema", *ran]))
     click.echo(f"{site}: valid")
 
+
 # --- iso / seed commands (issue 3) -------------------------------------------------------
 
 
@@ -174,7 +185,7 @@ def validate_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | Non
     "--target",
     type=click.Choice(["iso", "ami", "qcow2"]),
     default=None,
-    help="Override the profile's target (this command builds iso).",
+    help="Override the profile's target.",
 )
 @click.option(
     "--base-iso",
@@ -184,6 +195,15 @@ def validate_cmd(site: str, overrides: tuple[str, ...], profiles_dir: Path | Non
 )
 @click.option("--no-verify", is_flag=True, help="Do not check --base-iso's sha256.")
 @click.option("--force", is_flag=True, help="Rebuild even when the inputs are unchanged.")
+@click.option(
+    "--dry-run", is_flag=True, help="ami/qcow2: render, then print the exact packer command."
+)
+@click.option(
+    "--base-image",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="qcow2: a local base cloud image instead of the profile's URL.",
+)
 @click.option(
     "-o",
     "--dist",
@@ -199,16 +219,41 @@ def image_cmd(
     base_iso: Path | None,
     no_verify: bool,
     force: bool,
+    dry_run: bool,
+    base_image: Path | None,
     dist: Path | None,
 ) -> None:
-    """Build SITE's image (target iso: the remastered Ubuntu installer ISO)."""
-    from .image import build_image
+    """Build SITE's image: the target its profile names (or --target).
 
+    iso: the remastered Ubuntu installer ISO; ami/qcow2: a Packer build.
+    Prints the artifact (ISO path, AMI id per region, qcow2 path) on stdout.
+    """
+    from .image import build_image
+    from .profile import load_profile
+
+    kind = target or load_profile(site, profiles_dir, overrides).get("target")
+    if kind in ("ami", "qcow2"):
+        from .packer import build_site_image, result_lines
+
+        packer_result = build_site_image(
+            site,
+            kind,
+            dry_run,
+            profiles_dir=profiles_dir,
+            overrides=overrides,
+            dist=dist,
+            base_image=base_image,
+        )
+        for line in result_lines(packer_result):
+            click.echo(line)
+        return
+    if dry_run or base_image:
+        raise click.UsageError("--dry-run and --base-image are for ami/qcow2 targets")
     result = build_image(
         site,
         profiles_dir=profiles_dir,
         overrides=overrides,
-        target=target,
+        target=kind,
         dist=dist,
         base_iso=base_iso,
         verify=not no_verify,
@@ -542,22 +587,46 @@ def packer_cmd(
 
 @cli.command("boot-test")
 @click.argument("site")
-@click.option("--nodes", type=click.IntRange(min=1, max=8), default=1, show_default=True,
-              help="Nodes booted at the same time (one vCPU each).")
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1, max=8),
+    default=1,
+    show_default=True,
+    help="Nodes booted at the same time (one vCPU each).",
+)
 @click.option("--uefi", is_flag=True, help="Boot a GPT disk with OVMF (not direct kernel boot).")
 @click.option("--keep", is_flag=True, help="Keep the work directory (consoles, hub DB, seeds).")
-@click.option("--base-image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="A real cloud image (e.g. Ubuntu's), not the Debian stand-in.")
+@click.option(
+    "--base-image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A real cloud image (e.g. Ubuntu's), not the Debian stand-in.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @set_option
 @profiles_dir_option
-def boot_test(site: str, nodes: int, uefi: bool, keep: bool, base_image: Path | None,
-              as_json: bool, overrides: tuple[str, ...], profiles_dir: Path | None) -> None:
+def boot_test(
+    site: str,
+    nodes: int,
+    uefi: bool,
+    keep: bool,
+    base_image: Path | None,
+    as_json: bool,
+    overrides: tuple[str, ...],
+    profiles_dir: Path | None,
+) -> None:
     """Boot SITE's node image in QEMU with a real hub and check it joins on its own."""
     from .boottest import boot_test as run_boot_test
 
-    result = run_boot_test(site, nodes=nodes, uefi=uefi, keep=keep, base_image=base_image,
-                           profiles_dir=profiles_dir, overrides=overrides)
+    result = run_boot_test(
+        site,
+        nodes=nodes,
+        uefi=uefi,
+        keep=keep,
+        base_image=base_image,
+        profiles_dir=profiles_dir,
+        overrides=overrides,
+    )
     if as_json:
         echo_json(result)
     else:
@@ -565,10 +634,13 @@ def boot_test(site: str, nodes: int, uefi: bool, keep: bool, base_image: Path | 
             click.echo(f"{n['name']}: {n['outcome']} {n['address']} in {n['seconds_to_joined']} s")
     problems = result["problems"]
     if problems:
-        raise BuilderError(f"boot test of {site} failed ({len(problems)} problems):\n"
-                           + "\n".join(f"  - {p}" for p in problems),
-                           hint="re-run with --keep and read the consoles in the work directory")
+        raise BuilderError(
+            f"boot test of {site} failed ({len(problems)} problems):\n"
+            + "\n".join(f"  - {p}" for p in problems),
+            hint="re-run with --keep and read the consoles in the work directory",
+        )
     log.info("%s: boot test passed (%d node(s))", site, len(result["nodes"]))
+
 
 # --- flashing (issue 7) ------------------------------------------------------------------
 

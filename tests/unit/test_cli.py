@@ -101,3 +101,22 @@ def test_completion_lists_sites(workdir: Path) -> None:
 
     ctx = click.Context(cli.cli)
     assert cli._complete_site(ctx, None, "o") == ["onprem"]  # type: ignore[arg-type]
+
+
+@pytest.mark.allow_subprocess  # the dry run asks `packer version` which templates to stage
+def test_image_dispatches_ami_to_packer_dry_run(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "-q", "image", "aws", "--dry-run")
+    assert code == 0, err
+    assert out.startswith("packer build ")
+    assert "-only=amazon-ebs." in out
+    assert f"-var-file={workdir}/build/aws/packer/site.auto.pkrvars.json" in out
+
+
+def test_image_iso_rejects_packer_options(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(capsys, "image", "onprem", "--dry-run")
+    assert code == 2
+    assert "--dry-run and --base-image are for ami/qcow2 targets" in err
