@@ -576,6 +576,7 @@ class HubHTTPServer(ThreadingHTTPServer):
 def tls_context(cfg: HubConfig) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.num_tickets = 0  # nodes connect a few times, never resume: no tickets to mint
     try:
         ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
     except (OSError, ssl.SSLError) as exc:
