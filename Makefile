@@ -89,6 +89,9 @@ lint: deps ## ruff (format check + lint) and mypy
 bench: deps ## Run every benchmark script in tests/bench (figures and ratios vs baselines)
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b $(ARGS) || exit 1; done
 
+bench-hub: deps ## Enrollment hub load benchmark: 1,000 enrollments, throughput, p50/p99 (root)
+	$(VENV)/bin/python tests/bench/bench_hub.py $(ARGS)
+
 bench-render: deps ## Benchmark render + validate for SITE
 	$(VENV)/bin/python tests/bench/bench_render.py $(SITE)
 
