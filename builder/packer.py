@@ -22,6 +22,7 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -399,21 +400,34 @@ def build_packer_image(
 
 def _stream(argv: list[str], timeout: float | None) -> None:
     """Run packer with its output streamed to our stderr (stdout carries results only)."""
-    proc = popen(argv, stdout=sys.stderr, stderr=sys.stderr, env={**os.environ, **_env()})
+    try:
+        err = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stderr (tests): use fd 2
+        err = 2
+    proc = popen(argv, stdout=err, stderr=err, env={**os.environ, **_env()})
     try:
         rc = proc.wait(timeout=timeout)
-    except BaseException:  # Ctrl-C or timeout: Packer cleans up on SIGINT
-        proc.send_signal(2)
-        try:
-            proc.wait(timeout=120)
-        except Exception:
-            proc.kill()
+    except KeyboardInterrupt:
+        # the terminal sent SIGINT to Packer as well: let it remove the build VM/instance
+        _wait_or_kill(proc, 300)
         raise
+    except Exception as exc:  # subprocess.TimeoutExpired
+        proc.send_signal(signal.SIGINT)
+        _wait_or_kill(proc, 300)
+        raise BuilderError(f"packer build timed out after {timeout:g} s") from exc
     if rc != 0:
         raise BuilderError(
             f"packer build failed (exit {rc}); its output is above",
             hint="re-run with --debug, or set PACKER_LOG=1 for Packer's own log",
         )
+
+
+def _wait_or_kill(proc: Any, seconds: float) -> None:
+    try:
+        proc.wait(timeout=seconds)
+    except Exception:
+        proc.kill()
+        proc.wait()
 
 
 def read_packer_manifest(path: Path) -> list[dict[str, Any]]:

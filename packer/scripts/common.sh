@@ -8,6 +8,7 @@
 NF_TOOL="${NF_TOOL:-nodeforge}"
 NF_FILES_DIR="${NF_FILES_DIR:-/tmp/nodeforge/files}"
 export DEBIAN_FRONTEND=noninteractive
+umask 022
 # wait for another apt/dpkg (unattended-upgrades on a fresh cloud image) instead of failing
 APT_LOCK_WAIT=(-o DPkg::Lock::Timeout=600)
 APT_KEYRINGS=/etc/apt/keyrings

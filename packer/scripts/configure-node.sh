@@ -9,15 +9,24 @@ need_var NF_MODULES
 
 # --- the rendered root-fs overlay (agent, unit, config, hub CA) ------------------------------
 if [ -d "$NF_FILES_DIR" ]; then
-    # keep modes (the token is 0600), not the build host's ownership
-    cp -R --preserve=mode,timestamps --no-preserve=ownership "$NF_FILES_DIR"/. /
-    log "overlay copied from $NF_FILES_DIR"
+    # files and symlinks only, owned by root, each with its rendered mode (the token is
+    # 0600); directories are created with umask 022 and existing ones are left alone
+    # (copying directories would carry the build host's modes onto /etc, /usr, …)
+    count=0
+    while IFS= read -r -d '' rel; do
+        rel="${rel#./}"
+        src="$NF_FILES_DIR/$rel"
+        mkdir -p "$(dirname "/$rel")"
+        if [ -L "$src" ]; then
+            ln -sfn "$(readlink "$src")" "/$rel"
+        else
+            install -o root -g root -m "$(stat -c %a "$src")" "$src" "/$rel"
+        fi
+        count=$((count + 1))
+    done < <(cd "$NF_FILES_DIR" && find . \( -type f -o -type l \) -print0 | sort -z)
+    log "overlay: $count files copied from $NF_FILES_DIR"
 else
     log "no overlay at $NF_FILES_DIR (nothing copied)"
-fi
-if [ -d "/etc/$NF_TOOL" ]; then
-    chown -R root:root "/etc/$NF_TOOL"
-    chmod 0755 "/etc/$NF_TOOL"
 fi
 if [ -e "/usr/lib/$NF_TOOL/$NF_TOOL-enroll" ]; then
     chmod 0755 "/usr/lib/$NF_TOOL/$NF_TOOL-enroll"

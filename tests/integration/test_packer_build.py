@@ -157,3 +157,12 @@ def test_real_qemu_build_from_standin_base(tmp_path, http_repo, monkeypatch):
     assert "nodeforge-build-" not in cat("/home/nodeforge-build/.ssh/authorized_keys")
     listing = run(["debugfs", "-R", "ls -l /tmp", raw]).stdout
     assert "nodeforge" not in listing
+    status = cat("/var/lib/dpkg/status")
+    for pkg in ("kubeadm", "kubelet", "kubectl", "cri-o"):
+        assert f"Package: {pkg}\nStatus: hold ok installed" in status
+    wants = run(["debugfs", "-R", "ls /etc/systemd/system/multi-user.target.wants", raw]).stdout
+    for unit in ("nodeforge-enroll.service", "crio.service", "kubelet.service"):
+        assert unit in wants
+    # applied at once over SSH (not a chroot): the modules file is there for the next boots
+    assert "br_netfilter" in cat("/etc/modules-load.d/90-nodeforge.conf")
+    assert not run(["debugfs", "-R", "ls /etc/ssh", raw]).stdout.count("ssh_host_")

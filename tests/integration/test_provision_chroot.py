@@ -94,6 +94,11 @@ def _provisioned_root(
     else:  # one offline mirror serving every repository from one URL
         urls = {name: "file:///srv/repo/" for name in ("kubernetes", "crio", "nvidia")}
     render_standin_site(site, root / "nodeforge" / site, urls, "file:///srv/repo/Release.key")
+    # a build host with umask 077: the overlay's directories must not leak onto /etc
+    for d in (root / "nodeforge" / site / "files").rglob("*"):
+        if d.is_dir():
+            d.chmod(0o700)
+    (root / "nodeforge" / site / "files").chmod(0o700)
     # an fstab swap entry and ssh host keys, as an installed system has
     with open(root / "etc/fstab", "a") as fh:
         fh.write("/swap.img none swap sw 0 0\n")
@@ -250,6 +255,10 @@ def test_modules_sysctls_swap_time(gpu_root):
 
 def test_overlay_and_identity_cleanup(gpu_root):
     root, _ = gpu_root
+    assert (root / "etc").stat().st_mode & 0o777 == 0o755
+    assert (root / "etc/systemd/system").stat().st_mode & 0o777 == 0o755
+    assert (root / "etc/nodeforge").stat().st_mode & 0o777 == 0o755  # created, umask 022
+    assert (root / "etc/nodeforge/hub-ca.pem").stat().st_mode & 0o777 == 0o644
     node = json.loads((root / "etc/nodeforge/node.json").read_text())
     assert node["site"] == "onprem"
     assert (root / "etc/nodeforge/hub-ca.pem").read_text().startswith("-----BEGIN CERTIFICATE")
