@@ -76,6 +76,7 @@ source "qemu" "node" {
   net_device       = "virtio-net"
   accelerator      = var.qemu_accelerator
   headless         = true
+  boot_wait        = "0s" # a cloud image needs no boot command
   memory           = var.qemu_memory_mb
   cpus             = var.qemu_cpus
   qemuargs         = var.qemu_args

@@ -258,3 +258,40 @@ def test_result_lines(tmp_path):
         str(plan.dist_dir / "x.qcow2"),
         str(tmp_path / "manifest.json"),
     ]
+
+
+def test_standin_decoy_versions():
+    from builder import standins
+
+    assert standins._bump_patch("1.35.0-1.1") == "1.35.1-1.1"
+    assert standins._bump_minor("1.35.0-1.1") == "1.36.0-1.1"
+    assert standins._bump_minor("1.18.0-1") == "1.19.0-1"
+    with pytest.raises(ValueError, match="unknown stand-in version keys"):
+        standins.build_standin_repo("/nonexistent", kubelet="1")
+
+
+def test_rootfs_cache_dir_and_direct_boot_args(monkeypatch, tmp_path):
+    from builder import rootfs
+
+    monkeypatch.setenv("BUILDER_CACHE_DIR", str(tmp_path))
+    assert rootfs.cache_dir() == tmp_path
+    monkeypatch.delenv("BUILDER_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert rootfs.cache_dir() == tmp_path / "xdg" / "nodeforge"
+    img = rootfs.BaseImage(tmp_path / "b.qcow2", tmp_path / "k", tmp_path / "i")
+    args = img.qemu_args()
+    assert args[0] == ["-kernel", str(tmp_path / "k")]
+    assert args[2][0] == "-append" and "root=/dev/vda" in args[2][1]
+    for pkg in (
+        "linux-image-cloud-amd64",
+        "systemd-sysv",
+        "cloud-init",
+        "python3",
+        "wireguard-tools",
+        "openssh-server",
+        "iproute2",
+        "curl",
+        "gnupg",
+        "ca-certificates",
+    ):
+        assert pkg in rootfs.PACKAGES
