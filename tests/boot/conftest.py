@@ -38,5 +38,5 @@ def boot_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def boot_pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
     """Scenarios run side by side (each guest is one vCPU; TCG uses one host thread each)."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="boot") as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="boot") as pool:
         yield pool
