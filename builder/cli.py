@@ -602,6 +602,12 @@ def packer_cmd(
     default=None,
     help="A real cloud image (e.g. Ubuntu's), not the Debian stand-in.",
 )
+@click.option(
+    "--reboot/--no-reboot",
+    default=True,
+    show_default=True,
+    help="Boot the first node a second time (it must not enroll again).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @set_option
 @profiles_dir_option
@@ -611,6 +617,7 @@ def boot_test(
     uefi: bool,
     keep: bool,
     base_image: Path | None,
+    reboot: bool,
     as_json: bool,
     overrides: tuple[str, ...],
     profiles_dir: Path | None,
@@ -626,6 +633,7 @@ def boot_test(
         base_image=base_image,
         profiles_dir=profiles_dir,
         overrides=overrides,
+        reboot=reboot,
     )
     if as_json:
         echo_json(result)

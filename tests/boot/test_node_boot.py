@@ -74,10 +74,10 @@ def runs(setups, boot_workdir: Path, boot_pool) -> dict[str, concurrent.futures.
     # two scenarios at a time (the CLI one boots two guests): on 2 cores more guests at
     # once only stretch every boot; the hub-late one idles a minute, so it goes early
     return {
-        "aws-cli": boot_pool.submit(_cli_boot_test, "aws", wd("cli"), "--nodes", "2"),
+        "aws-cli": boot_pool.submit(_cli_boot_test, "aws", wd("cli"), "--nodes", "2", "--keep"),
         "hub-late": boot_pool.submit(boottest.run_hub_late, setups["aws"], wd("late")),
         "onprem-uefi": boot_pool.submit(
-            boottest.run_boot_test, setups["onprem"], wd("onprem-uefi"), uefi=True, reboot=False
+            _cli_boot_test, "onprem", wd("onprem-uefi"), "--uefi", "--no-reboot", "--keep"
         ),
         "expired": boot_pool.submit(boottest.run_expired_token, setups["aws"], wd("expired")),
     }
@@ -167,8 +167,11 @@ def test_the_checks_catch_a_wrong_node(aws_cli, setups):
 
 
 def test_onprem_uefi_gpt_boot_joins_with_gpu_labels_and_taints(runs, setups):
-    res = runs["onprem-uefi"].result()
-    assert res["problems"] == [], "\n".join(res["problems"])
+    out = runs["onprem-uefi"].result()
+    res = out["result"]
+    assert res is not None, out["stderr"][-4000:]
+    assert out["rc"] == 0 and res["problems"] == [], "\n".join(res["problems"])
+    assert res["uefi"] is True
     (r,) = res["reports"]
     console = Path(r["_console"]).read_text(errors="replace")
     assert "GRUB (UEFI) loading the kernel from the ext4 partition" in console
