@@ -136,6 +136,8 @@ def test_both_runs_succeed_and_change_nothing_the_second_time(gpu_root):
     assert second.returncode == 0, second.stderr[-3000:]
     assert snap1 == snap2
     assert "etc/apt/keyrings/nodeforge-kubernetes.gpg" in snap1
+    # detected as a chroot: nothing applied to the host's kernel, nothing started
+    assert "chroot: modules and sysctls take effect on boot" in first.stderr
 
 
 def test_repositories_keyrings_and_pins(gpu_root):
