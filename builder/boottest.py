@@ -1126,6 +1126,24 @@ def run_boot_test(
     return result
 
 
+TOOLS = ("ip", "wg", "wireguard-go", "qemu-img", qemu.QEMU)
+DISK_TOOLS = ("mmdebstrap", "mkfs.ext4", "unshare", "dpkg-deb", "dpkg-scanpackages", "gpg")
+UEFI_TOOLS = ("grub-mkimage", "mkfs.vfat", "mmd", "mcopy", "sfdisk")
+
+
+def preflight(*, uefi: bool = False, base_image: bool = False) -> None:
+    """Fail early, with a hint, when a boot test cannot run here."""
+    if os.geteuid() != 0:
+        raise BuilderError(
+            "boot tests need root (network namespaces for the hub, a chroot for the disk)",
+            hint="run as root, e.g. sudo make boot-test SITE=…",
+        )
+    for tool in TOOLS + (() if base_image else DISK_TOOLS) + (UEFI_TOOLS if uefi else ()):
+        require(tool)
+    if uefi:
+        qemu.ovmf()
+
+
 @contextlib.contextmanager
 def workspace(keep: bool, prefix: str = "nf-boot-") -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix=prefix))
@@ -1150,6 +1168,7 @@ def boot_test(
     reboot: bool = True,
 ) -> dict[str, Any]:
     """``builder boot-test SITE``: prepare (or reuse) the disk, boot, check; timings logged."""
+    preflight(uefi=uefi, base_image=base_image is not None)
     with workspace(keep) as wd:
         t0 = time.monotonic()
         if base_image is not None:

@@ -1,0 +1,171 @@
+"""builder.boottest without QEMU: the guest report, the seed user-data and the checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import yaml
+
+from builder import boottest
+from builder.errors import BuilderError
+
+EXPECT = boottest.Expect(
+    site="aws",
+    modules=("overlay", "br_netfilter"),
+    sysctls={k: "1" for k in boottest.REQUIRED_SYSCTLS},
+    swap_off=True,
+    k8s_version="1.35.0",
+    crio_minor="1.35",
+    standin_versions={"kubernetes": "1.35.0-1.1", "crio": "1.35.0-1.1"},
+    labels={"node.kubernetes.io/site": "aws"},
+    taints=(),
+    overlay_cidr="10.200.0.0/16",
+    hub_ip="10.200.0.1",
+    hub_pubkey="H" * 43 + "=",
+    gpu=False,
+)
+
+JOIN = """apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+discovery:
+  bootstrapToken:
+    apiServerEndpoint: "10.200.0.1:6443"
+    token: "<masked>"
+nodeRegistration:
+  name: "n1"
+  kubeletExtraArgs:
+    - name: "node-ip"
+      value: "10.200.0.7"
+    - name: "node-labels"
+      value: "node.kubernetes.io/site=aws"
+  taints: []
+"""
+
+
+def report(**over):
+    r = {
+        "outcome": "joined",
+        "now": 1000.0,
+        "machine_id": "0123456789abcdef0123456789abcdef",
+        "modules": {"overlay": True, "br_netfilter": True},
+        "sysctls": {k: "1" for k in boottest.REQUIRED_SYSCTLS},
+        "swaps": [],
+        "units": {u: {"enabled": "enabled"} for u in ("crio.service", "kubelet.service")},
+        "packages": {p: "1.35.0-1.1" for p in ("kubeadm", "kubelet", "kubectl", "cri-o")},
+        "held": ["cri-o", "kubeadm", "kubectl", "kubelet"],
+        "wg": {
+            "addresses": ["10.200.0.7/32"],
+            "peers": [{"pubkey": "H" * 43 + "=", "latest_handshake": 990}],
+        },
+        "standin_log": ["2026-01-01T00:00:00Z kubeadm join --config /run/nodeforge/join.yaml"],
+        "join_config": JOIN,
+        "enroll": {"Result": "success", "ExecMainStatus": "0"},
+        "enroll_starts_this_boot": 1,
+        "files": {"/etc/nodeforge/enroll-token": "0o600"},
+        "cloud_init": {"v1": {"errors": []}},
+        "ordering_cycles": [],
+    }
+    r.update(over)
+    return r
+
+
+def console_with(rep: dict, garble: bool = False) -> str:
+    body = json.dumps(rep, separators=(",", ":"))
+    sha = hashlib.sha256(body.encode()).hexdigest()[:12]
+    if garble:
+        body = body.replace("joined", "joimed")
+    return f"[  1.0] boot\nlogin:\n{boottest.MARKER} sha={sha} {body}\n[ 2.0] reboot: Power down\n"
+
+
+def test_a_good_report_passes_and_each_fault_is_named():
+    assert boottest.check_joined(report(), EXPECT) == []
+    cases = {
+        "br_netfilter": {"modules": {"overlay": True, "br_netfilter": False}},
+        "net.ipv4.ip_forward": {"sysctls": {**report()["sysctls"], "net.ipv4.ip_forward": "0"}},
+        "swap is on": {"swaps": ["/swap.img file 1 0 -2"]},
+        "kubelet 1.35.1-1.1": {"packages": {**report()["packages"], "kubelet": "1.35.1-1.1"}},
+        "handshake": {"now": 5000.0},
+        "node-ip": {"join_config": JOIN.replace('value: "10.200.0.7"', 'value: "10.0.2.15"')},
+        "labels": {"join_config": JOIN.replace("site=aws", "site=x")},
+        "started 2 times": {"enroll_starts_this_boot": 2},
+        "machine-id": {"machine_id": ""},
+        "ordering cycles": {"ordering_cycles": ["Found ordering cycle on kubelet.service"]},
+    }
+    for needle, over in cases.items():
+        problems = "\n".join(boottest.check_joined(report(**over), EXPECT))
+        assert needle in problems, (needle, problems)
+
+
+def test_reboot_and_failure_checks():
+    first = report(boot_id="a", joined_marker="5")
+    again = report(
+        boot_id="b",
+        joined_marker="5",
+        enroll={"ConditionResult": "no", "ExecMainStartTimestampMonotonic": "0"},
+        enroll_starts_this_boot=0,
+    )
+    assert boottest.check_reboot(first, again) == []
+    assert boottest.check_reboot(first, {**again, "enroll_starts_this_boot": 1})
+    assert boottest.check_reboot(first, {**again, "machine_id": "f" * 32})
+    failed = report(
+        outcome="enroll-failed",
+        wg={"conf_exists": False, "addresses": [], "peers": []},
+        files={},
+        joined_marker=None,
+        standin_log=[],
+        enroll={"ExecMainStatus": "78", "ActiveState": "failed"},
+    )
+    assert boottest.check_not_configured(failed) == []
+    half = {**failed, "wg": {"conf_exists": True, "addresses": []}}
+    assert "wg0.conf was written" in boottest.check_not_configured(half)
+
+
+def test_parse_report_takes_the_marker_line_and_checks_its_checksum():
+    rep = report()
+    assert boottest.parse_report(console_with(rep)) == rep
+    with pytest.raises(BuilderError, match="garbled"):
+        boottest.parse_report(console_with(rep, garble=True))
+    with pytest.raises(BuilderError, match="no NODEFORGE-BOOTCHECK"):
+        boottest.parse_report("[ 1.0] nothing here\n")
+
+
+def test_node_user_data_keeps_the_site_data_and_adds_the_token():
+    site = (
+        b"#cloud-config\n# rendered\nlocale: C.UTF-8\n"
+        b"write_files:\n  - path: /etc/a\n    content: x\nruncmd:\n  - [true]\n"
+    )
+    out = boottest.node_user_data(site, site="aws", hostname="aws-node1", token="nf1.abc.def")
+    assert out.startswith(b"#cloud-config\n")
+    doc = yaml.safe_load(out)
+    assert doc["locale"] == "C.UTF-8" and doc["runcmd"] == [[True]]
+    assert doc["hostname"] == "aws-node1"
+    paths = [(f["path"], f.get("permissions")) for f in doc["write_files"]]
+    assert paths == [("/etc/a", None), ("/etc/nodeforge/enroll-token", "0600")]
+    with pytest.raises(BuilderError):
+        boottest.node_user_data(b"locale: C\n", site="aws", hostname="n", token="t")
+
+
+def test_bootcheck_script_is_python_and_the_unit_does_not_order_a_cycle():
+    compile(boottest.bootcheck_script(), "nodeforge-bootcheck", "exec")
+    unit = boottest.BOOTCHECK_UNIT
+    assert "DefaultDependencies=no" in unit and "After=basic.target multi-user.target" in unit
+    assert "WantedBy=multi-user.target" in unit
+
+
+def test_provision_user_data_carries_the_tree(tmp_path):
+    import base64
+    import io
+    import tarfile
+
+    for part in ("scripts", "files"):
+        (tmp_path / part).mkdir()
+    (tmp_path / "scripts" / "provision.sh").write_text("echo hi\n")
+    (tmp_path / "files" / "x").write_text("y")
+    doc = yaml.safe_load(boottest.provision_user_data(tmp_path))
+    blob = base64.b64decode(doc["write_files"][0]["content"])
+    names = tarfile.open(fileobj=io.BytesIO(blob)).getnames()
+    assert "scripts/provision.sh" in names and "files/x" in names
+    assert "test/nodeforge-bootcheck.service" in names
+    assert doc["power_state"]["mode"] == "poweroff"
