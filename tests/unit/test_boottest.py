@@ -165,7 +165,8 @@ def test_provision_user_data_carries_the_tree(tmp_path):
     (tmp_path / "files" / "x").write_text("y")
     doc = yaml.safe_load(boottest.provision_user_data(tmp_path))
     blob = base64.b64decode(doc["write_files"][0]["content"])
-    names = tarfile.open(fileobj=io.BytesIO(blob)).getnames()
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
+        names = tf.getnames()
     assert "scripts/provision.sh" in names and "files/x" in names
     assert "test/nodeforge-bootcheck.service" in names
     assert doc["power_state"]["mode"] == "poweroff"
