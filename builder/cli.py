@@ -529,57 +529,7 @@ def hub_revoke(config_file: Path | None, node_id: str) -> None:
 # --- packer targets (issue 5) ------------------------------------------------------------
 
 
-@cli.command("packer")
-@site_argument
-@set_option
-@profiles_dir_option
-@click.option(
-    "--target",
-    type=click.Choice(["ami", "qcow2"]),
-    default=None,
-    help="Override the profile's target.",
-)
-@click.option("--dry-run", is_flag=True, help="Render, then print the exact packer command.")
-@click.option(
-    "--base-image",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="qcow2: a local base cloud image instead of the profile's URL.",
-)
-@click.option(
-    "-o",
-    "--dist",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Output directory (default: dist/SITE).",
-)
-def packer_cmd(
-    site: str,
-    overrides: tuple[str, ...],
-    profiles_dir: Path | None,
-    target: str | None,
-    dry_run: bool,
-    base_image: Path | None,
-    dist: Path | None,
-) -> None:
-    """Build SITE's AMI or qcow2 with Packer (what `builder image` runs for those targets).
-
-    Prints the AMI id per region (or the qcow2 path) and the manifest; Packer's own output
-    streams to stderr.
-    """
-    from .packer import build_site_image, result_lines
-
-    result = build_site_image(
-        site,
-        target,
-        dry_run,
-        profiles_dir=profiles_dir,
-        overrides=overrides,
-        dist=dist,
-        base_image=base_image,
-    )
-    for line in result_lines(result):
-        click.echo(line)
+# `builder image` builds ami/qcow2 through builder.packer.build_site_image.
 
 
 # --- boot tests (issue 6) ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`builder packer` through Click: dry run, wrong target, errors without tracebacks."""
+"""`builder image` for Packer targets through Click: dry run, wrong target, errors without tracebacks."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _no_tools(monkeypatch, tmp_path):
 
 
 def test_ami_dry_run_prints_the_command_only():
-    r = CliRunner().invoke(cli, ["packer", "aws", "--dry-run"])
+    r = CliRunner().invoke(cli, ["image", "aws", "--dry-run"])
     assert r.exit_code == 0, r.output
     [line] = r.stdout.splitlines()
     assert line.startswith("packer build -color=false -on-error=cleanup -only=amazon-ebs.node ")
@@ -31,24 +31,24 @@ def test_ami_dry_run_prints_the_command_only():
 
 
 def test_qcow2_dry_run_via_target_override():
-    r = CliRunner().invoke(cli, ["packer", "aws", "--target", "qcow2", "--dry-run"])
+    r = CliRunner().invoke(cli, ["image", "aws", "--target", "qcow2", "--dry-run"])
     assert r.exit_code == 0, r.output
     assert "-only=qemu.node" in r.stdout and "-var=qemu_accelerator=" in r.stdout
 
 
 def test_iso_site_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["packer", "onprem", "--dry-run"])
+        main(["image", "onprem", "--target", "iso", "--dry-run"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "onprem.yaml: target: target 'iso' is not built by Packer" in err
+    assert "--dry-run and --base-image are for ami/qcow2 targets" in err
     assert "Traceback" not in err
 
 
 def test_missing_packer_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SystemExit) as exc:
-        main(["packer", "aws"])
+        main(["image", "aws"])
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "error: packer not found" in err and "hint:" in err
