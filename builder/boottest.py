@@ -613,10 +613,23 @@ def build_node_disk(
     info = {"site": site, "key": key, "kernel_name": kernels[-1].name,
             "initrd_name": initrds[-1].name, "built": int(time.time())}  # fmt: skip
     atomic_write(info_file, json.dumps(info, indent=1) + "\n")
+    prune_disks(site, keep=d)
     secs = time.monotonic() - t0
     log.info("stand-in node disk for %s built in %.0f s: %s", site, secs, d / "disk.qcow2")
     return NodeDisk(site, d / "disk.qcow2", d / "vmlinuz", d / "initrd.img", key,
                     info["kernel_name"], info["initrd_name"], False, secs)  # fmt: skip
+
+
+def prune_disks(site: str, keep: Path, newest: int = 2) -> None:
+    """Keep the ``newest`` node disks of ``site`` (every commit renders a new one)."""
+    entries = sorted(
+        (p for p in keep.parent.glob(f"{site}-*") if p.is_dir() and p != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in entries[max(0, newest - 1) :]:
+        log.debug("pruning old node disk %s", old)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 ESP_MIB = 32
