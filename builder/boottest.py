@@ -1195,10 +1195,12 @@ def boot_test(
             result["workdir"] = str(wd)
     t = result["timings"]
     log.info(
-        "timings (s): render %s, disk %s (%s), hub %s, first boot to joined %s, reboot %s, "
-        "total %s",
+        "timings (s): render %s, disk %s (%s), hub %s, first boot %s (joined after %s), "
+        "reboot %s, total %s",
         t.get("render"), t.get("disk"), "cached" if result["disk_cached"] else "built",
-        t.get("hub_start"), t.get("first_boot"), t.get("reboot", "-"), t.get("total"),
+        t.get("hub_start"), t.get("first_boot"),
+        "/".join(str(n["seconds_to_joined"]) for n in result["nodes"]),
+        t.get("reboot", "-"), t.get("total"),
     )  # fmt: skip
     return result
 
