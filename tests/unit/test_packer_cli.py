@@ -1,4 +1,4 @@
-"""`builder image` for Packer targets through Click: dry run, wrong target, errors without tracebacks."""
+"""`builder image` for Packer targets: dry run, wrong target, no tracebacks."""
 
 from __future__ import annotations
 
