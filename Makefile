@@ -17,7 +17,7 @@ ARGS   ?=
 APT_PACKAGES := xorriso mtools dosfstools e2fsprogs cpio \
   qemu-system-x86 qemu-utils ovmf grub-pc-bin grub-efi-amd64-bin grub-common busybox-static \
   packer wireguard-tools wireguard-go iproute2 cloud-init shellcheck systemd \
-  mmdebstrap dpkg-dev sqlite3 openssl
+  mmdebstrap dpkg-dev sqlite3 openssl gpg fdisk mount util-linux curl ca-certificates git
 
 ##@ Setup
 
@@ -75,8 +75,8 @@ bench-flash: deps ## Benchmark flash throughput vs dd bs=4M conv=fsync (loop dev
 ##@ Test
 
 .PHONY: test test-unit test-integration lint bench bench-packer
-test: deps ## Run every test lane (unit, integration, boot)
-	$(PYTEST) -q tests $(ARGS)
+test: deps lint ## Lint, then every test lane (unit, integration, boot)
+	$(PYTEST) -q --durations=15 tests $(ARGS)
 
 test-unit: deps ## Unit tests only (no tools, no network, no root)
 	$(PYTEST) -q tests/unit $(ARGS)
