@@ -10,7 +10,8 @@ VENV   ?= .venv
 PYTHON ?= python3
 BUILDER := $(VENV)/bin/builder
 PYTEST  := $(VENV)/bin/pytest
-ARGS   ?=
+ARGS   ?=	# extra options for the command, e.g. ARGS='--base-iso ubuntu.iso'
+SET    ?=	# profile overrides for render/validate/image, e.g. SET='--set gpu.enabled=true'
 
 # System tools (Debian/Ubuntu package names). Always installed with --no-install-recommends:
 # wireguard-tools' recommends would pull in a kernel.
@@ -49,13 +50,13 @@ profiles: deps ## List the site profiles
 	$(BUILDER) profiles
 
 render: deps ## Render the build tree for SITE into build/SITE
-	$(BUILDER) render $(SITE) $(ARGS)
+	$(BUILDER) render $(SITE) $(SET) $(ARGS)
 
 validate: deps ## Render SITE and check it with the real validators
-	$(BUILDER) validate $(SITE) $(ARGS)
+	$(BUILDER) validate $(SITE) $(SET)
 
-image: deps ## Build the image for SITE (iso, ami or qcow2, as its profile says)
-	$(BUILDER) image $(SITE) $(ARGS)
+image: validate ## Validate SITE, then build its image (iso, ami or qcow2, as its profile says)
+	$(BUILDER) image $(SITE) $(SET) $(ARGS)
 
 ami: deps ## Alias: build the AMI for SITE (default aws)
 	$(BUILDER) image $(if $(filter onprem,$(SITE)),aws,$(SITE)) --target ami $(ARGS)
