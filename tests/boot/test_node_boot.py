@@ -4,7 +4,7 @@ The disk is a Debian bookworm root (STAND-IN for the installed Ubuntu system) pr
 by our real scripts against the STAND-IN apt repository; the guest gets the site's real
 rendered user-data on a NoCloud seed with a one-time token, and enrolls with the REAL hub
 (`builder hub serve`, wireguard-go) in a private network namespace. A TEST-ONLY unit in the
-image reports what the node looks like once joined (see builder/boottest.py).
+image reports what the node looks like once joined (see builder/boottest/guest.py).
 
 Scenarios run side by side (one vCPU each) to keep the lane short:
 - `builder boot-test aws --nodes 2 --json`: two nodes at once, then a reboot of the first;
