@@ -19,7 +19,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -88,7 +88,6 @@ class Profile:
     base_dirs: Mapping[str, Path]  # layer source -> directory for file: refs
     layers: tuple[str, ...]
     input_hash: str
-    extras: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def get(self, dotted: str, default: Any = None) -> Any:
         node: Any = self.data
@@ -187,18 +186,8 @@ def list_sites(profiles_dir: Path | None = None) -> list[tuple[str, str, str]]:
     for path in sorted(pdir.glob("*.yaml")):
         if path.stem == "base":
             continue
-        data = _read_yaml(path)
-        chain = [data]
-        seen = {path.stem}
-        while isinstance(chain[-1].get("extends"), str) and chain[-1]["extends"] not in seen:
-            parent = pdir / f"{chain[-1]['extends']}.yaml"
-            seen.add(parent.stem)
-            if not parent.is_file():
-                break
-            chain.append(_read_yaml(parent))
-        target = next((c["target"] for c in chain if "target" in c), "")
-        desc = next((c["description"] for c in chain if c.get("description")), "")
-        out.append((path.stem, str(target), str(desc)))
+        data, _ = merge_layers(collect_layers(path.stem, pdir))
+        out.append((path.stem, str(data.get("target", "")), str(data.get("description", ""))))
     return out
 
 
