@@ -47,7 +47,6 @@ class OverlayFile:
     path: str  # absolute path on the node
     content: str
     mode: str = "0644"
-    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,7 +291,7 @@ def overlay_files(
         )
     token = profile.resolve_secret("enrollment.site_token")
     if token:
-        files.append(OverlayFile(TOKEN_PATH, token + "\n", "0600", secret=True))
+        files.append(OverlayFile(TOKEN_PATH, token + "\n", "0600"))
     return sorted(files, key=lambda f: f.path)
 
 
