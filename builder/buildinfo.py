@@ -7,7 +7,7 @@ import os
 
 from . import __version__
 from .errors import BuilderError
-from .profile import REPO_DIR
+from .paths import REPO_DIR
 from .run import run, which
 
 

@@ -53,9 +53,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import qemu
-from ..errors import BuilderError
-from ..run import require
+from builder.errors import BuilderError
+from builder.run import require
+
+from . import qemu
 from .baseimage import PROVISION_FAILED, PROVISIONED, prepare_from_base_image, provision_user_data
 from .checks import (
     Expect,

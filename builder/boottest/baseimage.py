@@ -10,9 +10,10 @@ from typing import Any
 
 import yaml
 
-from .. import qemu
-from ..fsutil import atomic_output
-from ..run import run
+from builder.fsutil import atomic_output
+from builder.run import run
+
+from . import qemu
 from .checks import Expect, expectations
 from .constants import FORMAT, log
 from .disk import NodeDisk, _hash_tree, cache_root
@@ -90,9 +91,9 @@ def prepare_from_base_image(
     with the test hub, like the stand-in disk. Result cached by the hash of the image and
     the rendered tree.
     """
-    from ..fsutil import sha256_file
-    from ..profile import load_profile
-    from ..render import render_site
+    from builder.fsutil import sha256_file
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
 
     t0 = time.monotonic()
     base = load_profile(site, profiles_dir, list(overrides))

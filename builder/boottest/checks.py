@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from .. import standins
+from tests.support import standins
+
 from .constants import API_SERVER, REQUIRED_SYSCTLS
 from .lab import HubIdentity, Lab
 

@@ -13,17 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import rootfs, standins
-from ..errors import BuilderError
-from ..fsutil import atomic_output, atomic_write
-from ..run import require, run
+from builder import paths
+from builder.errors import BuilderError
+from builder.fsutil import atomic_output, atomic_write
+from builder.run import require, run
+from tests.support import rootfs, standins
+
 from .constants import APPEND, APPEND_UEFI, BUILD_IN_ROOT, FORMAT, REPO_IN_ROOT, ROOTFS_EXTRA, log
 from .guest import BOOTCHECK_UNIT, bootcheck_script
 
 
 # -- cache ----------------------------------------------------------------------------------
 def cache_root() -> Path:
-    return rootfs.cache_dir() / "boot-test"
+    return paths.cache_dir() / "boot-test"
 
 
 def _hash_tree(h: Any, base: Path, rel: str) -> None:

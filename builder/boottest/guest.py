@@ -7,7 +7,8 @@ import json
 import re
 from typing import Any
 
-from ..errors import BuilderError
+from builder.errors import BuilderError
+
 from .constants import BOOTCHECK_WAIT, MARKER
 
 # -- the TEST-ONLY check unit shipped into the stand-in disk --------------------------------

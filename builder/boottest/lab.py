@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import qemu
-from ..errors import BuilderError
-from ..fsutil import atomic_write
-from ..run import popen, require, run
+from builder.errors import BuilderError
+from builder.fsutil import atomic_write
+from builder.run import popen, require, run
+
+from . import qemu
 from .constants import (
     API_SERVER,
     BUILDER,

@@ -11,9 +11,11 @@ from typing import Any
 
 import yaml
 
-from .. import qemu, seed
-from ..errors import BuilderError
-from ..run import run
+from builder.errors import BuilderError
+from builder.run import run
+from builder.targets import seed
+
+from . import qemu
 from .constants import APPEND, BOOTCHECK_WAIT, MARKER, log
 from .disk import NodeDisk
 from .guest import parse_report

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from builder.errors import UsageError
+
 from .checks import check_hub, check_joined, check_not_configured, check_reboot
 from .disk import build_uefi_disk
 from .lab import HubOutage, Lab

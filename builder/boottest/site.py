@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import rootfs, standins
+from tests.support import rootfs, standins
+
 from .checks import Expect, expectations
 from .constants import HUB_HOST, HUB_PORT, REPO_IN_ROOT, ROOTFS_EXTRA, WG_PORT, log
 from .disk import NodeDisk, build_node_disk
@@ -81,8 +82,8 @@ def prepare_site(
     rebuild: bool = False,
 ) -> SiteSetup:
     """Render the site for the test hub + stand-in repo and build (or reuse) its disk."""
-    from ..profile import load_profile
-    from ..render import render_site
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
 
     t0 = time.monotonic()
     base = load_profile(site, profiles_dir, list(overrides))

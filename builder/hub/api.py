@@ -35,7 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import BuilderError
+from builder.errors import BuilderError
+
 from . import tokens as tok
 from .config import HubConfig
 from .pki import wg_public_key

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, ValidationError
+from builder.errors import UsageError, ValidationError
 
 DEFAULT_CONFIG = Path("/etc/nodeforge-hub/hub.json")
 ENV_CONFIG = "NODEFORGE_HUB_CONFIG"

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..errors import UsageError
-from ..fsutil import atomic_write
+from builder.errors import UsageError
+from builder.fsutil import atomic_write
 
 
 def wg_keypair() -> tuple[str, str]:

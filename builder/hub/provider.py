@@ -17,8 +17,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..errors import BuilderError, UsageError
-from ..run import run
+from builder.errors import BuilderError, UsageError
+from builder.run import run
 
 BOOTSTRAP_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
 

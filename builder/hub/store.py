@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BuilderError, UsageError
+from builder.errors import BuilderError, UsageError
+
 from . import tokens as tok
 
 log = logging.getLogger("nodeforge.hub")

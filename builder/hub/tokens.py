@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 
-from ..errors import UsageError
+from builder.errors import UsageError
 
 TOKEN_RE = re.compile(r"^nf1\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$")
 _DUMMY_HASH = hashlib.sha256(b"nodeforge-dummy").hexdigest()

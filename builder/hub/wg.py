@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BuilderError, CommandFailed
-from ..run import run, which
+from builder.errors import BuilderError, CommandFailed
+from builder.run import run, which
 
 log = logging.getLogger("nodeforge.hub.wg")
 

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BuilderError
+from builder.errors import BuilderError
+
 from .config import HubConfig
 from .config import load as load_config
 from .store import EnrollRequest, Outcome, Pool, Store

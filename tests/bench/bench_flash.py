@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from builder import flash  # noqa: E402
 from builder.errors import BuilderError  # noqa: E402
+from builder.flash import flasher as flash  # noqa: E402
 from builder.run import run, which  # noqa: E402
 
 MiB = 1 << 20

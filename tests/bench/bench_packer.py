@@ -29,10 +29,10 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
 
 from packer_site import render_standin_site, set_pkrvars  # noqa: E402
 
-from builder import packer  # noqa: E402
-from builder.rootfs import build_base_image  # noqa: E402
 from builder.run import popen, run  # noqa: E402
-from builder.standins import build_standin_repo  # noqa: E402
+from builder.targets import packer  # noqa: E402
+from tests.support.rootfs import build_base_image  # noqa: E402
+from tests.support.standins import build_standin_repo  # noqa: E402
 
 MEMORY_MB, CPUS = 1024, 2
 

@@ -25,10 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from builder import iso  # noqa: E402
-from builder.image import build_iso  # noqa: E402
-from builder.profile import load_profile  # noqa: E402
 from builder.run import run  # noqa: E402
+from builder.site.profile import load_profile  # noqa: E402
+from builder.targets import iso  # noqa: E402
+from builder.targets.image import build_iso  # noqa: E402
 from tests.support.iso_inputs import fixture_overrides, iso_tree  # noqa: E402
 from tests.support.ubuntu_like_iso import build_fixture, fixture_key, pad_copy  # noqa: E402
 

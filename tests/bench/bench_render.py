@@ -17,9 +17,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from builder import validate  # noqa: E402
-from builder.profile import load_profile  # noqa: E402
-from builder.render import render_site  # noqa: E402
+from builder.site import validate  # noqa: E402
+from builder.site.profile import load_profile  # noqa: E402
+from builder.site.render import render_site  # noqa: E402
 
 
 def median_time(fn, runs: int) -> float:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import qemu
-from builder.image import build_iso
-from builder.profile import load_profile
+from builder.boottest import qemu
+from builder.site.profile import load_profile
+from builder.targets.image import build_iso
 from tests.support.iso_inputs import fixture_overrides
 from tests.support.ubuntu_like_iso import build_fixture
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import qemu
+from builder.boottest import qemu
 from tests.support.ubuntu_like_iso import _initrd, _kernel, build_fixture, cache_root
 
 pytestmark = pytest.mark.boot

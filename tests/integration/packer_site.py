@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from builder.profile import load_profile
-from builder.render import render_site
+from builder.site.profile import load_profile
+from builder.site.render import render_site
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES = REPO_ROOT / "profiles"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import fetch
 from builder.errors import BuilderError
+from builder.targets import fetch
 
 pytestmark = pytest.mark.integration
 

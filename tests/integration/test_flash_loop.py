@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from builder import flash
 from builder.cli import cli, main
 from builder.errors import BuilderError, CommandFailed, ToolMissing
+from builder.flash import flasher as flash
 from builder.run import run, which
 
 pytestmark = pytest.mark.integration

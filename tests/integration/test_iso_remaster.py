@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import iso
 from builder.errors import BuilderError
 from builder.fsutil import sha256_file
-from builder.image import build_iso
-from builder.profile import load_profile
+from builder.site.profile import load_profile
+from builder.targets import iso
+from builder.targets.image import build_iso
 from tests.support.iso_inputs import fixture_overrides
 from tests.support.ubuntu_like_iso import build_fixture, pad_copy
 

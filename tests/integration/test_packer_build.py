@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from packer_site import render_standin_site, set_pkrvars, shipped_sites
 
-from builder import packer
 from builder.errors import BuilderError
 from builder.fsutil import sha256_file
-from builder.rootfs import build_base_image
 from builder.run import run, which
-from builder.standins import build_standin_repo
+from builder.targets import packer
+from tests.support.rootfs import build_base_image
+from tests.support.standins import build_standin_repo
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +64,8 @@ def test_fmt_check_on_shipped_templates():
 @pytest.mark.parametrize("site", shipped_sites())
 @pytest.mark.parametrize("target", ["ami", "qcow2"])
 def test_validate_every_shipped_profile(site, target, tmp_path):
-    from builder.profile import load_profile
-    from builder.render import render_site
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
 
     tree = tmp_path / "build" / site
     render_site(load_profile(site, REPO_ROOT / "profiles"), tree)
@@ -79,8 +79,8 @@ def test_validate_every_shipped_profile(site, target, tmp_path):
 
 
 def test_validate_rejects_bad_vars(tmp_path):
-    from builder.profile import load_profile
-    from builder.render import render_site
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
 
     tree = tmp_path / "build" / "aws"
     render_site(load_profile("aws", REPO_ROOT / "profiles"), tree)
@@ -90,8 +90,8 @@ def test_validate_rejects_bad_vars(tmp_path):
 
 
 def test_ami_dry_run_shows_the_exact_command(tmp_path):
-    from builder.profile import load_profile
-    from builder.render import render_site
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
 
     tree = tmp_path / "build" / "aws"
     render_site(load_profile("aws", REPO_ROOT / "profiles"), tree)

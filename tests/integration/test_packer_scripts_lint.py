@@ -43,8 +43,8 @@ def test_embedded_gpu_check_is_clean(tmp_path):
 
 
 def test_rendered_copies_are_clean(tmp_path):
-    from builder.profile import load_profile
-    from builder.render import render_site
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
 
     tree = render_site(load_profile("onprem", REPO / "profiles"), tmp_path / "onprem").path
     shellcheck(*sorted((tree / "scripts").glob("*.sh")))

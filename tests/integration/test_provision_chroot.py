@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from packer_site import render_standin_site
 
-from builder.rootfs import CHROOT_EXCLUDES, build_rootfs, extract_rootfs
 from builder.run import run, which
-from builder.standins import build_standin_repo
+from tests.support.rootfs import CHROOT_EXCLUDES, build_rootfs, extract_rootfs
+from tests.support.standins import build_standin_repo
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import validate
 from builder.errors import ValidationError
-from builder.profile import load_profile
-from builder.render import render_site
+from builder.site import validate
+from builder.site.profile import load_profile
+from builder.site.render import render_site
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from builder import blockdev
-from builder.blockdev import SysView
 from builder.cli import cli
 from builder.errors import BuilderError
+from builder.flash import blockdev
+from builder.flash.blockdev import SysView
 
 FIXTURES = Path(__file__).parent / "fixtures" / "blockdev"
 GiB = 1 << 30

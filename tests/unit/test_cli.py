@@ -82,12 +82,12 @@ def test_render_prints_path_only_on_stdout(
 def test_internal_error_is_short_without_debug(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import builder.profile
+    import builder.site.profile
 
     def boom(*a: object, **k: object) -> None:
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(builder.profile, "list_sites", boom)
+    monkeypatch.setattr(builder.site.profile, "list_sites", boom)
     code, _, err = run_cli(capsys, "profiles")
     assert code == 1
     assert "internal error: RuntimeError: kaboom" in err

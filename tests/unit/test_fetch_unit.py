@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import fetch
 from builder.errors import BuilderError, UsageError
+from builder.targets import fetch
 
 H1, H2 = "a" * 64, "b" * 64
 

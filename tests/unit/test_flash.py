@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from builder import blockdev, flash
-from builder.blockdev import SysView
 from builder.cli import cli, main
 from builder.errors import BuilderError, UsageError
+from builder.flash import blockdev
+from builder.flash import flasher as flash
+from builder.flash.blockdev import SysView
 
 FIXTURES = Path(__file__).parent / "fixtures" / "blockdev"
 MiB = 1 << 20

@@ -200,7 +200,7 @@ def test_init_from_a_site_profile(workdir, capsys):
     code, out, err = run_cli(capsys, "hub", "init", str(workdir / "h"), "--site", "onprem")
     assert code == 0, err
     cfg = json.loads((workdir / "h" / "hub.json").read_text())
-    from builder.profile import load_profile
+    from builder.site.profile import load_profile
 
     prof = load_profile("onprem")
     assert cfg["wireguard"]["endpoint"] == prof.get("wireguard.hub_endpoint")

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from builder import iso
 from builder.errors import UsageError
+from builder.targets import iso
 
 UBUNTU_GRUB = """\
 set timeout=30

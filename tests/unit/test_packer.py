@@ -9,8 +9,8 @@ from pathlib import Path
 import hcl2
 import pytest
 
-from builder import packer
 from builder.errors import BuilderError, UsageError
+from builder.targets import packer
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "packer"
@@ -261,7 +261,7 @@ def test_result_lines(tmp_path):
 
 
 def test_standin_decoy_versions():
-    from builder import standins
+    from tests.support import standins
 
     assert standins._bump_patch("1.35.0-1.1") == "1.35.1-1.1"
     assert standins._bump_minor("1.35.0-1.1") == "1.36.0-1.1"
@@ -271,7 +271,7 @@ def test_standin_decoy_versions():
 
 
 def test_rootfs_cache_dir_and_direct_boot_args(monkeypatch, tmp_path):
-    from builder import rootfs
+    from tests.support import rootfs
 
     monkeypatch.setenv("BUILDER_CACHE_DIR", str(tmp_path))
     assert rootfs.cache_dir() == tmp_path

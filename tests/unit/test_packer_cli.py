@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from builder import packer
 from builder.cli import cli, main
+from builder.targets import packer
 
 REPO = Path(__file__).resolve().parents[2]
 

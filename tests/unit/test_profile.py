@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import UsageError, ValidationError
-from builder.profile import list_sites, load_profile, parse_overrides
+from builder.site.profile import list_sites, load_profile, parse_overrides
 
 
 def problems_of(site: str, *overrides: str, pdir: Path | None = None) -> list[str]:

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from builder.errors import BuilderError
-from builder.profile import collect_layers, load_profile, merge_layers, validate_data
+from builder.site.profile import collect_layers, load_profile, merge_layers, validate_data
 
 scalars = st.one_of(
     st.none(),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import qemu
+from builder.boottest import qemu
 
 
 @pytest.fixture

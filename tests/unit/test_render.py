@@ -11,9 +11,9 @@ import pytest
 import yaml
 from passlib.hash import sha512_crypt
 
-from builder import render
 from builder.errors import BuilderError
-from builder.profile import load_profile
+from builder.site import render
+from builder.site.profile import load_profile
 
 EXPECTED = [
     "cloud-init/autoinstall.yaml",

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from builder import seed
 from builder.cli import cli
 from builder.errors import UsageError
+from builder.targets import seed
 
 
 def _files() -> dict[str, bytes]:

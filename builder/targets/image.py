@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import TOOL, __version__, buildinfo, fetch, iso
-from .errors import BuilderError, UsageError
-from .fsutil import atomic_output, atomic_write, sha256_file
-from .profile import Profile, load_profile
-from .render import image_name, render_site, versions
+from builder import TOOL, __version__, buildinfo
+from builder.errors import BuilderError, UsageError
+from builder.fsutil import atomic_output, atomic_write, sha256_file
+from builder.site.profile import Profile, load_profile
+from builder.site.render import image_name, render_site, versions
+
+from . import fetch, iso
 
 log = logging.getLogger("builder.image")
 

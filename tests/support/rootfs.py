@@ -33,9 +33,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BuilderError
-from .fsutil import atomic_output
-from .run import run
+from builder.errors import BuilderError
+from builder.fsutil import atomic_output
+from builder.paths import cache_dir
+from builder.run import run
 
 log = logging.getLogger("builder.rootfs")
 
@@ -68,14 +69,6 @@ Name=eth* en*
 [Network]
 DHCP=yes
 """
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("BUILDER_CACHE_DIR")
-    if base:
-        return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "nodeforge"
 
 
 def mirror() -> str:

@@ -26,13 +26,12 @@ from typing import Any
 import jinja2
 import yaml
 
-from . import TOOL, __version__, buildinfo
-from .errors import BuilderError
-from .profile import PACKAGE_DIR, REPO_DIR, Profile, pem_to_der, thaw
+from builder import TOOL, __version__, buildinfo
+from builder.errors import BuilderError
+from builder.paths import NODE_DIR, REPO_DIR, SCRIPTS_DIR, TEMPLATES_DIR
 
-TEMPLATES_DIR = REPO_DIR / "cloud-init"
-SCRIPTS_DIR = REPO_DIR / "packer" / "scripts"
-NODE_DIR = PACKAGE_DIR / "node"
+from .profile import Profile, pem_to_der, thaw
+
 ENROLL_UNIT = f"{TOOL}-enroll.service"
 AGENT_SOURCE = NODE_DIR / "agent.py"
 UNIT_SOURCE = NODE_DIR / ENROLL_UNIT

@@ -41,10 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+from builder.errors import BuilderError, UsageError
+from builder.fsutil import atomic_output
+
 from . import blockdev
 from .blockdev import BlockTarget, Problem, SysView, human_size
-from .errors import BuilderError, UsageError
-from .fsutil import atomic_output
 
 log = logging.getLogger("builder.flash")
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .errors import BuilderError
-from .run import popen, require
+from builder.errors import BuilderError
+from builder.run import popen, require
 
 log = logging.getLogger("builder.qemu")
 

@@ -23,12 +23,13 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .errors import ValidationError
-from .profile import PACKAGE_DIR, REPO_DIR, display_path
-from .run import run, which
+from builder.errors import ValidationError
+from builder.paths import SCHEMA_DIR
+from builder.run import run, which
 
-AUTOINSTALL_SCHEMA = PACKAGE_DIR / "schema" / "autoinstall.schema.json"
-PACKER_DIR = REPO_DIR / "packer"
+from .profile import display_path
+
+AUTOINSTALL_SCHEMA = SCHEMA_DIR / "autoinstall.schema.json"
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def check_units(tree: Path) -> list[str]:
 
 def check_packer(tree: Path) -> list[str]:
     # both Packer targets, offline, Packer 1.6 compatible: see builder/packer.py
-    from .packer import check_packer_tree
+    from builder.targets.packer import check_packer_tree
 
     return check_packer_tree(tree)
 

@@ -28,9 +28,9 @@ from typing import Any
 import pycdlib
 import yaml
 
-from . import TOOL
-from .errors import UsageError
-from .fsutil import atomic_output
+from builder import TOOL
+from builder.errors import UsageError
+from builder.fsutil import atomic_output
 
 VOLUME_ID = "CIDATA"
 FILES = ("user-data", "meta-data", "network-config")

@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 import requests
 
-from . import TOOL
-from .errors import BuilderError, UsageError
-from .fsutil import atomic_write, sha256_file
+from builder import TOOL, paths
+from builder.errors import BuilderError, UsageError
+from builder.fsutil import atomic_write, sha256_file
 
 log = logging.getLogger("builder.fetch")
 
@@ -39,8 +39,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / TOOL / "downloads"
+    return paths.cache_dir() / "downloads"
 
 
 def file_name(url: str) -> str:

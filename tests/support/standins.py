@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fsutil import atomic_write
-from .run import run
+from builder.fsutil import atomic_write
+from builder.run import run
 
 STANDIN_LOG = "/var/log/nodeforge-standins.log"
 STANDIN_JOIN_CONFIG = "/var/log/nodeforge-standins-kubeadm-join.yaml"

@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import BuilderError, CommandFailed, UsageError
-from .fsutil import atomic_write, sha256_file
-from .run import popen, require, run, which
+from builder.errors import BuilderError, CommandFailed, UsageError
+from builder.fsutil import atomic_write, sha256_file
+from builder.paths import PACKER_DIR, cache_dir
+from builder.run import popen, require, run, which
 
 log = logging.getLogger("builder.packer")
 
@@ -46,7 +47,7 @@ RUN_DIR = ".packer-run"
 def packer_dir() -> Path:
     """The shipped templates (repo ``packer/``; ``BUILDER_PACKER_DIR`` overrides)."""
     env = os.environ.get("BUILDER_PACKER_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "packer"
+    return Path(env) if env else PACKER_DIR
 
 
 def packer_version() -> tuple[int, ...]:
@@ -319,8 +320,6 @@ def _prepare(plan: PackerPlan, version: tuple[int, ...], templates_src: Path | N
 
 
 def _env() -> dict[str, str]:
-    from .rootfs import cache_dir
-
     return {
         "CHECKPOINT_DISABLE": "1",
         "PACKER_CACHE_DIR": os.environ.get("PACKER_CACHE_DIR", str(cache_dir() / "packer")),
@@ -558,8 +557,8 @@ def build_site_image(
     base_image: Path | None = None,
 ) -> PackerResult | PackerPlan:
     """Load ``site``, render ``build/<site>`` and build its Packer target (ami or qcow2)."""
-    from .profile import load_profile
-    from .render import render_site
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
 
     profile = load_profile(site, profiles_dir, overrides)
     kind = target or str(profile.get("target"))

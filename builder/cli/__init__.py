@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import BuilderError
+from builder import __version__
+from builder.errors import BuilderError
 
 log = logging.getLogger("builder")
 
@@ -78,7 +78,7 @@ def profiles_dir_option(f: Any) -> Any:
 
 def _complete_site(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     try:
-        from .profile import list_sites
+        from builder.site.profile import list_sites
 
         return [s for s, _, _ in list_sites() if s.startswith(incomplete)]
     except Exception:  # completion must never fail loudly
@@ -94,7 +94,7 @@ def site_argument(f: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def profiles_cmd(profiles_dir: Path | None, as_json: bool) -> None:
     """List the site profiles."""
-    from .profile import list_sites
+    from builder.site.profile import list_sites
 
     sites = list_sites(profiles_dir)
     if as_json:
@@ -115,7 +115,7 @@ def show_cmd(
     """Print the merged, validated profile for SITE (secrets masked)."""
     import yaml
 
-    from .profile import load_profile
+    from builder.site.profile import load_profile
 
     data = load_profile(site, profiles_dir, overrides).masked()
     if as_json:
@@ -138,8 +138,8 @@ def render_cmd(
     site: str, overrides: tuple[str, ...], profiles_dir: Path | None, output: Path | None
 ) -> None:
     """Render the build tree for SITE (cloud-init, autoinstall, Packer vars, scripts)."""
-    from .profile import load_profile
-    from .render import render_site
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
 
     result = render_site(load_profile(site, profiles_dir, overrides), output)
     log.info("rendered %d files for %s (input %s)", len(result.files), site, result.input_hash[:12])
@@ -164,9 +164,9 @@ def validate_cmd(
 
     Nothing is written: the tree is rendered into a temporary directory.
     """
-    from .profile import load_profile
-    from .render import render_site
-    from .validate import validate_site_tree
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
+    from builder.site.validate import validate_site_tree
 
     profile = load_profile(site, profiles_dir, overrides)
     ran = validate_site_tree(lambda out: render_site(profile, out), tuple(skip))
@@ -228,12 +228,12 @@ def image_cmd(
     iso: the remastered Ubuntu installer ISO; ami/qcow2: a Packer build.
     Prints the artifact (ISO path, AMI id per region, qcow2 path) on stdout.
     """
-    from .image import build_image
-    from .profile import load_profile
+    from builder.site.profile import load_profile
+    from builder.targets.image import build_image
 
     kind = target or load_profile(site, profiles_dir, overrides).get("target")
     if kind in ("ami", "qcow2"):
-        from .packer import build_site_image, result_lines
+        from builder.targets.packer import build_site_image, result_lines
 
         packer_result = build_site_image(
             site,
@@ -295,9 +295,9 @@ def seed_cmd(
     output: Path,
 ) -> None:
     """Write a NoCloud CIDATA seed ISO with per-node data (second USB stick or VM disk)."""
-    from .errors import UsageError
-    from .profile import load_profile
-    from .seed import node_seed, write_seed
+    from builder.errors import UsageError
+    from builder.site.profile import load_profile
+    from builder.targets.seed import node_seed, write_seed
 
     profile = load_profile(site, profiles_dir, overrides)
     token = None
@@ -331,8 +331,8 @@ def _hub_config_option(f: Any) -> Any:
 
 
 def _hub_store(config_file: Path | None) -> Any:
-    from .hub import config as hub_config
-    from .hub.store import Pool, Store
+    from builder.hub import config as hub_config
+    from builder.hub.store import Pool, Store
 
     cfg = hub_config.load(config_file)
     return cfg, Store(
@@ -369,12 +369,12 @@ def hub_init(
     force: bool,
 ) -> None:
     """Create a CA, a server cert, WireGuard and secret keys and DIR/hub.json."""
-    from .errors import UsageError
-    from .hub.pki import init_hub
+    from builder.errors import UsageError
+    from builder.hub.pki import init_hub
 
     wg: dict[str, Any] = {}
     if site:
-        from .profile import load_profile
+        from builder.site.profile import load_profile
 
         prof = load_profile(site, profiles_dir)
         endpoint = endpoint or prof.get("wireguard.hub_endpoint")
@@ -405,8 +405,8 @@ def hub_init(
 @_hub_config_option
 def hub_serve(config_file: Path | None) -> None:
     """Run the enrollment API (HTTPS) and keep the WireGuard interface in sync."""
-    from .hub import api
-    from .hub import config as hub_config
+    from builder.hub import api
+    from builder.hub import config as hub_config
 
     cfg = hub_config.load(config_file)
     logging.getLogger("nodeforge").setLevel(logging.INFO)
@@ -429,7 +429,7 @@ def hub_token_create(
     config_file: Path | None, site: str, uses: int, ttl: str, approve: bool, description: str
 ) -> None:
     """Mint a token; it is printed once (only its hash is stored)."""
-    from .hub.tokens import parse_duration
+    from builder.hub.tokens import parse_duration
 
     seconds = parse_duration(ttl)
     _, store = _hub_store(config_file)
@@ -511,7 +511,7 @@ def hub_approve(config_file: Path | None, node_id: str) -> None:
 @click.argument("node_id")
 def hub_revoke(config_file: Path | None, node_id: str) -> None:
     """Revoke a node: peer removed, secret invalid, address quarantined."""
-    from .hub.wg import WgInterface
+    from builder.hub.wg import WgInterface
 
     cfg, store = _hub_store(config_file)
     old = store.revoke_node(node_id)
@@ -573,7 +573,7 @@ def boot_test(
     profiles_dir: Path | None,
 ) -> None:
     """Boot SITE's node image in QEMU with a real hub and check it joins on its own."""
-    from .boottest import boot_test as run_boot_test
+    from builder.boottest import boot_test as run_boot_test
 
     result = run_boot_test(
         site,
@@ -634,7 +634,7 @@ def _sysview_options(f: Any) -> Any:
 @_sysview_options
 def devices(as_json: bool, show_all: bool, sys_root: Path, mountinfo: Path, swaps: Path) -> None:
     """List removable/USB disks and mark the ones that are safe to flash."""
-    from . import blockdev
+    from builder.flash import blockdev
 
     view = blockdev.SysView(sys_root, mountinfo, swaps)
     disks = blockdev.list_devices(view, show_all=show_all)
@@ -684,9 +684,9 @@ def flash(
 
     DEVICE may also be a regular file. See `builder devices` for candidates.
     """
-    from . import blockdev
-    from . import flash as flashing
-    from .errors import UsageError
+    from builder.errors import UsageError
+    from builder.flash import blockdev
+    from builder.flash import flasher as flashing
 
     want = 1 if site else 2
     if len(paths) != want:

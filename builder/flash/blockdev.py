@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BuilderError
+from builder.errors import BuilderError
 
 SECTOR = 512
 

@@ -27,12 +27,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import UsageError, ValidationError
+from builder.errors import UsageError, ValidationError
+from builder.paths import PROFILES_DIR, SCHEMA_DIR, SITE_DIR
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DIR = PACKAGE_DIR.parent
-DEFAULTS_FILE = PACKAGE_DIR / "defaults.yaml"
-SCHEMA_FILE = PACKAGE_DIR / "schema" / "profile.schema.json"
+DEFAULTS_FILE = SITE_DIR / "defaults.yaml"
+SCHEMA_FILE = SCHEMA_DIR / "profile.schema.json"
 DEFAULTS_SOURCE = "builder defaults"
 SET_SOURCE = "--set"
 
@@ -60,7 +59,7 @@ def default_profiles_dir() -> Path:
     if env:
         return Path(env)
     cwd = Path.cwd() / "profiles"
-    return cwd if cwd.is_dir() else REPO_DIR / "profiles"
+    return cwd if cwd.is_dir() else PROFILES_DIR
 
 
 def display_path(path: Path) -> str:
@@ -320,7 +319,7 @@ def collect_layers(
                     ]
                 )
             current = nxt
-    defaults = Layer(DEFAULTS_SOURCE, yaml.safe_load(DEFAULTS_FILE.read_text()), PACKAGE_DIR)
+    defaults = Layer(DEFAULTS_SOURCE, yaml.safe_load(DEFAULTS_FILE.read_text()), SITE_DIR)
     layers = [defaults, *reversed(chain)]
     over = parse_overrides(overrides)
     if over:

@@ -35,9 +35,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import TOOL
-from .errors import BuilderError, CommandFailed, UsageError
-from .run import run
+from builder import TOOL
+from builder.errors import BuilderError, CommandFailed, UsageError
+from builder.run import run
 
 log = logging.getLogger("builder.iso")
 
