@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from builder import __version__
+from builder import __version__, progress
 
 
 class State:
@@ -34,10 +34,13 @@ def setup_logging(debug: bool, verbose: int, quiet: int) -> None:
 @click.option("--debug", is_flag=True, help="Log every command run and show tracebacks.")
 @click.option("-v", "--verbose", count=True, help="More output (repeatable).")
 @click.option("-q", "--quiet", count=True, help="Less output (repeatable).")
-def cli(debug: bool, verbose: int, quiet: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int, quiet: int) -> None:
     """Build bootable node images for hybrid Kubernetes clusters."""
     State.debug = debug
     setup_logging(debug, verbose, quiet)
+    progress.set_quiet(quiet > 0)
+    ctx.call_on_close(lambda: progress.set_quiet(False))  # -q lasts for this command only
 
 
 def echo_json(data: Any) -> None:
