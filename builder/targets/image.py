@@ -35,7 +35,8 @@ from builder.fsutil import atomic_output, atomic_write, sha256_file
 from builder.site.profile import Profile, load_profile
 from builder.site.render import image_name, render_site, versions
 
-from . import fetch, iso
+from . import fetch, iso, packer
+from .packer import PackerPlan, PackerResult
 
 log = logging.getLogger("builder.image")
 
@@ -240,3 +241,54 @@ def build_image(
             "(ami/qcow2 images are built by Packer)"
         )
     return build_iso(profile, dist=dist, base_iso=base_iso, verify=verify, force=force)
+
+
+def build(
+    site: str,
+    *,
+    profiles_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+    target: str | None = None,
+    dist: Path | None = None,
+    base_iso: Path | None = None,
+    verify: bool = True,
+    force: bool = False,
+    dry_run: bool = False,
+    base_image: Path | None = None,
+) -> ImageResult | PackerResult | PackerPlan:
+    """The one target dispatch: build ``site``'s image, the target its profile names.
+
+    ``iso`` is remastered here; ``ami`` and ``qcow2`` are Packer builds (``dry_run`` plans
+    the Packer command without running it, ``base_image`` is a local qcow2 base).
+    """
+    kind = target or load_profile(site, profiles_dir, overrides).get("target")
+    if kind in packer.TARGETS:
+        return packer.build_site_image(
+            site,
+            kind,
+            dry_run,
+            profiles_dir=profiles_dir,
+            overrides=overrides,
+            dist=dist,
+            base_image=base_image,
+        )
+    if dry_run or base_image:
+        raise UsageError("--dry-run and --base-image are for ami/qcow2 targets")
+    return build_image(
+        site,
+        profiles_dir=profiles_dir,
+        overrides=overrides,
+        target=kind,
+        dist=dist,
+        base_iso=base_iso,
+        verify=verify,
+        force=force,
+    )
+
+
+def result_lines(result: ImageResult | PackerResult | PackerPlan) -> list[str]:
+    """What ``builder image`` prints on stdout: the ISO path, AMI ids, image paths or the
+    planned Packer command."""
+    if isinstance(result, ImageResult):
+        return [str(result.path)]
+    return packer.result_lines(result)

@@ -35,12 +35,13 @@ from urllib.parse import urlparse
 from builder.errors import BuilderError, CommandFailed, UsageError
 from builder.fsutil import atomic_write, sha256_file
 from builder.paths import PACKER_DIR, cache_dir
-from builder.run import popen, require, run, which
+from builder.run import TimeoutExpired, require, run, spawn, stop, which
 
 log = logging.getLogger("builder.packer")
 
 TARGETS = {"ami": "amazon-ebs.node", "qcow2": "qemu.node"}
 PKRVARS = "packer/site.auto.pkrvars.json"
+PACKER_STOP_SECONDS = 300  # for Packer to remove its build VM/instance after an interrupt
 RUN_DIR = ".packer-run"
 
 
@@ -403,30 +404,29 @@ def _stream(argv: list[str], timeout: float | None) -> None:
         err = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a captured stderr (tests): use fd 2
         err = 2
-    proc = popen(argv, stdout=err, stderr=err, env={**os.environ, **_env()})
-    try:
-        rc = proc.wait(timeout=timeout)
-    except KeyboardInterrupt:
-        # the terminal sent SIGINT to Packer as well: let it remove the build VM/instance
-        _wait_or_kill(proc, 300)
-        raise
-    except Exception as exc:  # subprocess.TimeoutExpired
-        proc.send_signal(signal.SIGINT)
-        _wait_or_kill(proc, 300)
-        raise BuilderError(f"packer build timed out after {timeout:g} s") from exc
+    # leaving the block early (timeout, error) sends SIGINT: Packer then removes the build
+    # VM/instance it made, given up to 5 minutes before it is killed
+    with spawn(
+        argv,
+        stop_signal=signal.SIGINT,
+        stop_timeout=PACKER_STOP_SECONDS,
+        stdout=err,
+        stderr=err,
+        env={**os.environ, **_env()},
+    ) as proc:
+        try:
+            rc = proc.wait(timeout=timeout)
+        except KeyboardInterrupt:
+            # the terminal sent SIGINT to Packer as well: let it clean up, do not signal again
+            stop(proc, PACKER_STOP_SECONDS, sig=None)
+            raise
+        except TimeoutExpired as exc:
+            raise BuilderError(f"packer build timed out after {timeout:g} s") from exc
     if rc != 0:
         raise BuilderError(
             f"packer build failed (exit {rc}); its output is above",
             hint="re-run with --debug, or set PACKER_LOG=1 for Packer's own log",
         )
-
-
-def _wait_or_kill(proc: Any, seconds: float) -> None:
-    try:
-        proc.wait(timeout=seconds)
-    except Exception:
-        proc.kill()
-        proc.wait()
 
 
 def read_packer_manifest(path: Path) -> list[dict[str, Any]]:
