@@ -30,6 +30,8 @@ import yaml
 from builder.errors import UsageError, ValidationError
 from builder.paths import PROFILES_DIR, SCHEMA_DIR, SITE_DIR
 
+from . import yamlload
+
 DEFAULTS_FILE = SITE_DIR / "defaults.yaml"
 SCHEMA_FILE = SCHEMA_DIR / "profile.schema.json"
 DEFAULTS_SOURCE = "builder defaults"
@@ -193,15 +195,16 @@ def list_sites(profiles_dir: Path | None = None) -> list[tuple[str, str, str]]:
 def _read_yaml(path: Path) -> dict[str, Any]:
     shown = display_path(path)
     try:
-        text = path.read_text()
+        text = yamlload.read_text(path)
+        data = yamlload.load(text)
     except FileNotFoundError:
         raise UsageError(f"{shown}: no such file") from None
     except OSError as exc:
         raise UsageError(f"{shown}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ValidationError([f"{shown}: not UTF-8 text (byte {exc.start})"]) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yamlload.DocumentTooLarge as exc:
+        raise ValidationError([f"{shown}: {exc}"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -209,32 +212,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ValidationError([f"{shown}: {exc}"]) from None
     if data is None:
-        return {}
+        raise ValidationError(
+            [f"{shown}: the profile is empty"],
+            hint="a profile names at least its target (target: iso|ami|qcow2) or its parent "
+            "(extends: NAME); see profiles/base.yaml",
+        )
     if not isinstance(data, dict):
         raise ValidationError([f"{shown}: the top level must be a mapping, not {_kind(data)}"])
     return data
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (a silent overwrite is a bug magnet)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen[key] = True
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
-)
 
 
 def _kind(value: Any) -> str:
@@ -260,7 +245,10 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
             problems.append(f"{SET_SOURCE}: {item!r}: expected KEY=VALUE with a dotted KEY")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yamlload.load(raw) if raw.strip() else ""
+        except yamlload.DocumentTooLarge as exc:
+            problems.append(f"{SET_SOURCE}: {key}: {exc}")
+            continue
         except yaml.YAMLError:
             value = raw
         if isinstance(value, float):
