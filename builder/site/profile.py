@@ -98,6 +98,16 @@ class Profile:
             node = node[part]
         return node
 
+    @property
+    def site_file(self) -> str:
+        """The source (display path) of the site's own profile file."""
+        return next(src for src in reversed(self.layers) if src != SET_SOURCE)
+
+    @property
+    def secrets_dir(self) -> Path:
+        """``<profiles dir>/.secrets``: where per-site generated secrets (the salt) live."""
+        return self.base_dirs.get(self.site_file, Path.cwd()) / ".secrets"
+
     def source_of(self, dotted: str) -> str:
         return _source_for(self.sources, tuple(dotted.split(".")), self.site)
 

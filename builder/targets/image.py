@@ -186,15 +186,25 @@ def build_iso(
     key = _cache_key(base_sha, tree, volume_id, timeout, epoch)
     name = f"{image_name(profile)}.iso"
     manifest_path = dist / "manifest.json"
+    # an ISO that embeds a secret (the site enrollment token) is a secret itself
+    carried = [rel for rel in rendered.secret_files if rel.startswith("iso/")]
+    mode = 0o600 if carried else 0o644
+    if carried:
+        log.warning(
+            "the ISO carries the site enrollment token (%s): it is written 0600; "
+            "store and hand it out like the token itself",
+            ", ".join(rel.removeprefix("iso/") for rel in carried),
+        )
     with _dist_lock(dist):
         _clean_stale(dist, name)
         if not force:
             hit = _cache_hit(dist, manifest_path, name, key)
             if hit:
+                os.chmod(hit.path, mode)
                 log.info("cache hit: %s is up to date (--force rebuilds)", hit.path)
                 return hit
         target = dist / name
-        with atomic_output(target) as tmp:
+        with atomic_output(target, mode=mode) as tmp:
             iso.remaster(base, tmp, tree, volume_id=volume_id, grub_timeout=timeout, epoch=epoch)
             digest = sha256_file(tmp)
             size = tmp.stat().st_size
