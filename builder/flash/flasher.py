@@ -24,7 +24,6 @@ is now incomplete.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import stat
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder import dist as dist_manifest
 from builder.errors import BuilderError, UsageError
 from builder.fsutil import atomic_output
 from builder.progress import NoProgress, Progress, ProgressLike, stderr_progress
@@ -113,7 +113,7 @@ def resolve_image(image: Path | None, site: str | None, dist: Path = Path("dist"
     if site is None:
         raise UsageError("missing IMAGE (or --site SITE to use the latest ISO in dist/SITE/)")
     folder = dist / site
-    built = _manifest_iso(folder / "manifest.json")
+    built = dist_manifest.artifact_path(folder, "iso")
     if built is not None:
         return built
     isos = [p for p in folder.glob("*.iso") if p.is_file() and not p.name.startswith(".")]
@@ -123,23 +123,6 @@ def resolve_image(image: Path | None, site: str | None, dist: Path = Path("dist"
             hint=f"build it first: make image SITE={site}",
         )
     return max(isos, key=lambda p: (p.stat().st_mtime, p.name))
-
-
-def _manifest_iso(manifest: Path) -> Path | None:
-    """The ISO that the last `builder image` recorded in ``dist/<site>/manifest.json``."""
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("target") != "iso":
-        return None
-    for art in data.get("artifacts") or []:
-        name = art.get("name") if isinstance(art, dict) else None
-        if isinstance(name, str) and name.endswith(".iso") and "/" not in name:
-            path = manifest.parent / name
-            if path.is_file():
-                return path
-    return None
 
 
 def read_sums(path: Path) -> dict[str, str]:
