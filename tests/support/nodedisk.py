@@ -326,12 +326,15 @@ class StandinSite:
                           append=APPEND)  # fmt: skip
 
     def boot_args(self, *, uefi: bool = False) -> list[str]:
-        """``builder boot-test SITE`` options that boot this disk."""
+        """``builder boot-test SITE`` options that boot this disk (and wait for the check
+        program's report on each console)."""
         img = self.image(uefi=uefi)
+        # the disk carries the check program: wait for its report before the power-off
+        out = ["--image", str(img.path), "--expect-console", bootcheck.CONSOLE_MARKER]
         if img.kernel is None:
-            return ["--image", str(img.path), *(["--uefi"] if uefi else [])]
-        return ["--image", str(img.path), "--kernel", str(img.kernel),
-                "--initrd", str(img.initrd), "--append", img.append]  # fmt: skip
+            return out + (["--uefi"] if uefi else [])
+        return out + ["--kernel", str(img.kernel), "--initrd", str(img.initrd),
+                      "--append", img.append]  # fmt: skip
 
 
 def prepare_site(
@@ -398,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BuilderError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 2 if exc.exit_code == 2 else 1
-    print(shlex.join(out) if args.args else out[1])
+    print(shlex.join(out) if args.args else out[1])  # shell words: `eval` them
     return 0
 
 
