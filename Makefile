@@ -85,7 +85,7 @@ test-unit: deps ## Unit tests only (no tools, no network, no root)
 lint: deps ## ruff (format check + lint) and mypy
 	$(VENV)/bin/ruff format --check builder tests
 	$(VENV)/bin/ruff check builder tests
-	$(VENV)/bin/mypy builder
+	$(VENV)/bin/mypy --explicit-package-bases builder tests/support
 
 bench: deps ## Run every benchmark script in tests/bench (figures and ratios vs baselines)
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b $(ARGS) || exit 1; done
@@ -106,12 +106,20 @@ bench-packer: deps ## Benchmark a qemu packer build vs a bare boot of the same b
 
 BOOT_SITES := $(sort $(basename $(notdir $(filter-out profiles/base.yaml,$(wildcard profiles/*.yaml)))))
 
-.PHONY: boot-test boot-test-all bench-boot
-boot-test: deps ## Boot SITE's node in QEMU with a real hub and check it joins (make boot-test SITE=aws ARGS="--nodes 2")
-	$(BUILDER) boot-test $(SITE) $(ARGS)
+IMAGE ?=	# a built disk image to boot (dist/SITE/NAME.qcow2|.raw); empty: the stand-in disk
+# boot-test options for a site's disk: IMAGE, or the stand-in node disk built by test support
+# (tests/support/nodedisk.py prints the options that boot it; --uefi picks its GPT variant)
+NODEDISK = $(VENV)/bin/python -m tests.support.nodedisk
 
-boot-test-all: deps ## boot-test every site profile, one after the other
-	@for s in $(BOOT_SITES); do echo "== boot-test $$s"; $(BUILDER) boot-test $$s $(ARGS) || exit 1; done
+.PHONY: boot-test boot-test-all bench-boot
+boot-test: deps ## Boot SITE's node in QEMU with a real hub and check it joins (make boot-test SITE=aws [IMAGE=dist/aws/x.qcow2] ARGS="--nodes 2")
+	disk=$(if $(strip $(IMAGE)),"--image $(IMAGE)",$$($(NODEDISK) $(SITE) --args $(filter --uefi,$(ARGS)) $(SET))); \
+	eval "$(BUILDER) boot-test $(SITE) $$disk $(SET) $(ARGS)"
+
+boot-test-all: deps ## boot-test every site profile on its stand-in disk, one after the other
+	@for s in $(BOOT_SITES); do echo "== boot-test $$s"; \
+	  disk=$$($(NODEDISK) $$s --args $(filter --uefi,$(ARGS))); \
+	  eval "$(BUILDER) boot-test $$s $$disk $(ARGS)" || exit 1; done
 
 bench-boot: deps ## Benchmark: bare cloud-init boot of the base vs our first boot to "joined"
 	$(VENV)/bin/python tests/bench/bench_boot.py $(ARGS)

@@ -1,45 +1,39 @@
-"""Boot tests: power a node made by this tool on in QEMU and prove it joins on its own.
+"""Boot test of a built artifact: power nodes made from it on in QEMU and prove they join.
 
-What ``builder boot-test SITE`` does:
+What ``builder boot-test SITE --image DISK`` does:
 
-1. **Stand-in node disk** (cached, keyed by the hash of everything that goes into it): the
-   Debian bookworm root from ``rootfs.build_rootfs()`` — a STAND-IN for the installed
-   Ubuntu system, which is unreachable here — provisioned in a chroot by OUR REAL scripts
-   (``scripts/provision.sh`` of the site's rendered build tree, with its ``provision.env``)
-   against the STAND-IN apt repository of ``standins.build_standin_repo()`` (``file://``
-   URLs inside the root). A TEST-ONLY unit, ``nodeforge-bootcheck.service``, is added: it
-   waits (bounded) for ``/var/lib/nodeforge/joined`` or a permanent enrollment failure,
-   prints one ``NODEFORGE-BOOTCHECK`` line with a JSON report to the serial console and
-   powers off. The root becomes an ext4 image with ``mkfs.ext4 -d`` (no mounts) → qcow2,
-   booted by direct kernel boot (``root=/dev/vda``) on virtio; ``--uefi`` assembles a GPT
-   disk instead (ESP from ``mkfs.vfat -C`` + mtools holding a ``grub-mkimage`` x86_64-efi
-   loader, the same ext4 as partition 2; ``sfdisk`` + ``dd``, no loop devices) for OVMF.
-2. Every boot runs on its own qcow2 overlay (backing file): the base stays clean and two
-   nodes from one image get different machine-ids. The site's real rendered cloud-init
-   user-data goes on a NoCloud seed (``seed.write_seed``) with the per-node entries
-   ``builder seed`` would add (hostname, a one-time token from ``builder hub token create``).
-3. In a private network namespace (``ip netns add``, loopback up) runs the REAL hub
-   (``builder hub serve``, wireguard-go interface); QEMU user networking inside that
+1. The site is rendered with its enrollment and WireGuard settings pointing at a lab hub
+   (``site.prepare``): the node's per-boot config travels in the rendered user-data, so any
+   image of the site enrolls with the lab. The lab hub's identity (CA, keys) is made once
+   with ``builder hub init`` and cached; each run gets a fresh hub database.
+2. In a private network namespace (``ip netns add``, loopback up) runs the REAL hub
+   (``builder hub serve``, a wireguard-go interface); QEMU user networking inside that
    namespace lets the guest reach it at 10.0.2.2 (the namespace's loopback), for HTTPS and
    for WireGuard over UDP. Nothing leaves the namespace.
-4. Checks from the guest's report and the hub's database (``builder hub nodes --json``).
-
-The hub's identity (CA, keys) is made once with ``builder hub init`` and cached, so the
-rendered tree, and with it the disk, stay cache hits between runs; each run gets a fresh
-hub database.
+3. Every node boots the given disk through its own qcow2 overlay (the image is never
+   written; two nodes from one image get different machine-ids) with a NoCloud seed: the
+   rendered user-data plus what ``builder seed`` adds per node (host name, a one-time token
+   from ``builder hub token create``). The disk boots with its own boot loader (BIOS, or
+   OVMF with ``--uefi``) or, for a disk without one, by direct kernel boot (``--kernel``).
+4. "Joined" is decided from the hub's side: the node's row in the hub's database is in
+   state ``joined`` and the hub has a WireGuard handshake with the node's key from this boot
+   (``node.JoinWatch``). The serial console is kept per boot (and can be required to show
+   given lines first, e.g. a check program's report). Then the node powers off (ACPI power
+   button over QMP). A reboot of the first node must come back with the same identity and
+   address, without enrolling again.
 
 Modules, one purpose each (imports flow down this list, never up):
 
-``constants``  shared values (ports, paths, kernel arguments, the logger)
-``guest``      the TEST-ONLY check unit and script shipped into the disk; ``parse_report``
-``disk``       the stand-in node disk (build, cache, prune), its UEFI/GPT variant, the bare disk
-``lab``        the cached hub identity; ``Lab`` (namespace + real hub); ``HubOutage``
-``node``       one guest: user-data, overlay + seed, boot in QEMU; the bare baseline boot
-``checks``     ``Expect`` and the checks over a guest's report and the hub's database
-``site``       render a site for the lab and build (or reuse) its disk: ``prepare_site``
-``scenarios``  ``run_boot_test``, ``run_hub_late``, ``run_expired_token``
-``baseimage``  ``--base-image``: provision a real cloud image in a first boot
+``constants``  shared values (ports, addresses, kernel arguments, the logger)
+``qemu``       QEMU argv + boot with console markers (also used by the ISO boot tests)
+``lab``        the cached hub identity; ``Lab`` (namespace + real hub, what the hub sees)
+``node``       the image to boot; one node: seed, overlay, boot, ``JoinWatch``
+``site``       render a site for the lab: ``prepare``
+``scenarios``  ``run_boot_test``: N nodes join, a reboot does not re-enroll
 this file      the entry points: ``preflight``, ``workspace``, ``boot_test``
+
+Test-only machinery (the stand-in node disk, the in-guest check program and the checks over
+its report) lives in ``tests/support``; the package never imports it.
 """
 
 from __future__ import annotations
@@ -57,142 +51,43 @@ from builder.errors import BuilderError
 from builder.run import require
 
 from . import qemu
-from .baseimage import PROVISION_FAILED, PROVISIONED, prepare_from_base_image, provision_user_data
-from .checks import (
-    Expect,
-    check_hub,
-    check_joined,
-    check_not_configured,
-    check_reboot,
-    expectations,
-)
-from .constants import (
-    API_SERVER,
-    APPEND,
-    APPEND_UEFI,
-    BOOTCHECK_WAIT,
-    BUILD_IN_ROOT,
-    BUILDER,
-    FORMAT,
-    HUB_HOST,
-    HUB_PORT,
-    MARKER,
-    REPO_IN_ROOT,
-    REQUIRED_SYSCTLS,
-    ROOTFS_EXTRA,
-    STATIC_CA_HASH,
-    STATIC_JOIN_TOKEN,
-    WG_PORT,
-    log,
-)
-from .disk import (
-    ESP_MIB,
-    GRUB_MODULES,
-    NodeDisk,
-    build_bare_disk,
-    build_node_disk,
-    build_uefi_disk,
-    cache_root,
-    disk_key,
-    prune_disks,
-)
-from .guest import BOOTCHECK_SCRIPT, BOOTCHECK_UNIT, bootcheck_script, parse_report
-from .lab import HubIdentity, HubOutage, Lab, builder_cli, hub_identity
-from .node import (
-    CLOUD_INIT_DONE,
-    Node,
-    boot_bare,
-    boot_node,
-    machine_identity,
-    make_node,
-    node_user_data,
-)
-from .scenarios import run_boot_test, run_expired_token, run_hub_late
-from .site import SiteSetup, gpu_overrides, lab_overrides, prepare_site, standin_versions
+from .constants import log
+from .lab import HubIdentity, Lab, hub_identity, hub_overrides
+from .node import BootImage, Node, NodeBoot, boot_image, boot_node, make_node, node_user_data
+from .scenarios import run_boot_test
+from .site import LabSite, prepare
 
 __all__ = [
-    "API_SERVER",
-    "APPEND",
-    "APPEND_UEFI",
-    "BOOTCHECK_SCRIPT",
-    "BOOTCHECK_UNIT",
-    "BOOTCHECK_WAIT",
-    "BUILDER",
-    "BUILD_IN_ROOT",
-    "CLOUD_INIT_DONE",
-    "DISK_TOOLS",
-    "ESP_MIB",
-    "Expect",
-    "FORMAT",
-    "GRUB_MODULES",
-    "HUB_HOST",
-    "HUB_PORT",
+    "BootImage",
     "HubIdentity",
-    "HubOutage",
     "Lab",
-    "MARKER",
+    "LabSite",
     "Node",
-    "NodeDisk",
-    "PROVISIONED",
-    "PROVISION_FAILED",
-    "REPO_IN_ROOT",
-    "REQUIRED_SYSCTLS",
-    "ROOTFS_EXTRA",
-    "STATIC_CA_HASH",
-    "STATIC_JOIN_TOKEN",
-    "SiteSetup",
-    "TOOLS",
-    "UEFI_TOOLS",
-    "WG_PORT",
-    "boot_bare",
+    "NodeBoot",
+    "boot_image",
     "boot_node",
     "boot_test",
-    "bootcheck_script",
-    "build_bare_disk",
-    "build_node_disk",
-    "build_uefi_disk",
-    "builder_cli",
-    "cache_root",
-    "check_hub",
-    "check_joined",
-    "check_not_configured",
-    "check_reboot",
-    "disk_key",
-    "expectations",
-    "gpu_overrides",
     "hub_identity",
-    "lab_overrides",
-    "log",
-    "machine_identity",
+    "hub_overrides",
     "make_node",
     "node_user_data",
-    "parse_report",
     "preflight",
-    "prepare_from_base_image",
-    "prepare_site",
-    "provision_user_data",
-    "prune_disks",
+    "prepare",
     "run_boot_test",
-    "run_expired_token",
-    "run_hub_late",
-    "standin_versions",
     "workspace",
 ]
 
-
 TOOLS = ("ip", "wg", "wireguard-go", "qemu-img", qemu.QEMU)
-DISK_TOOLS = ("mmdebstrap", "mkfs.ext4", "unshare", "dpkg-deb", "dpkg-scanpackages", "gpg")
-UEFI_TOOLS = ("grub-mkimage", "mkfs.vfat", "mmd", "mcopy", "sfdisk")
 
 
-def preflight(*, uefi: bool = False, base_image: bool = False) -> None:
+def preflight(*, uefi: bool = False) -> None:
     """Fail early, with a hint, when a boot test cannot run here."""
     if os.geteuid() != 0:
         raise BuilderError(
-            "boot tests need root (network namespaces for the hub, a chroot for the disk)",
+            "boot tests need root (a network namespace for the hub and its WireGuard)",
             hint="run as root, e.g. sudo make boot-test SITE=…",
         )
-    for tool in TOOLS + (() if base_image else DISK_TOOLS) + (UEFI_TOOLS if uefi else ()):
+    for tool in TOOLS:
         require(tool)
     if uefi:
         qemu.ovmf()
@@ -212,35 +107,36 @@ def workspace(keep: bool, prefix: str = "nf-boot-") -> Iterator[Path]:
 
 def boot_test(
     site: str,
+    image: Path,
     *,
     nodes: int = 1,
     uefi: bool = False,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    append: str | None = None,
     keep: bool = False,
-    base_image: Path | None = None,
     profiles_dir: Path | None = None,
     overrides: Sequence[str] = (),
     reboot: bool = True,
+    console: Sequence[str] = (),
+    timeout: float = 900,
 ) -> dict[str, Any]:
-    """``builder boot-test SITE``: prepare (or reuse) the disk, boot, check; timings logged."""
-    preflight(uefi=uefi, base_image=base_image is not None)
+    """``builder boot-test SITE --image DISK``: boot, decide "joined", log the timings."""
+    preflight(uefi=uefi)
+    img = boot_image(image, uefi=uefi, kernel=kernel, initrd=initrd, append=append)
     with workspace(keep) as wd:
         t0 = time.monotonic()
-        if base_image is not None:
-            setup = prepare_from_base_image(site, base_image, wd, profiles_dir=profiles_dir,
-                                            overrides=overrides, uefi=uefi)  # fmt: skip
-        else:
-            setup = prepare_site(site, wd, profiles_dir=profiles_dir, overrides=overrides)
-        result = run_boot_test(setup, wd, nodes=nodes, uefi=uefi, reboot=reboot)
+        lab_site = prepare(site, wd, profiles_dir=profiles_dir, overrides=overrides)
+        result = run_boot_test(lab_site, img, wd, nodes=nodes, reboot=reboot,
+                               console=console, timeout=timeout)  # fmt: skip
         result["timings"]["total"] = round(time.monotonic() - t0, 1)
         if keep:
             result["workdir"] = str(wd)
     t = result["timings"]
+    joined = [n.get("seconds_to_joined") for n in result["nodes"]]
     log.info(
-        "timings (s): render %s, disk %s (%s), hub %s, first boot %s (joined after %s), "
-        "reboot %s, total %s",
-        t.get("render"), t.get("disk"), "cached" if result["disk_cached"] else "built",
-        t.get("hub_start"), t.get("first_boot"),
-        "/".join(str(n["seconds_to_joined"]) for n in result["nodes"]),
-        t.get("reboot", "-"), t.get("total"),
+        "timings (s): render %s, hub %s, first boot %s (joined after %s), reboot %s, total %s",
+        t.get("render"), t.get("hub_start"), t.get("first_boot"),
+        "/".join(str(s) for s in joined), t.get("reboot", "-"), t.get("total"),
     )  # fmt: skip
     return result

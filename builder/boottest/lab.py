@@ -1,5 +1,5 @@
 """Boot tests: the hub identity (cached) and the lab: a private network namespace with the
-real hub in it, or a stand-in for a hub that is down."""
+real hub (``builder hub serve`` + wireguard-go) in it, and what the hub sees."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder import paths
 from builder.errors import BuilderError
 from builder.fsutil import atomic_write
-from builder.run import PIPE, popen, require, run, stop
+from builder.run import popen, require, run, stop
 
 from . import qemu
 from .constants import (
@@ -33,7 +34,10 @@ from .constants import (
     WG_PORT,
     log,
 )
-from .disk import cache_root
+
+
+def cache_root() -> Path:
+    return paths.cache_dir() / "boot-test"
 
 
 # -- hub identity and the lab (network namespace + real hub) --------------------------------
@@ -80,6 +84,20 @@ def hub_identity(overlay_cidr: str, hub_ip: str) -> HubIdentity:
     shutil.rmtree(d, ignore_errors=True)
     os.replace(tmp, d)
     return HubIdentity(d, ident["ca_pin"], ident["public_key"], overlay_cidr, hub_ip)
+
+
+def hub_overrides(ident: HubIdentity, retry_max_seconds: int = 15) -> list[str]:
+    """``--set`` overrides pointing a site's node config at the lab's hub."""
+    return [
+        f"enrollment.url=https://{HUB_HOST}:{HUB_PORT}",
+        f"enrollment.ca_cert=file:{ident.ca_cert}",
+        f"enrollment.ca_pin={ident.ca_pin}",
+        f"enrollment.retry_max_seconds={retry_max_seconds}",
+        f"wireguard.hub_endpoint={HUB_HOST}:{WG_PORT}",
+        f"wireguard.hub_public_key={ident.public_key}",
+        f"wireguard.overlay_cidr={ident.overlay_cidr}",
+        f"wireguard.hub_overlay_ip={ident.hub_ip}",
+    ]
 
 
 _NS_COUNTER = iter(range(1, 1_000_000))
@@ -179,6 +197,19 @@ class Lab:
         out = builder_cli("hub", "token", "list", "--config", str(self.config), "--json")
         return json.loads(out)  # type: ignore[no-any-return]
 
+    def hub_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def handshakes(self) -> dict[str, int]:
+        """The hub's WireGuard peers: public key -> latest handshake (epoch s, 0: never)."""
+        res = run(self.exec_argv(["wg", "show", self.iface, "dump"]), check=False, timeout=30)
+        out: dict[str, int] = {}
+        for line in res.stdout.splitlines()[1:] if res.returncode == 0 else []:
+            f = line.split("\t")
+            if len(f) >= 5 and f[4].isdigit():
+                out[f[0]] = int(f[4])
+        return out
+
     def close(self) -> None:
         if self.proc is not None:
             stop(self.proc, 10)
@@ -188,43 +219,3 @@ class Lab:
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
         run(["ip", "netns", "del", self.ns], check=False)
-
-
-# -- a hub that is down (negative boots) ---------------------------------------------------
-_REFUSER = """
-import socket, sys, time
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(16)
-while True:
-    c, _ = s.accept()
-    print("refused", time.time(), flush=True)
-    c.close()
-"""
-
-
-class HubOutage:
-    """Stands in for a hub that is down: in the lab's namespace, accepts each connection
-    on the hub's port and closes it at once (the node sees a failed TLS handshake), counting
-    the attempts. ``stop()`` frees the port for the real hub."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.attempts: list[float] = []
-        self.proc = popen(
-            lab.exec_argv([sys.executable, "-c", _REFUSER, str(HUB_PORT)]),
-            stdout=PIPE,
-            stderr=None,
-            stdin=None,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            if raw.startswith(b"refused"):
-                self.attempts.append(time.time())
-
-    def stop(self) -> None:
-        stop(self.proc, 0, sig=signal.SIGKILL)

@@ -1,25 +1,75 @@
-"""Boot tests: one guest (overlay disk, seed, identity) and its boot in QEMU."""
+"""Boot tests: one node (overlay disk, seed, identity), its boot in QEMU, and "joined" as
+the hub sees it."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from builder.errors import BuilderError
+from builder.errors import BuilderError, UsageError
 from builder.run import run
 from builder.targets import seed
 
 from . import qemu
-from .constants import APPEND, BOOTCHECK_WAIT, MARKER, log
-from .disk import NodeDisk
-from .guest import parse_report
+from .constants import APPEND, HUB_POLL, log
 from .lab import Lab
+
+FORMATS = ("qcow2", "raw")
+
+
+# -- the image to boot -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class BootImage:
+    """A built disk image and how to start it: its own boot loader (BIOS or UEFI firmware)
+    or direct kernel boot (``kernel``/``initrd``/``append``, for a disk without one)."""
+
+    path: Path
+    format: str = "qcow2"
+    firmware: qemu.Firmware = "bios"
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = APPEND
+
+
+def image_format(path: Path) -> str:
+    """``qcow2`` or ``raw``, as ``qemu-img info`` reads the file (not from its name)."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such disk image")
+    res = run(["qemu-img", "info", "--output=json", path], check=False, timeout=60)
+    try:
+        fmt = str(json.loads(res.stdout)["format"]) if res.returncode == 0 else ""
+    except (ValueError, KeyError, TypeError):
+        fmt = ""
+    if fmt not in FORMATS:
+        raise UsageError(f"{path}: not a qcow2 or raw disk image (qemu-img: {fmt or 'unreadable'})")
+    return fmt
+
+
+def boot_image(
+    path: Path,
+    *,
+    uefi: bool = False,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    append: str | None = None,
+) -> BootImage:
+    """Check a user's image (and kernel/initrd) and describe how to boot it."""
+    if kernel is not None and uefi:
+        raise UsageError("--kernel: direct kernel boot and --uefi exclude each other")
+    if kernel is None and (initrd is not None or append is not None):
+        raise UsageError("--initrd/--append: need --kernel (direct kernel boot)")
+    for opt, p in (("--kernel", kernel), ("--initrd", initrd)):
+        if p is not None and not p.is_file():
+            raise UsageError(f"{opt}: {p}: no such file")
+    return BootImage(path.resolve(), image_format(path), "uefi" if uefi else "bios",
+                     kernel, initrd, append or APPEND)  # fmt: skip
 
 
 # -- one node -------------------------------------------------------------------------------
@@ -50,14 +100,13 @@ def node_user_data(site_user_data: bytes, *, site: str, hostname: str, token: st
 
 @dataclass
 class Node:
-    """One guest: its overlay disk, its seed and its console log."""
+    """One guest: its overlay disk, its seed and its boots."""
 
     name: str
     workdir: Path
     overlay: Path
     seed: Path
-    log: Path
-    boots: list[dict[str, Any]] = field(default_factory=list)
+    boots: list[NodeBoot] = field(default_factory=list)
     # a machine's identity (kept across its reboots): two QEMU guests otherwise share the
     # default MAC and have no SMBIOS UUID, i.e. look like ONE machine to the hub
     mac: str = field(
@@ -66,15 +115,16 @@ class Node:
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-def make_node(name: str, base: Path, workdir: Path, user_data: bytes, site: str) -> Node:
+def make_node(name: str, image: BootImage, workdir: Path, user_data: bytes, site: str) -> Node:
+    """A node on its own copy-on-write overlay of ``image`` (never written) + its seed."""
     wd = workdir / name
     wd.mkdir(parents=True, exist_ok=True)
     overlay = wd / "disk.qcow2"
-    fmt = "qcow2" if base.suffix == ".qcow2" else "raw"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base.resolve(), overlay])
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.path,
+         overlay])  # fmt: skip
     meta = f"instance-id: nodeforge-{site}-{name}-{os.urandom(4).hex()}\nlocal-hostname: {name}\n"
     sd = seed.write_seed(wd / "seed.iso", {"user-data": user_data, "meta-data": meta.encode()})
-    return Node(name, wd, overlay, sd, wd / "console.log")
+    return Node(name, wd, overlay, sd)
 
 
 def machine_identity(argv: list[str], node: Node) -> list[str]:
@@ -83,70 +133,98 @@ def machine_identity(argv: list[str], node: Node) -> list[str]:
     return [f"{a},mac={node.mac}" if a == nic else a for a in argv]
 
 
+# -- "joined", from the hub's side ----------------------------------------------------------
+class JoinWatch:
+    """Is ``hostname`` joined as the hub sees it: its row in the hub's database in state
+    ``joined`` and a WireGuard handshake with its key since ``since`` (epoch s)? Looks at
+    most every ``HUB_POLL`` s, and asks the database only once some peer shook hands."""
+
+    def __init__(self, lab: Lab, hostname: str, since: float) -> None:
+        self.lab, self.hostname, self.since = lab, hostname, since
+        self.row: dict[str, Any] | None = None
+        self.handshake = 0
+        self._last = 0.0
+
+    def __call__(self, _console: str = "", final: bool = False) -> bool:
+        if self.row is not None:
+            return True
+        if not final and time.monotonic() - self._last < HUB_POLL:
+            return False
+        if not self.lab.hub_running():
+            return False
+        self._last = time.monotonic()
+        fresh = {k: t for k, t in self.lab.handshakes().items() if t >= int(self.since)}
+        if not fresh:
+            return False
+        for n in self.lab.nodes():
+            mine = n.get("hostname") == self.hostname and n.get("pubkey") in fresh
+            if mine and n.get("state") == "joined":
+                self.row, self.handshake = n, fresh[n["pubkey"]]
+                return True
+        return False
+
+
+@dataclass
+class NodeBoot:
+    """One boot of a node: what the hub saw and where the console is."""
+
+    node: str
+    boot: int
+    console: str
+    seconds: float  # QEMU start to the end of the boot test's wait
+    joined: bool
+    address: str | None = None
+    node_id: str | None = None
+    pubkey: str | None = None
+    seconds_to_joined: float | None = None  # QEMU start to the hub's joined_at
+    handshake: int | None = None
+    powered_off: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def boot_node(
     lab: Lab,
     node: Node,
-    disk: NodeDisk,
+    image: BootImage,
     *,
-    uefi: bool = False,
+    until_joined: bool = True,
+    console: tuple[str, ...] = (),
     timeout: float = 900,
-    wait: float = BOOTCHECK_WAIT,
-    extra_append: str = "",
-) -> dict[str, Any]:
-    """Boot ``node`` once (in ``lab``'s namespace); return the guest's report + timings."""
+    wait_exit: float = 20,
+) -> NodeBoot:
+    """Boot ``node`` once in ``lab``'s namespace until the hub sees it joined (and every
+    ``console`` regex matched), then let it power off (ACPI power button after
+    ``wait_exit`` s). Raises ``qemu.BootFailed`` with the console tail when it does not."""
     n = len(node.boots) + 1
-    console = node.workdir / f"console-{n}.log"
-    opts = f" nodeforge.bootcheck.wait={int(wait)}" + (f" {extra_append}" if extra_append else "")
+    log_path = node.workdir / f"console-{n}.log"
+    sock = node.workdir / f"qmp-{n}.sock"
     vm = qemu.VM(memory_mb=1024, cpus=1, disk=node.overlay, seeds=[node.seed], network=True)
-    if uefi:
-        vm.firmware = "uefi"
-        # GRUB's embedded config carries the kernel arguments; extra ones are not passed here
-    elif disk.kernel is None:
-        pass  # a real cloud image (--base-image): its own boot loader, BIOS
-    else:
-        vm.kernel, vm.initrd, vm.append = disk.kernel, disk.initrd, APPEND + opts
-    vm.extra = ["-uuid", node.uuid]
+    vm.firmware = image.firmware
+    if image.kernel is not None:
+        vm.kernel, vm.initrd, vm.append = image.kernel, image.initrd, image.append
+    vm.extra = ["-uuid", node.uuid, *(qemu.qmp_argv(sock) if len(str(sock)) < 100 else [])]
     argv = lab.exec_argv(machine_identity(qemu.build_argv(vm, node.workdir / f"fw-{n}"), node))
-    t0 = time.monotonic()
+    since = time.time()
+    watch = JoinWatch(lab, node.name, since - 1)
     res = qemu.boot(
         argv,
-        console,
-        success=[rf"^{MARKER} sha="],
+        log_path,
+        success=list(console),
         failure=[r"Kernel panic", r"end Kernel panic"],
         timeout=timeout,
-        wait_exit=20,
+        wait_exit=wait_exit,
+        ready=watch if until_joined else None,
+        powerdown=(lambda: qemu.qmp_powerdown(sock)) if "-qmp" in vm.extra else None,
     )
-    report = parse_report(res.console)
-    report["_seconds_to_report"] = round(res.seconds, 1)
-    if report.get("joined_at_uptime") is not None and report.get("uptime"):
-        # host-observed seconds from QEMU start to the joined marker
-        lag = max(0.0, float(report["uptime"]) - float(report["joined_at_uptime"]))
-        report["_seconds_to_joined"] = round(res.seconds - lag, 1)
-    report["_powered_off"] = res.exited
-    report["_console"] = str(console)
-    node.boots.append(report)
-    log.info("%s boot %d: %s after %.1f s (guest uptime %.1f s)", node.name, n,
-             report["outcome"], res.seconds, report.get("uptime", 0))  # fmt: skip
-    del t0
-    return report
-
-
-CLOUD_INIT_DONE = r"Cloud-init v\. \S+ finished at"
-
-
-def boot_bare(disk: NodeDisk, bare: Path, workdir: Path, timeout: float = 900) -> float:
-    """Seconds from QEMU start to cloud-init's "finished" on the bare base (markers only:
-    a NoCloud seed with an empty cloud-config, user networking, no hub, no enrollment)."""
-    node = make_node("bare", bare, workdir, b"#cloud-config\n{}\n", "bare")
-    vm = qemu.VM(memory_mb=1024, cpus=1, disk=node.overlay, seeds=[node.seed], network=True)
-    vm.kernel, vm.initrd, vm.append = disk.kernel, disk.initrd, APPEND
-    ns = f"nfbare{os.getpid() % 100000}"
-    run(["ip", "netns", "add", ns])  # same isolation as the real boots: nothing leaves
-    try:
-        run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        argv = ["ip", "netns", "exec", ns, *qemu.build_argv(vm, node.workdir / "fw")]
-        res = qemu.boot(argv, node.workdir / "console.log", success=[CLOUD_INIT_DONE],
-                        timeout=timeout)  # fmt: skip
-    finally:
-        run(["ip", "netns", "del", ns], check=False)
-    return res.seconds
+    row = watch.row or {}
+    nb = NodeBoot(node.name, n, str(log_path), round(res.seconds, 1), watch.row is not None,
+                  row.get("ip"), row.get("node_id"), row.get("pubkey"),
+                  handshake=watch.handshake or None, powered_off=res.exited)  # fmt: skip
+    if row.get("joined_at") and float(row["joined_at"]) >= since - 1:  # joined on this boot
+        nb.seconds_to_joined = round(float(row["joined_at"]) - since, 1)
+    node.boots.append(nb)
+    log.info("%s boot %d: %s after %.1f s", node.name, n,
+             "joined" if nb.joined else "done", res.seconds)  # fmt: skip
+    return nb

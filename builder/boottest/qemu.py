@@ -22,8 +22,10 @@ import logging
 import os
 import re
 import shutil
+import socket
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -189,6 +191,47 @@ class BootResult:
     exited: bool  # QEMU had already exited (guest powered off) when we returned
 
 
+def _exited(proc: subprocess.Popen[bytes], wait: float) -> bool:
+    """Has ``proc`` exited (waiting up to ``wait`` seconds for it)?"""
+    if proc.poll() is not None or wait <= 0:
+        return proc.poll() is not None
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def qmp_argv(sock: Path) -> list[str]:
+    """QEMU options for a QMP control socket at ``sock`` (for ``qmp_powerdown``)."""
+    return ["-qmp", f"unix:{sock},server=on,wait=off"]
+
+
+def qmp_powerdown(sock: Path, timeout: float = 5.0) -> bool:
+    """Press the guest's ACPI power button over QMP; False when QEMU did not take it."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(os.fspath(sock))
+            f = s.makefile("rwb")
+            f.readline(65536)  # the greeting
+            for cmd in (b'{"execute":"qmp_capabilities"}', b'{"execute":"system_powerdown"}'):
+                f.write(cmd + b"\n")
+                f.flush()
+                for _ in range(8):  # events may come before the answer
+                    line = f.readline(65536)
+                    if not line or b'"error"' in line:
+                        return False
+                    if b'"return"' in line:
+                        break
+                else:
+                    return False
+    except OSError as exc:
+        log.debug("QMP %s: %s", sock, exc)
+        return False
+    return True
+
+
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -202,13 +245,18 @@ def boot(
     timeout: float = 300.0,
     wait_exit: float = 0.0,
     poll: float = 0.2,
+    ready: Callable[[str, bool], bool] | None = None,
+    powerdown: Callable[[], object] | None = None,
 ) -> BootResult:
     """Boot ``argv`` with its serial console streamed to ``log_path``.
 
     Returns once every regex in ``success`` has matched the console (MULTILINE). Raises
     ``BootFailed`` (with the console tail) as soon as a ``failure`` regex matches, when
     QEMU exits before success, or at ``timeout`` seconds (QEMU is killed). With
-    ``wait_exit`` > 0, waits that long after success for the guest to power off by itself.
+    ``wait_exit`` > 0, waits that long after success for the guest to power off by itself,
+    then calls ``powerdown()`` (e.g. ``qmp_powerdown``) if given and waits that long again.
+    ``ready(console, final)``, if given, must also be true for success (it may look
+    elsewhere, e.g. at a hub): asked on every poll, and a ``final`` time once QEMU exited.
     QEMU's own stdout/stderr go to ``<log_path>.qemu``.
     """
     require(QEMU)
@@ -233,6 +281,7 @@ def boot(
             text = ""
             with open(log_file, "rb") as fh:
                 while True:
+                    gone = proc.poll() is not None  # before the read: the read gets it all
                     chunk = fh.read()
                     if chunk:
                         text += chunk.decode(errors="replace")
@@ -244,22 +293,20 @@ def boot(
                                 _tail(text),
                             )
                     matches = [rx.search(text) for rx in ok]
-                    if all(matches):
-                        exited = proc.poll() is not None
-                        if wait_exit > 0 and not exited:
-                            try:
-                                proc.wait(timeout=wait_exit)
-                                exited = True
-                            except Exception:  # noqa: BLE001 - TimeoutExpired
-                                exited = False
+                    if all(matches) and (ready is None or ready(text, gone)):
+                        exited = _exited(proc, wait_exit)
+                        if not exited and powerdown is not None:
+                            powerdown()
+                            exited = _exited(proc, wait_exit)
                         return BootResult(
                             console=text + fh.read().decode(errors="replace"),
                             seconds=time.monotonic() - start,
                             matches=[m for m in matches if m],
                             exited=exited,
                         )
-                    if proc.poll() is not None and not chunk:
+                    if gone and not chunk:
                         missing = [rx.pattern for rx, m in zip(ok, matches, strict=True) if not m]
+                        missing += ["ready"] if ready is not None and not missing else []
                         qerr = qlog.read_text(errors="replace").strip()
                         raise BootFailed(
                             f"QEMU exited (code {proc.returncode}) before the console showed "
@@ -268,6 +315,7 @@ def boot(
                         )
                     if time.monotonic() - start > timeout:
                         missing = [rx.pattern for rx, m in zip(ok, matches, strict=True) if not m]
+                        missing += ["ready"] if ready is not None and not missing else []
                         raise BootFailed(
                             f"timed out after {timeout:g} s waiting for {missing}", _tail(text)
                         )

@@ -1,13 +1,15 @@
 """From first power-on to "joined": QEMU (TCG here) boots the stand-in node disk of each site.
 
-The disk is a Debian bookworm root (STAND-IN for the installed Ubuntu system) provisioned
-by our real scripts against the STAND-IN apt repository; the guest gets the site's real
-rendered user-data on a NoCloud seed with a one-time token, and enrolls with the REAL hub
-(`builder hub serve`, wireguard-go) in a private network namespace. A TEST-ONLY unit in the
-image reports what the node looks like once joined (see builder/boottest/guest.py).
+The disk (tests/support/nodedisk.py) is a Debian bookworm root (STAND-IN for the installed
+Ubuntu system) provisioned by our real scripts against the STAND-IN apt repository; it is
+handed to `builder boot-test SITE --image DISK` like any built image. The guest gets the
+site's real rendered user-data on a NoCloud seed with a one-time token, and enrolls with the
+REAL hub (`builder hub serve`, wireguard-go) in a private network namespace; the product
+decides "joined" from the hub's side. A TEST-ONLY program in the disk reports what the node
+looks like once joined (tests/support/guest/); these tests check that report too.
 
 Scenarios run side by side (one vCPU each) to keep the lane short:
-- `builder boot-test aws --nodes 2 --json`: two nodes at once, then a reboot of the first;
+- `builder boot-test aws --image … --nodes 2 --json`: two nodes at once, then a reboot;
 - onprem (GPU profile) on a GPT disk booted by OVMF (GRUB from the ESP), then a reboot;
 - hub unreachable for the first minute after the node's first attempt;
 - an expired token.
@@ -28,8 +30,10 @@ from typing import Any
 import pytest
 import yaml
 
-from builder import boottest
 from tests.boot.conftest import node_boot_missing
+from tests.support import bootcheck, nodedisk, scenarios
+from tests.support.guest.nodeforge_bootcheck import REQUIRED_SYSCTLS
+from tests.support.reportchecks import check_joined, check_reboot
 
 pytestmark = pytest.mark.boot
 
@@ -42,25 +46,31 @@ SITES = ("aws", "onprem")
 
 
 @pytest.fixture(scope="module")
-def setups(boot_workdir: Path, boot_pool) -> dict[str, boottest.SiteSetup]:
+def setups(boot_workdir: Path, boot_pool) -> dict[str, nodedisk.StandinSite]:
     futs = {
-        s: boot_pool.submit(boottest.prepare_site, s, boot_workdir / f"prep-{s}") for s in SITES
+        s: boot_pool.submit(nodedisk.prepare_site, s, boot_workdir / f"prep-{s}") for s in SITES
     }
     return {s: f.result() for s, f in futs.items()}
 
 
 def _cli_boot_test(site: str, workdir: Path, *args: str) -> dict[str, Any]:
+    """`builder boot-test SITE --json --keep` + the stand-in disk's options (which wait for
+    the check program's report); the reports are read back from the consoles it keeps."""
     p = subprocess.run(
         [sys.executable, "-c", "from builder.cli import main; main()",
-         "boot-test", site, "--json", *args],
+         "boot-test", site, "--json", "--keep", *args],
         cwd=REPO, capture_output=True, text=True, timeout=1200,
         env={**os.environ, "TMPDIR": str(workdir)},
     )  # fmt: skip
     out: dict[str, Any] = {"rc": p.returncode, "stderr": p.stderr}
     try:
-        out["result"] = json.loads(p.stdout)
+        res = out["result"] = json.loads(p.stdout)
     except ValueError:
         out["result"] = None
+        return out
+    out["reports"] = [bootcheck.read_report(n["console"]) for n in res["nodes"] if n["joined"]]
+    if res.get("reboot"):
+        out["reboot_report"] = bootcheck.read_report(res["reboot"]["console"])
     return out
 
 
@@ -73,13 +83,14 @@ def runs(setups, boot_workdir: Path, boot_pool) -> dict[str, concurrent.futures.
 
     # two scenarios at a time (the CLI one boots two guests): on 2 cores more guests at
     # once only stretch every boot; the hub-late one idles a minute, so it goes early
+    aws, onprem = setups["aws"].boot_args(), setups["onprem"].boot_args(uefi=True)
     return {
-        "aws-cli": boot_pool.submit(_cli_boot_test, "aws", wd("cli"), "--nodes", "2", "--keep"),
-        "hub-late": boot_pool.submit(boottest.run_hub_late, setups["aws"], wd("late")),
+        "aws-cli": boot_pool.submit(_cli_boot_test, "aws", wd("cli"), *aws, "--nodes", "2"),
+        "hub-late": boot_pool.submit(scenarios.run_hub_late, setups["aws"], wd("late")),
         "onprem-uefi": boot_pool.submit(
-            _cli_boot_test, "onprem", wd("onprem-uefi"), "--uefi", "--no-reboot", "--keep"
+            _cli_boot_test, "onprem", wd("onprem-uefi"), *onprem, "--no-reboot"
         ),
-        "expired": boot_pool.submit(boottest.run_expired_token, setups["aws"], wd("expired")),
+        "expired": boot_pool.submit(scenarios.run_expired_token, setups["aws"], wd("expired")),
     }
 
 
@@ -96,20 +107,30 @@ def test_cli_two_nodes_boot_at_once_and_both_join(aws_cli, setups):
     assert res["problems"] == []
     assert "timings (s):" in aws_cli["stderr"]  # the harness reports its timings
     nodes = res["nodes"]
-    assert len(nodes) == 2 and all(n["outcome"] == "joined" for n in nodes)
-    addrs = [n["address"].split("/")[0] for n in nodes]
+    assert len(nodes) == 2 and all(n["joined"] for n in nodes)  # the hub's view
+    addrs = [n["address"] for n in nodes]
     net = ipaddress.ip_network(setups["aws"].ident.overlay_cidr)
     assert len(set(addrs)) == 2 and all(ipaddress.ip_address(a) in net for a in addrs)
+    assert all(n["handshake"] and n["seconds_to_joined"] > 0 for n in nodes)
+    # the guests agree: each has the address the hub gave it
+    reports = aws_cli["reports"]
+    assert [r["wg"]["addresses"][0].split("/")[0] for r in reports] == addrs
+    assert [r["node_id"] for r in reports] == [n["node_id"] for n in nodes]
     # two boots of the same image: machine-ids generated fresh, and different
-    mids = [n["machine_id"] for n in nodes]
+    mids = [r["machine_id"] for r in reports]
     assert len(set(mids)) == 2 and all(len(m) == 32 for m in mids)
 
 
 def test_first_boot_has_everything_in_place(aws_cli, setups):
     exp = setups["aws"].expect
-    for r in aws_cli["result"]["reports"]:
+    reports = aws_cli["reports"]
+    assert len(reports) == 2
+    lab = aws_cli["result"]
+    for r in reports:
+        assert check_joined(r, exp) == []
+        assert r["hostname"] in {n["node"] for n in lab["nodes"]}
         assert r["modules"]["overlay"] and r["modules"]["br_netfilter"]
-        for key in boottest.REQUIRED_SYSCTLS:
+        for key in REQUIRED_SYSCTLS:
             assert r["sysctls"][key] == "1", key
         assert r["sysctls"]["vm.overcommit_memory"] == "1"  # a profile extra (base.yaml)
         assert r["swaps"] == []
@@ -135,7 +156,9 @@ def test_first_boot_has_everything_in_place(aws_cli, setups):
 
 def test_reboot_does_not_enroll_again(aws_cli):
     res = aws_cli["result"]
-    first, again = res["reports"][0], res["reboot_report"]
+    assert res["reboot"]["joined"] and res["reboot"]["address"] == res["nodes"][0]["address"]
+    first, again = aws_cli["reports"][0], aws_cli["reboot_report"]
+    assert check_reboot(first, again) == []
     assert again["outcome"] == "joined"
     assert again["enroll"]["ConditionResult"] == "no"  # skipped: /var/lib/nodeforge/joined
     assert again["enroll_starts_this_boot"] == 0
@@ -146,24 +169,24 @@ def test_reboot_does_not_enroll_again(aws_cli):
 def test_the_checks_catch_a_wrong_node(aws_cli, setups):
     """The checks are not rubber stamps: a real report, altered, fails them."""
     exp = setups["aws"].expect
-    good = aws_cli["result"]["reports"][0]
-    assert boottest.check_joined(good, exp) == []
+    good = aws_cli["reports"][0]
+    assert check_joined(good, exp) == []
     bad: dict[str, Any] = copy.deepcopy(good)
     bad["sysctls"]["net.ipv4.ip_forward"] = "0"
     bad["modules"]["br_netfilter"] = False
     bad["packages"]["kubelet"] = "1.35.1-1.1"
     bad["swaps"] = ["/swap.img file 1048572 0 -2"]
     bad["join_config"] = bad["join_config"].replace("site=aws", "site=elsewhere")
-    problems = "\n".join(boottest.check_joined(bad, exp))
+    problems = "\n".join(check_joined(bad, exp))
     for needle in ("net.ipv4.ip_forward", "br_netfilter", "kubelet 1.35.1-1.1", "swap is on",
                    "labels"):  # fmt: skip
         assert needle in problems
     stale = copy.deepcopy(good)
     stale["now"] = good["now"] + 3600
-    assert any("handshake" in p for p in boottest.check_joined(stale, exp))
-    again = copy.deepcopy(aws_cli["result"]["reboot_report"])
+    assert any("handshake" in p for p in check_joined(stale, exp))
+    again = copy.deepcopy(aws_cli["reboot_report"])
     again["enroll_starts_this_boot"] = 1
-    assert boottest.check_reboot(good, again)
+    assert check_reboot(good, again)
 
 
 def test_onprem_uefi_gpt_boot_joins_with_gpu_labels_and_taints(runs, setups):
@@ -172,10 +195,11 @@ def test_onprem_uefi_gpt_boot_joins_with_gpu_labels_and_taints(runs, setups):
     assert res is not None, out["stderr"][-4000:]
     assert out["rc"] == 0 and res["problems"] == [], "\n".join(res["problems"])
     assert res["uefi"] is True
-    (r,) = res["reports"]
+    (r,) = out["reports"]
     console = Path(r["_console"]).read_text(errors="replace")
     assert "GRUB (UEFI) loading the kernel from the ext4 partition" in console
     exp = setups["onprem"].expect
+    assert check_joined(r, exp) == []
     jc = yaml.safe_load(r["join_config"])
     taints = [(t["key"], t.get("value"), t["effect"]) for t in jc["nodeRegistration"]["taints"]]
     assert taints == [("nvidia.com/gpu", "present", "NoSchedule")] == list(exp.taints)

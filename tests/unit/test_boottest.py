@@ -1,4 +1,5 @@
-"""builder.boottest without QEMU: the guest report, the seed user-data and the checks."""
+"""Boot tests without QEMU: the seed user-data, "joined" from the hub's side, the image
+options (builder.boottest); the guest report and the checks over it (tests/support)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,22 @@ import pytest
 import yaml
 
 from builder import boottest
-from builder.errors import BuilderError
+from builder.boottest.node import JoinWatch
+from builder.errors import BuilderError, UsageError
+from tests.support import bootcheck
+from tests.support.baseimage import provision_user_data
+from tests.support.guest.nodeforge_bootcheck import REQUIRED_SYSCTLS
+from tests.support.reportchecks import (
+    Expect,
+    check_joined,
+    check_not_configured,
+    check_reboot,
+)
 
-EXPECT = boottest.Expect(
+EXPECT = Expect(
     site="aws",
     modules=("overlay", "br_netfilter"),
-    sysctls={k: "1" for k in boottest.REQUIRED_SYSCTLS},
+    sysctls={k: "1" for k in REQUIRED_SYSCTLS},
     swap_off=True,
     k8s_version="1.35.0",
     crio_minor="1.35",
@@ -50,7 +61,7 @@ def report(**over):
         "now": 1000.0,
         "machine_id": "0123456789abcdef0123456789abcdef",
         "modules": {"overlay": True, "br_netfilter": True},
-        "sysctls": {k: "1" for k in boottest.REQUIRED_SYSCTLS},
+        "sysctls": {k: "1" for k in REQUIRED_SYSCTLS},
         "swaps": [],
         "units": {u: {"enabled": "enabled"} for u in ("crio.service", "kubelet.service")},
         "packages": {p: "1.35.0-1.1" for p in ("kubeadm", "kubelet", "kubectl", "cri-o")},
@@ -76,11 +87,11 @@ def console_with(rep: dict, garble: bool = False) -> str:
     sha = hashlib.sha256(body.encode()).hexdigest()[:12]
     if garble:
         body = body.replace("joined", "joimed")
-    return f"[  1.0] boot\nlogin:\n{boottest.MARKER} sha={sha} {body}\n[ 2.0] reboot: Power down\n"
+    return f"[  1.0] boot\nlogin:\n{bootcheck.MARKER} sha={sha} {body}\n[ 2.0] reboot: Power down\n"
 
 
 def test_a_good_report_passes_and_each_fault_is_named():
-    assert boottest.check_joined(report(), EXPECT) == []
+    assert check_joined(report(), EXPECT) == []
     cases = {
         "br_netfilter": {"modules": {"overlay": True, "br_netfilter": False}},
         "net.ipv4.ip_forward": {"sysctls": {**report()["sysctls"], "net.ipv4.ip_forward": "0"}},
@@ -94,7 +105,7 @@ def test_a_good_report_passes_and_each_fault_is_named():
         "ordering cycles": {"ordering_cycles": ["Found ordering cycle on kubelet.service"]},
     }
     for needle, over in cases.items():
-        problems = "\n".join(boottest.check_joined(report(**over), EXPECT))
+        problems = "\n".join(check_joined(report(**over), EXPECT))
         assert needle in problems, (needle, problems)
 
 
@@ -106,9 +117,9 @@ def test_reboot_and_failure_checks():
         enroll={"ConditionResult": "no", "ExecMainStartTimestampMonotonic": "0"},
         enroll_starts_this_boot=0,
     )
-    assert boottest.check_reboot(first, again) == []
-    assert boottest.check_reboot(first, {**again, "enroll_starts_this_boot": 1})
-    assert boottest.check_reboot(first, {**again, "machine_id": "f" * 32})
+    assert check_reboot(first, again) == []
+    assert check_reboot(first, {**again, "enroll_starts_this_boot": 1})
+    assert check_reboot(first, {**again, "machine_id": "f" * 32})
     failed = report(
         outcome="enroll-failed",
         wg={"conf_exists": False, "addresses": [], "peers": []},
@@ -117,18 +128,18 @@ def test_reboot_and_failure_checks():
         standin_log=[],
         enroll={"ExecMainStatus": "78", "ActiveState": "failed"},
     )
-    assert boottest.check_not_configured(failed) == []
+    assert check_not_configured(failed) == []
     half = {**failed, "wg": {"conf_exists": True, "addresses": []}}
-    assert "wg0.conf was written" in boottest.check_not_configured(half)
+    assert "wg0.conf was written" in check_not_configured(half)
 
 
 def test_parse_report_takes_the_marker_line_and_checks_its_checksum():
     rep = report()
-    assert boottest.parse_report(console_with(rep)) == rep
+    assert bootcheck.parse_report(console_with(rep)) == rep
     with pytest.raises(BuilderError, match="garbled"):
-        boottest.parse_report(console_with(rep, garble=True))
+        bootcheck.parse_report(console_with(rep, garble=True))
     with pytest.raises(BuilderError, match="no NODEFORGE-BOOTCHECK"):
-        boottest.parse_report("[ 1.0] nothing here\n")
+        bootcheck.parse_report("[ 1.0] nothing here\n")
 
 
 def test_node_user_data_keeps_the_site_data_and_adds_the_token():
@@ -147,11 +158,73 @@ def test_node_user_data_keeps_the_site_data_and_adds_the_token():
         boottest.node_user_data(b"locale: C\n", site="aws", hostname="n", token="t")
 
 
-def test_bootcheck_script_is_python_and_the_unit_does_not_order_a_cycle():
-    compile(boottest.bootcheck_script(), "nodeforge-bootcheck", "exec")
-    unit = boottest.BOOTCHECK_UNIT
+def test_the_check_program_is_real_python_and_its_unit_does_not_order_a_cycle(tmp_path):
+    compile(bootcheck.SCRIPT.read_text(), str(bootcheck.SCRIPT), "exec")
+    unit = bootcheck.UNIT.read_text()
     assert "DefaultDependencies=no" in unit and "After=basic.target multi-user.target" in unit
     assert "WantedBy=multi-user.target" in unit
+    assert f"ExecStart=/usr/bin/python3 {bootcheck.SCRIPT_IN_ROOT}" in unit
+    bootcheck.install(tmp_path)
+    script = tmp_path / bootcheck.SCRIPT_IN_ROOT.lstrip("/")
+    assert script.read_bytes() == bootcheck.SCRIPT.read_bytes() and script.stat().st_mode & 0o111
+    link = tmp_path / "etc/systemd/system/multi-user.target.wants/nodeforge-bootcheck.service"
+    assert link.is_symlink() and str(link.readlink()) == bootcheck.UNIT_IN_ROOT
+
+
+class FakeLab:
+    """What JoinWatch asks a lab: is the hub up, its handshakes, its nodes."""
+
+    def __init__(self, handshakes, nodes, running=True):
+        self._hs, self._nodes, self.running, self.asked = handshakes, nodes, running, 0
+
+    def hub_running(self):
+        return self.running
+
+    def handshakes(self):
+        return self._hs
+
+    def nodes(self):
+        self.asked += 1
+        return self._nodes
+
+
+def test_joined_needs_the_hub_state_and_a_handshake_from_this_boot():
+    row = {"hostname": "n1", "pubkey": "K1", "state": "joined", "ip": "10.200.0.7"}
+    since = 1000.0
+    # a handshake from before this boot (the previous boot's): not joined, the DB not asked
+    old = FakeLab({"K1": 990}, [row])
+    assert not JoinWatch(old, "n1", since)(final=True) and old.asked == 0
+    # fresh handshake, but the hub still has the node pending
+    pending = FakeLab({"K1": 1005}, [{**row, "state": "pending"}])
+    assert not JoinWatch(pending, "n1", since)(final=True)
+    # another node's handshake does not count
+    other = FakeLab({"K2": 1005}, [row, {**row, "hostname": "n2", "pubkey": "K2"}])
+    assert not JoinWatch(other, "n1", since)(final=True)
+    # the hub down: not joined
+    down = FakeLab({"K1": 1005}, [row], running=False)
+    assert not JoinWatch(down, "n1", since)(final=True)
+    ok = JoinWatch(FakeLab({"K1": 1005}, [row]), "n1", since)
+    assert ok(final=True) and ok.row == row and ok.handshake == 1005
+    # between polls the watch does not ask again (cheap on a loaded host)
+    lab = FakeLab({}, [row])
+    w = JoinWatch(lab, "n1", since)
+    assert not w() and not w()
+    lab._hs = {"K1": 1005}
+    assert not w()  # within HUB_POLL of the last look
+    assert w(final=True)
+
+
+def test_boot_image_refuses_what_it_cannot_boot(tmp_path):
+    with pytest.raises(UsageError, match="no such disk image"):
+        boottest.boot_image(tmp_path / "none.qcow2")
+    img = tmp_path / "disk.raw"
+    img.write_bytes(b"\0" * 4096)
+    with pytest.raises(UsageError, match="exclude each other"):
+        boottest.boot_image(img, uefi=True, kernel=img)
+    with pytest.raises(UsageError, match="need --kernel"):
+        boottest.boot_image(img, append="root=/dev/vda")
+    with pytest.raises(UsageError, match="--kernel: .*no such file"):
+        boottest.boot_image(img, kernel=tmp_path / "vmlinuz")
 
 
 def test_provision_user_data_carries_the_tree(tmp_path):
@@ -163,10 +236,10 @@ def test_provision_user_data_carries_the_tree(tmp_path):
         (tmp_path / part).mkdir()
     (tmp_path / "scripts" / "provision.sh").write_text("echo hi\n")
     (tmp_path / "files" / "x").write_text("y")
-    doc = yaml.safe_load(boottest.provision_user_data(tmp_path))
+    doc = yaml.safe_load(provision_user_data(tmp_path))
     blob = base64.b64decode(doc["write_files"][0]["content"])
     with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
         names = tf.getnames()
     assert "scripts/provision.sh" in names and "files/x" in names
-    assert "test/nodeforge-bootcheck.service" in names
+    assert "test/etc/systemd/system/nodeforge-bootcheck.service" in names
     assert doc["power_state"]["mode"] == "poweroff"

@@ -1,4 +1,10 @@
-"""Boot tests: what a node must show, and the checks over its report and the hub's database."""
+"""Checks over the TEST-ONLY guest report (``bootcheck.parse_report``) of a stand-in node.
+
+What the product decides from the hub's side ("joined": hub DB state + a WireGuard
+handshake) these checks prove from inside the guest: modules, sysctls, swap, pinned and held
+packages, the tunnel, the JoinConfiguration the stand-in kubeadm saw, the enrollment unit,
+cloud-init's result. ``check_hub`` ties the reports to the hub's database.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,12 @@ from typing import Any
 
 import yaml
 
+from builder.boottest.constants import API_SERVER
+from builder.boottest.lab import HubIdentity, Lab
 from tests.support import standins
-
-from .constants import API_SERVER, REQUIRED_SYSCTLS
-from .lab import HubIdentity, Lab
+from tests.support.guest.nodeforge_bootcheck import REQUIRED_SYSCTLS
 
 
-# -- checks ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Expect:
     """What a node of this site must show (from the profile and the stand-in pins)."""

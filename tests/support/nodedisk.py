@@ -1,33 +1,101 @@
-"""Boot tests: the stand-in node disk (built and cached), its UEFI/GPT variant, the bare
-baseline disk."""
+"""The STAND-IN node disk of the boot tests (``python -m tests.support.nodedisk SITE``).
+
+Ubuntu's images are out of reach on our machines, so the boot tests boot a disk made here:
+
+1. the Debian bookworm root from ``rootfs.build_rootfs()`` — a STAND-IN for the installed
+   Ubuntu system — provisioned in a chroot by OUR REAL scripts (``scripts/provision.sh``
+   of the site's rendered build tree, with its ``provision.env``) against the STAND-IN apt
+   repository of ``standins.build_standin_repo()`` (``file://`` URLs inside the root);
+2. plus the TEST-ONLY check program (``bootcheck.install``): once the node is joined (or
+   failed for good) it prints one report line on the serial console and powers off;
+3. the root becomes an ext4 image with ``mkfs.ext4 -d`` (no mounts) → qcow2, booted by
+   direct kernel boot (``root=/dev/vda``) on virtio; ``uefi=True`` assembles a GPT disk
+   instead (ESP from ``mkfs.vfat -C`` + mtools holding a ``grub-mkimage`` x86_64-efi loader,
+   the same ext4 as partition 2; ``sfdisk`` + ``dd``, no loop devices) for OVMF.
+
+The site is rendered for the lab hub (``builder.boottest.prepare``: the same cached hub
+identity ``builder boot-test`` uses) with the stand-in repository on top. Disks are cached
+under ``<cache>/boot-test/disk``, keyed by the hash of everything that goes into them.
+The product never sees any of this: ``builder boot-test SITE --image DISK`` boots the disk
+like any other image (``boot_args`` gives the options).
+
+    python -m tests.support.nodedisk aws            # prints the disk's path
+    python -m tests.support.nodedisk onprem --uefi --args   # prints boot-test options
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
+import logging
+import shlex
 import shutil
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import paths
+from builder.boottest import BootImage, HubIdentity, boot_image, hub_overrides, prepare
+from builder.boottest.constants import APPEND
+from builder.boottest.lab import cache_root
 from builder.errors import BuilderError
 from builder.fsutil import atomic_output, atomic_write
 from builder.run import require, run
-from tests.support import rootfs, standins
+from builder.site.profile import load_profile
+from builder.site.render import render_site
+from tests.support import bootcheck, rootfs, standins
+from tests.support.reportchecks import Expect, expectations
 
-from .constants import APPEND, APPEND_UEFI, BUILD_IN_ROOT, FORMAT, REPO_IN_ROOT, ROOTFS_EXTRA, log
-from .guest import BOOTCHECK_UNIT, bootcheck_script
+log = logging.getLogger("tests.support.nodedisk")
+
+FORMAT = 1  # bump when the disk recipe changes in a way the inputs do not show
+REPO_IN_ROOT = "/srv/nodeforge-standin-repo"
+BUILD_IN_ROOT = "/var/tmp/nodeforge-build"
+# an Ubuntu cloud image has e2fsprogs (cloud-init's resizefs needs resize2fs)
+ROOTFS_EXTRA = ("e2fsprogs",)
+APPEND_UEFI = "root=/dev/vda2 rw console=ttyS0 net.ifnames=0 systemd.show_status=1"
+_PREP_LOCK = threading.Lock()
+
+
+def repo_overrides(gpu: bool) -> list[str]:
+    """``--set`` overrides pointing the package sources at the stand-in repository."""
+    url = f"file://{REPO_IN_ROOT}/"
+    key = f"file://{REPO_IN_ROOT}/Release.key"
+    out = [
+        f"kubernetes.apt.url={url}",
+        f"kubernetes.apt.key_url={key}",
+        f"crio.apt.url={url}",
+        f"crio.apt.key_url={key}",
+    ]
+    if gpu:
+        out += [f"gpu.nvidia.apt.url={url}", f"gpu.nvidia.apt.key_url={key}"]
+    return out
+
+
+def standin_versions(profile: Any) -> dict[str, str]:
+    """Stand-in package versions matching what the profile pins (Debian revisions as the
+    real repositories use them); the repository adds newer decoys of each."""
+    k8s = str(profile.get("kubernetes.version"))
+    crio = str(profile.get("crio.version"))
+    vers = {
+        "kubernetes": f"{k8s}-1.1",
+        "crio": f"{crio}.0-1.1" if crio.count(".") == 1 else f"{crio}-1.1",
+    }
+    if profile.get("gpu.enabled"):
+        branch = str(profile.get("gpu.nvidia.driver_branch"))
+        vers["nvidia_driver_branch"] = branch
+        vers["nvidia_driver"] = f"{branch}.195.03-0ubuntu0.24.04.1"
+        vers["nvidia_toolkit"] = f"{profile.get('gpu.nvidia.container_toolkit_version')}-1"
+    return {**standins.DEFAULT_VERSIONS, **vers}
 
 
 # -- cache ----------------------------------------------------------------------------------
-def cache_root() -> Path:
-    return paths.cache_dir() / "boot-test"
-
-
 def _hash_tree(h: Any, base: Path, rel: str) -> None:
     root = base / rel
     for p in sorted(root.rglob("*")):
@@ -41,8 +109,8 @@ def _hash_tree(h: Any, base: Path, rel: str) -> None:
 class NodeDisk:
     site: str
     qcow2: Path
-    kernel: Path
-    initrd: Path
+    kernel: Path | None  # None: the disk has its own boot loader (baseimage.py)
+    initrd: Path | None
     key: str
     kernel_name: str  # e.g. vmlinuz-6.1.0-28-cloud-amd64 (for the UEFI loader)
     initrd_name: str
@@ -57,7 +125,7 @@ def disk_key(tarball: Path, tree: Path, versions: dict[str, str]) -> str:
     _hash_tree(h, tree, "scripts")
     h.update(json.dumps(versions, sort_keys=True).encode())
     h.update(Path(standins.__file__).read_bytes())
-    h.update(bootcheck_script().encode() + BOOTCHECK_UNIT.encode())
+    h.update(bootcheck.digest())
     return h.hexdigest()[:20]
 
 
@@ -112,18 +180,7 @@ def build_node_disk(
         shutil.rmtree(build, ignore_errors=True)  # cleanup.sh may have emptied /var/tmp
         with contextlib.suppress(FileNotFoundError):
             (root / standins.STANDIN_LOG.lstrip("/")).unlink()
-        # the TEST-ONLY check unit
-        tdir = root / "usr/lib/nodeforge-test"
-        tdir.mkdir(parents=True, exist_ok=True)
-        (tdir / "nodeforge-bootcheck").write_text(bootcheck_script())
-        (tdir / "nodeforge-bootcheck").chmod(0o755)
-        unit = root / "etc/systemd/system/nodeforge-bootcheck.service"
-        unit.write_text(BOOTCHECK_UNIT)
-        wants = root / "etc/systemd/system/multi-user.target.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        link = wants / "nodeforge-bootcheck.service"
-        if not link.is_symlink():
-            link.symlink_to("/etc/systemd/system/nodeforge-bootcheck.service")
+        bootcheck.install(root)  # the TEST-ONLY check unit
         mid = root / "etc/machine-id"
         if mid.exists() and mid.stat().st_size:
             raise BuilderError(f"{site}: provisioning left /etc/machine-id filled in")
@@ -244,3 +301,109 @@ def build_bare_disk(size_gb: int = 4) -> Path:
         with atomic_output(out) as t:
             run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, t], timeout=900)
     return out
+
+
+# -- a site's stand-in disk, ready to boot -------------------------------------------------
+@dataclass
+class StandinSite:
+    """A site's stand-in disk and what its nodes must show (``reportchecks.Expect``)."""
+
+    site: str
+    profile: Any
+    tree: Path
+    ident: HubIdentity
+    disk: NodeDisk
+    expect: Expect
+    seconds: dict[str, float]
+
+    def image(self, *, uefi: bool = False) -> BootImage:
+        """How ``builder boot-test`` boots this disk (``boot_args`` as a library value)."""
+        if self.disk.kernel is None:
+            return boot_image(self.disk.qcow2, uefi=uefi)
+        if uefi:
+            return boot_image(build_uefi_disk(self.disk), uefi=True)
+        return boot_image(self.disk.qcow2, kernel=self.disk.kernel, initrd=self.disk.initrd,
+                          append=APPEND)  # fmt: skip
+
+    def boot_args(self, *, uefi: bool = False) -> list[str]:
+        """``builder boot-test SITE`` options that boot this disk (and wait for the check
+        program's report on each console)."""
+        img = self.image(uefi=uefi)
+        # the disk carries the check program: wait for its report before the power-off
+        out = ["--image", str(img.path), "--expect-console", bootcheck.CONSOLE_MARKER]
+        if img.kernel is None:
+            return out + (["--uefi"] if uefi else [])
+        return out + ["--kernel", str(img.kernel), "--initrd", str(img.initrd),
+                      "--append", img.append]  # fmt: skip
+
+
+def prepare_site(
+    site: str,
+    workdir: Path,
+    *,
+    profiles_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+    rebuild: bool = False,
+) -> StandinSite:
+    """Render the site for the lab hub + stand-in repo and build (or reuse) its disk."""
+    t0 = time.monotonic()
+    with _PREP_LOCK:  # shared cache entries: one builder at a time in this process
+        lab = prepare(site, workdir / "lab", profiles_dir=profiles_dir, overrides=overrides)
+        rootfs.build_rootfs(ROOTFS_EXTRA)
+    extra = repo_overrides(bool(lab.profile.get("gpu.enabled")))
+    # the lab's hub settings first, the stand-in repository, then the caller's overrides
+    profile = load_profile(site, profiles_dir, [*hub_overrides(lab.ident), *extra, *overrides])
+    tree = workdir / "build" / site
+    render_site(profile, tree)
+    t1 = time.monotonic()
+    versions = standin_versions(profile)
+    disk = build_node_disk(site, tree, versions, rebuild=rebuild)
+    t2 = time.monotonic()
+    secs = {"render": round(t1 - t0, 1), "disk": round(t2 - t1, 1)}
+    log.info("%s: rendered in %.1f s; disk %s in %.1f s", site, secs["render"],
+             "reused from cache" if disk.cached else "built", secs["disk"])  # fmt: skip
+    exp = expectations(profile, lab.ident)
+    exp = Expect(**{**exp.__dict__, "standin_versions": versions})
+    return StandinSite(site, profile, tree, lab.ident, disk, exp, secs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.support.nodedisk",
+        description="Build (or reuse) the stand-in node disk of SITE; print its path.",
+    )
+    ap.add_argument("site")
+    ap.add_argument("--uefi", action="store_true", help="the GPT variant for OVMF")
+    ap.add_argument("--args", action="store_true", help="print `builder boot-test` options")
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument(
+        "--base-image",
+        type=Path,
+        default=None,
+        help="provision this REAL cloud image instead (needs internet)",
+    )
+    ap.add_argument("--profiles-dir", type=Path, default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="nf-nodedisk-") as tmp:
+        try:
+            if args.base_image is not None:
+                from tests.support.baseimage import prepare_from_base_image
+
+                s = prepare_from_base_image(args.site, args.base_image, Path(tmp),
+                                            profiles_dir=args.profiles_dir,
+                                            overrides=args.overrides, uefi=args.uefi)  # fmt: skip
+            else:
+                s = prepare_site(args.site, Path(tmp), profiles_dir=args.profiles_dir,
+                                 overrides=args.overrides, rebuild=args.rebuild)  # fmt: skip
+            out = s.boot_args(uefi=args.uefi)
+        except BuilderError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2 if exc.exit_code == 2 else 1
+    print(shlex.join(out) if args.args else out[1])  # shell words: `eval` them
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Negative boots of the stand-in node (tests only): the hub is late, the token expired.
+
+They drive the product's lab and node (``builder.boottest``) directly and read the TEST-ONLY
+check program's report from the console (``bootcheck``), since what they prove happens
+inside the guest: the agent's retries, and a clean stop with nothing half-configured.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from builder.boottest import Lab, make_node, node_user_data
+from builder.boottest.constants import HUB_PORT
+from builder.boottest.node import boot_node
+from builder.run import popen
+from tests.support import bootcheck
+from tests.support.nodedisk import StandinSite
+from tests.support.reportchecks import check_hub, check_joined, check_not_configured
+
+_REFUSER = """
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    print("refused", time.time(), flush=True)
+    c.close()
+"""
+
+
+class HubOutage:
+    """Stands in for a hub that is down: in the lab's namespace, accepts each connection
+    on the hub's port and closes it at once (the node sees a failed TLS handshake), counting
+    the attempts. ``stop()`` frees the port for the real hub."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.attempts: list[float] = []
+        self.proc = popen(
+            lab.exec_argv([sys.executable, "-c", _REFUSER, str(HUB_PORT)]),
+            stdout=subprocess.PIPE,
+            stderr=None,
+            stdin=None,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            if raw.startswith(b"refused"):
+                self.attempts.append(time.time())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_hub_late(
+    s: StandinSite, workdir: Path, *, outage: float = 60.0, timeout: float = 900
+) -> dict[str, Any]:
+    """The hub is unreachable for ``outage`` seconds after the node's first attempt; the
+    node must retry (backoff) and then enroll and join."""
+    out: dict[str, Any] = {"problems": []}
+    image = s.image()
+    with Lab(workdir, s.ident) as lab:
+        user_data = (s.tree / "cloud-init/user-data").read_bytes()
+        name = f"{s.site}-late"
+        ud = node_user_data(user_data, site=s.site, hostname=name, token=lab.token(s.site))
+        node = make_node(name, image, workdir, ud, s.site)
+        down = HubOutage(lab)
+        errors: list[BaseException] = []
+
+        def later() -> None:
+            try:
+                deadline = time.monotonic() + timeout
+                while not down.attempts and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                if not down.attempts:
+                    return
+                time.sleep(max(0.0, down.attempts[0] + outage - time.time()))
+                down.stop()
+                out["hub_started"] = time.time()
+                lab.start_hub()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        starter = threading.Thread(target=later, daemon=True)
+        starter.start()
+        try:
+            boot = boot_node(lab, node, image, console=(bootcheck.CONSOLE_MARKER,),
+                             timeout=timeout)  # fmt: skip
+        finally:
+            down.stop()
+        starter.join(timeout=30)
+        if errors:
+            raise errors[0]
+        report = bootcheck.read_report(boot.console)
+        out["report"] = report
+        out["boot"] = boot.as_dict()
+        out["refused_attempts"] = len(down.attempts)
+        p = out["problems"]
+        if not down.attempts:
+            p.append("the node never tried the hub while it was down")
+        else:
+            out["outage_seconds"] = round(out.get("hub_started", 0) - down.attempts[0], 1)
+            if out["outage_seconds"] < outage - 1:
+                p.append(f"the outage lasted only {out['outage_seconds']} s")
+        waits = [
+            x for x in report.get("enroll_journal", []) if "step=enroll" in x and "waiting" in x
+        ]
+        out["retries_logged"] = len(waits)
+        if not waits:
+            p.append("the agent logged no retry while the hub was down")
+        if not boot.joined:
+            p.append("the hub did not see the node joined")
+        p += check_joined(report, s.expect)
+        p += check_hub(lab, [report], s.site)
+        if p:
+            out["hub_log_tail"] = lab.hub_log()
+    return out
+
+
+def run_expired_token(s: StandinSite, workdir: Path, *, timeout: float = 900) -> dict[str, Any]:
+    """An expired one-time token: the node stops (exit 78) with a clear journal message and
+    nothing half-configured (no wg0.conf, no tunnel, not joined); the hub records nothing."""
+    out: dict[str, Any] = {"problems": []}
+    image = s.image()
+    with Lab(workdir, s.ident) as lab:
+        lab.start_hub()
+        token = lab.token(s.site, ttl="1s")
+        time.sleep(2.5)  # let it expire
+        user_data = (s.tree / "cloud-init/user-data").read_bytes()
+        name = f"{s.site}-expired"
+        ud = node_user_data(user_data, site=s.site, hostname=name, token=token)
+        node = make_node(name, image, workdir, ud, s.site)
+        boot = boot_node(lab, node, image, until_joined=False,
+                         console=(bootcheck.CONSOLE_MARKER,), timeout=timeout)  # fmt: skip
+        report = bootcheck.read_report(boot.console)
+        out["report"] = report
+        p = out["problems"]
+        p += check_not_configured(report)
+        journal = report.get("enroll_journal", [])
+        stop = [x for x in journal if "permanent failure" in x]
+        out["journal_message"] = stop[-1] if stop else None
+        if not stop or not any("401" in x or "expired" in x for x in stop):
+            p.append(f"no clear journal message about the refused token: {journal[-5:]}")
+        if lab.nodes():
+            p.append(f"the hub recorded nodes for an expired token: {lab.nodes()}")
+    return out
