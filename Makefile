@@ -82,10 +82,15 @@ test: deps lint ## Lint, then every test lane (unit, integration, boot)
 test-unit: deps ## Unit tests only (no tools, no network, no root)
 	$(PYTEST) -q tests/unit $(ARGS)
 
-lint: deps ## ruff (format check + lint) and mypy
+lint: deps ## ruff (format check + lint), mypy, the import layering contract, module sizes
 	$(VENV)/bin/ruff format --check builder tests
 	$(VENV)/bin/ruff check builder tests
 	$(VENV)/bin/mypy --explicit-package-bases builder tests/support
+	$(VENV)/bin/lint-imports --no-cache
+	@# modules stay small enough to read (the stdlib-only node agent is one file by design)
+	@big=$$(find builder -name '*.py' ! -path builder/node/agent.py -exec wc -l {} + \
+	  | awk '$$2 != "total" && $$1 > 600 {print $$2 " (" $$1 " lines)"}'); \
+	if [ -n "$$big" ]; then echo "modules over 600 lines:" $$big >&2; exit 1; fi
 
 bench: deps ## Run every benchmark script in tests/bench (figures and ratios vs baselines)
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b $(ARGS) || exit 1; done

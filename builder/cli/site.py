@@ -89,9 +89,9 @@ def validate_cmd(
     """
     from builder.site.profile import load_profile
     from builder.site.render import render_site
-    from builder.site.validate import validate_site_tree
+    from builder.targets import validate_site
 
     profile = load_profile(site, profiles_dir, overrides)
-    ran = validate_site_tree(lambda out: render_site(profile, out), tuple(skip))
+    ran = validate_site(lambda out: render_site(profile, out), tuple(skip))
     log.info("%s: ok (%s)", site, ", ".join(["profile-schema", *ran]))
     click.echo(f"{site}: valid")

@@ -4,7 +4,7 @@
 - Ubuntu's autoinstall JSON schema (subiquity's, shipped in builder/schema/) on autoinstall.yaml,
 - ``shellcheck`` on every provisioning script,
 - ``systemd-analyze verify`` on every unit (with the overlay as its root),
-- ``packer validate`` on ``packer/`` with the rendered variables.
+- (``packer validate`` on ``packer/`` with the rendered variables is added by builder.targets.)
 
 Each validator returns a list of ``file: message`` problems; ``validate_tree`` runs them all
 and raises one ValidationError listing everything.
@@ -121,23 +121,19 @@ def check_units(tree: Path) -> list[str]:
     return problems
 
 
-def check_packer(tree: Path) -> list[str]:
-    # both Packer targets, offline, Packer 1.6 compatible: see builder/packer.py
-    from builder.targets.packer import check_packer_tree
-
-    return check_packer_tree(tree)
-
-
-CHECKS = (
+# The checks of the node files this layer renders. Target templates (Packer) are checked by
+# the targets layer, which adds its checks to these (builder.targets.CHECKS).
+CHECKS: tuple[Check, ...] = (
     Check("autoinstall-schema", None, check_autoinstall),
     Check("cloud-init-schema", "cloud-init", check_cloud_init),
     Check("shellcheck", "shellcheck", check_shellcheck),
     Check("systemd-analyze", "systemd-analyze", check_units),
-    Check("packer-validate", "packer", check_packer),
 )
 
 
-def validate_tree(tree: Path, skip: tuple[str, ...] = ()) -> list[str]:
+def validate_tree(
+    tree: Path, skip: tuple[str, ...] = (), checks: tuple[Check, ...] = CHECKS
+) -> list[str]:
     """Run every validator on ``tree``; returns the names of the checks that ran.
 
     Raises ValidationError with every problem; a missing tool is a problem too
@@ -145,7 +141,7 @@ def validate_tree(tree: Path, skip: tuple[str, ...] = ()) -> list[str]:
     """
     problems: list[str] = []
     ran = []
-    for check in CHECKS:
+    for check in checks:
         if check.name in skip:
             continue
         if check.tool and which(check.tool) is None:
@@ -160,10 +156,14 @@ def validate_tree(tree: Path, skip: tuple[str, ...] = ()) -> list[str]:
     return ran
 
 
-def validate_site_tree(render: Callable[[Path], object], skip: tuple[str, ...] = ()) -> list[str]:
+def validate_site_tree(
+    render: Callable[[Path], object],
+    skip: tuple[str, ...] = (),
+    checks: tuple[Check, ...] = CHECKS,
+) -> list[str]:
     """Render into a throwaway directory and validate it (``builder validate`` writes nothing)."""
     with tempfile.TemporaryDirectory(prefix="nodeforge-validate-") as tmp:
         tree = Path(tmp) / "tree"
         render(tree)
         os.chmod(tmp, 0o755)
-        return validate_tree(tree, skip)
+        return validate_tree(tree, skip, checks)

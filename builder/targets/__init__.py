@@ -1,0 +1,29 @@
+"""Targets: what a rendered build tree becomes (iso, ami/qcow2 via Packer, seed).
+
+``CHECKS`` are every validator of a rendered tree: the site layer's node-file checks plus the
+Packer templates' ``packer validate``; ``validate_site`` runs them all (``builder validate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from builder.site.validate import CHECKS as SITE_CHECKS
+from builder.site.validate import Check, validate_site_tree
+
+
+def _check_packer(tree: Path) -> list[str]:
+    # both Packer targets, offline, Packer 1.6 compatible: see builder/targets/packer.py
+    from builder.targets.packer import check_packer_tree
+
+    return check_packer_tree(tree)
+
+
+CHECKS: tuple[Check, ...] = (*SITE_CHECKS, Check("packer-validate", "packer", _check_packer))
+CHECK_NAMES = tuple(c.name for c in CHECKS)
+
+
+def validate_site(render: Callable[[Path], object], skip: tuple[str, ...] = ()) -> list[str]:
+    """Render into a throwaway directory and run every check (nothing is written)."""
+    return validate_site_tree(render, skip, CHECKS)

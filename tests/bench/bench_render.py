@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from builder.site import validate  # noqa: E402
+from builder import targets  # noqa: E402
 from builder.site.profile import load_profile  # noqa: E402
 from builder.site.render import render_site  # noqa: E402
 
@@ -47,7 +47,7 @@ def main() -> None:
             f"({render / load:.1f}x baseline; goal < 300 ms: "
             f"{'ok' if render < 0.3 else 'MISSED'})"
         )
-        for check in validate.CHECKS:
+        for check in targets.CHECKS:
             t = median_time(lambda c=check: c.func(out), max(3, runs // 5))
             print(f"  validate  {check.name:<22}  {t * 1000:8.1f} ms   ({t / render:.1f}x render)")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from builder import targets
 from builder.errors import ValidationError
 from builder.site import validate
 from builder.site.profile import load_profile
@@ -21,7 +22,7 @@ SITES = sorted(
 
 @pytest.mark.parametrize("site", SITES)
 def test_shipped_profile_passes_every_validator(workdir: Path, site: str) -> None:
-    ran = validate.validate_site_tree(lambda out: render_site(load_profile(site), out))
+    ran = targets.validate_site(lambda out: render_site(load_profile(site), out))
     assert ran == [
         "autoinstall-schema",
         "cloud-init-schema",
@@ -66,7 +67,7 @@ def test_systemd_analyze_catches_bad_unit(tree: Path) -> None:
 def test_packer_validate_catches_bad_vars(tree: Path) -> None:
     pvars = tree / "packer/site.auto.pkrvars.json"
     pvars.write_text(pvars.read_text().replace('"site"', '"no_such_variable_in_templates"', 1))
-    assert validate.check_packer(tree)
+    assert targets.CHECKS[-1].func(tree)
 
 
 def test_validate_tree_reports_everything(tree: Path) -> None:
@@ -74,7 +75,7 @@ def test_validate_tree_reports_everything(tree: Path) -> None:
     path = tree / "cloud-init/user-data"
     path.write_text(path.read_text() + "runcmd: 42\n")
     with pytest.raises(ValidationError) as exc:
-        validate.validate_tree(tree)
+        validate.validate_tree(tree, checks=targets.CHECKS)
     text = "\n".join(exc.value.problems)
     assert "zz-bad.sh" in text and "runcmd" in text
 
@@ -83,7 +84,7 @@ def test_missing_tool_is_reported(tree: Path, monkeypatch: pytest.MonkeyPatch) -
     real = shutil.which
     monkeypatch.setattr(validate, "which", lambda t: None if t == "packer" else real(t))
     with pytest.raises(ValidationError) as exc:
-        validate.validate_tree(tree)
+        validate.validate_tree(tree, checks=targets.CHECKS)
     assert exc.value.problems == [
         "packer-validate: packer not found (run `make deps`, or --skip packer-validate)"
     ]
