@@ -86,7 +86,8 @@ def _create_salt(path: Path) -> None:
             os.unlink(tmp)
     except OSError as exc:
         raise BuilderError(
-            f"{display_path(path)}: cannot create the site's salt: {exc.strerror}"
+            f"{display_path(path)}: cannot create the site's salt: {exc.strerror}",
+            hint=f"create it yourself: {SALT_LENGTH} random characters of ./0-9A-Za-z, mode 0600",
         ) from None
     log.info("created %s (the admin password's salt for this site; keep it)", path)
 
