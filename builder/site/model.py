@@ -233,8 +233,28 @@ def _static(d: Mapping[str, Any] | None) -> StaticNetwork | None:
     )
 
 
-def build_spec(data: Mapping[str, Any]) -> SiteSpec:
-    """The typed view of merged, *validated* profile data (see the module docstring)."""
+def _under(defaults: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with the keys it lacks taken from ``defaults`` (mappings recursively)."""
+    out = dict(defaults)
+    for key, value in data.items():
+        low = defaults.get(key)
+        if isinstance(value, Mapping) and isinstance(low, Mapping):
+            out[key] = _under(low, value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_spec(data: Mapping[str, Any], defaults: Mapping[str, Any]) -> SiteSpec:
+    """The typed view of merged, *validated* profile data (see the module docstring).
+
+    ``defaults`` is the builder-defaults layer. Layering already put it under ``data``;
+    it is applied again here for the one case layering cannot cover: a layer that
+    replaced a whole section with a non-mapping (``gpu: null``) under a later layer that
+    set only part of it (``gpu: {enabled: true}``) — the schema accepts that, and the
+    missing keys then still have their defaults.
+    """
+    data = _under(defaults, data)
     k, c, g, a = data["kubernetes"], data["crio"], data["gpu"], data["aws"]
     nv, wg, en, iso = g["nvidia"], data["wireguard"], data["enrollment"], data["iso"]
     return SiteSpec(

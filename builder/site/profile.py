@@ -386,7 +386,7 @@ def load_profile(
         base_dirs=MappingProxyType(base_dirs),
         layers=tuple(layer.source for layer in layers),
         input_hash=input_hash,
-        spec=build_spec(data),
+        spec=build_spec(data, layers[0].data),
     )
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
-import secrets
 import shlex
 import shutil
 import tempfile
@@ -32,11 +30,9 @@ from builder.errors import BuilderError
 from builder.paths import NODE_DIR, REPO_DIR, SCRIPTS_DIR, TEMPLATES_DIR
 
 from .checks import pem_to_der
-from .common import display_path
+from .credentials import password_hash, protect_secrets, secret_files
 from .model import Taint
 from .profile import Profile, thaw
-
-log = logging.getLogger("builder.render")
 
 ENROLL_UNIT = f"{TOOL}-enroll.service"
 AGENT_SOURCE = NODE_DIR / "agent.py"
@@ -44,8 +40,6 @@ UNIT_SOURCE = NODE_DIR / ENROLL_UNIT
 STATE_DIR = f"/var/lib/{TOOL}"
 ETC_DIR = f"/etc/{TOOL}"
 TOKEN_PATH = f"{ETC_DIR}/enroll-token"
-CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-SALT_LENGTH = 16  # the most SHA-512 crypt uses
 
 
 @dataclass(frozen=True)
@@ -121,68 +115,6 @@ def _render(env: jinja2.Environment, name: str, ctx: Mapping[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------
 # derived values
-
-
-def password_hash(profile: Profile) -> str:
-    """SHA-512 crypt of the admin password with the site's stored random salt.
-
-    The salt is never computed from the password (anyone holding an image could then test
-    guesses without paying the crypt's cost); it is created once per site by
-    ``site_salt`` and kept, so renders stay byte-identical.
-    No password configured -> ``!`` (a locked password: ssh keys only).
-    """
-    secret = profile.resolve_secret("admin.password")
-    if not secret:
-        return "!"
-    from passlib.hash import sha512_crypt
-
-    salt = site_salt(profile)
-    return str(sha512_crypt.using(salt=salt, rounds=656000).hash(secret))
-
-
-def salt_file(profile: Profile) -> Path:
-    """``<profiles dir>/.secrets/<site>.salt``: beside the site profile, 0600 in a 0700 dir."""
-    return profile.secrets_dir / f"{profile.site}.salt"
-
-
-def site_salt(profile: Profile) -> str:
-    """The site's crypt salt: read from ``salt_file``, created (random, 0600) when absent."""
-    path = salt_file(profile)
-    shown = display_path(path)
-    if not path.exists():
-        _create_salt(path)
-    try:
-        salt = path.read_text().strip()
-    except OSError as exc:
-        raise BuilderError(f"{shown}: cannot read the site's salt: {exc.strerror}") from None
-    if len(salt) != SALT_LENGTH or any(c not in CRYPT_ALPHABET for c in salt):
-        raise BuilderError(
-            f"{shown}: not a salt ({SALT_LENGTH} characters of ./0-9A-Za-z)",
-            hint="delete it and render again: a new salt is created (the password hash "
-            "changes, the password does not)",
-        )
-    return salt
-
-
-def _create_salt(path: Path) -> None:
-    salt = "".join(secrets.choice(CRYPT_ALPHABET) for _ in range(SALT_LENGTH))
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".salt.", dir=path.parent)  # 0600
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(salt + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            with contextlib.suppress(FileExistsError):  # another render made it first
-                os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
-    except OSError as exc:
-        raise BuilderError(
-            f"{display_path(path)}: cannot create the site's salt: {exc.strerror}"
-        ) from None
-    log.info("created %s (the admin password's salt for this site; keep it)", path)
 
 
 def image_name(profile: Profile) -> str:
@@ -475,31 +407,8 @@ def render_files(profile: Profile) -> dict[str, tuple[bytes, int]]:
     for rel in [r for r in out if r.startswith(("files/", "scripts/"))]:
         put(f"iso/{TOOL}/{rel}", *out[rel])
     put("profile.json", json.dumps(profile.masked(), indent=2, sort_keys=True) + "\n")
-    _protect_secrets(out, profile.resolve_secret("enrollment.site_token"))
+    protect_secrets(out, profile.resolve_secret("enrollment.site_token"))
     return out
-
-
-# the files that embed every overlay file (the site token among them)
-USER_DATA_CARRIERS = (
-    "cloud-init/user-data",
-    "cloud-init/autoinstall.yaml",
-    "iso/nocloud/user-data",
-)
-
-
-def _protect_secrets(files: dict[str, tuple[bytes, int]], token: str | None) -> None:
-    """Make every file that carries the site token 0600 (in place)."""
-    if not token:
-        return
-    needle = token.encode()
-    for rel, (data, _) in files.items():
-        if rel in USER_DATA_CARRIERS or needle in data:
-            files[rel] = (data, 0o600)
-
-
-def secret_files(files: Mapping[str, tuple[bytes, int]]) -> tuple[str, ...]:
-    """The files of a tree that carry a secret: the ones rendered 0600."""
-    return tuple(sorted(rel for rel, (_, mode) in files.items() if mode & 0o077 == 0))
 
 
 def template_inputs_hash() -> str:

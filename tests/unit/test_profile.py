@@ -37,8 +37,9 @@ def test_list_sites(workdir: Path) -> None:
 def test_layering_deep_merges_mappings_and_replaces_lists(workdir: Path) -> None:
     profile = load_profile("onprem")
     # mapping from base kept, key from onprem added
-    assert profile.get("kubernetes.pod_cidr") == "10.244.0.0/16"
-    assert profile.get("kubernetes.labels")["topology.kubernetes.io/zone"] == "onprem-dc1"
+    assert profile.spec.kubernetes.pod_cidr == "10.244.0.0/16"
+    assert profile.spec.kubernetes.labels["topology.kubernetes.io/zone"] == "onprem-dc1"
+    assert profile.get("kubernetes.pod_cidr") == "10.244.0.0/16"  # generic dotted access
     assert profile.source_of("kubernetes.pod_cidr") == "profiles/base.yaml"
     assert profile.source_of("kubernetes.labels") == "profiles/onprem.yaml"
     # a list replaces
@@ -46,16 +47,16 @@ def test_layering_deep_merges_mappings_and_replaces_lists(workdir: Path) -> None
         workdir / "profiles/x.yaml",
         "extends: base\ntarget: qcow2\ntime_sync: {servers: [a.example]}\n",
     )
-    assert load_profile("x").get("time_sync.servers") == ("a.example",)
+    assert load_profile("x").spec.time_sync.servers == ("a.example",)
 
 
 def test_extends_chain_and_set_is_last(workdir: Path) -> None:
     write(workdir / "profiles/lab.yaml", "extends: onprem\niso: {grub_timeout: 1}\n")
     profile = load_profile("lab", overrides=["iso.grub_timeout=3", "gpu.nvidia.variant=open"])
     assert profile.layers[-3:] == ("profiles/onprem.yaml", "profiles/lab.yaml", "--set")
-    assert profile.get("iso.grub_timeout") == 3
-    assert profile.get("gpu.nvidia.variant") == "open"
-    assert profile.get("gpu.enabled") is True  # inherited through the chain
+    assert profile.spec.iso.grub_timeout == 3
+    assert profile.spec.gpu.nvidia.variant == "open"
+    assert profile.spec.gpu.enabled is True  # inherited through the chain
 
 
 def test_extends_cycle(workdir: Path) -> None:

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from builder.errors import BuilderError
+from builder.site.model import build_spec
 from builder.site.profile import collect_layers, load_profile, merge_layers, validate_data
 
 scalars = st.one_of(
@@ -90,6 +91,8 @@ def test_mutated_profiles_never_crash(workdir: Path, mutations: list) -> None:
         set_path(data, key, value)
     problems = validate_data(data, sources, "profiles/aws.yaml")
     assert all(isinstance(p, str) and ": " in p for p in problems)
+    if not problems:  # whatever validates must give the typed view without an error
+        build_spec(data, layers[0].data)
 
 
 @settings(

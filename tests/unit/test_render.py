@@ -129,12 +129,12 @@ def test_password_is_sha512_crypt_reproducible_and_never_plain(
     hashed = auto["identity"]["password"]
     assert hashed.startswith("$6$")
     assert sha512_crypt.verify("correct horse", hashed)
-    assert render.password_hash(profile) == hashed  # salt derived, not random
+    assert render.password_hash(profile) == hashed  # the stored per-site salt: reproducible
     for path in tree.rglob("*"):
         if path.is_file():
             assert b"correct horse" not in path.read_bytes(), path
     other = load_profile("aws", overrides=["admin.password=env:NF_PW"])
-    assert render.password_hash(other) != hashed  # salt differs per site
+    assert render.password_hash(other) != hashed  # each site has its own salt
 
 
 def test_site_token_is_0600(workdir: Path) -> None:
