@@ -1,8 +1,8 @@
 """`hub doctor` and the hub's forwarding against a lab in a private network namespace.
 
-The lab: a namespace of its own with a real wireguard-go interface wg0 (10.200.0.1/16, MTU
-1420), real forwarding and iptables state, a real VXLAN device flannel.1 over wg0 (as
-flannel makes it with --iface=wg0), a TLS stand-in for kube-apiserver on 10.200.0.1:6443
+The lab: a namespace of its own with a real wireguard-go interface (10.200.0.1/16, MTU
+1420), real forwarding and iptables state, a real VXLAN device flannel.1 over it (as
+flannel makes it with --iface), a TLS stand-in for kube-apiserver on 10.200.0.1:6443
 with a certificate made here (with or without the overlay SAN) that answers cluster-info,
 and a stand-in `kubeadm token create --dry-run`. Each check is broken once, alone, and
 must fail with its message and fix (exit 1); with everything in place the doctor exits 0.
@@ -34,6 +34,9 @@ pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 HUB_IP = "10.200.0.1"
+# wireguard-go keeps its socket in /var/run/wireguard/<name>.sock, shared by every
+# namespace: a name of our own, never wg0 (the host's or another test's)
+WG = f"nfcp{os.getpid() % 100000}w"
 NET = "10.200.0.0/16"
 
 
@@ -96,15 +99,15 @@ class CpLab:
         self.server: subprocess.Popen | None = None
         sh(["ip", "netns", "add", self.ns])
         self.x(["ip", "link", "set", "lo", "up"])
-        self.x(["wireguard-go", "wg0"])
+        self.x(["wireguard-go", WG])
         key = tmp / "wg.key"
         key.write_text(sh(["wg", "genkey"]).stdout)
         key.chmod(0o600)
-        self.x(["wg", "set", "wg0", "private-key", str(key), "listen-port", "51820"])
-        self.x(["ip", "address", "add", f"{HUB_IP}/16", "dev", "wg0"])
-        self.x(["ip", "link", "set", "dev", "wg0", "mtu", "1420", "up"])
+        self.x(["wg", "set", WG, "private-key", str(key), "listen-port", "51820"])
+        self.x(["ip", "address", "add", f"{HUB_IP}/16", "dev", WG])
+        self.x(["ip", "link", "set", "dev", WG, "mtu", "1420", "up"])
         self.x(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        self.flannel("wg0", 1370)
+        self.flannel(WG, 1370)
         self.ca, self.crt, self.key = make_certs(tmp / "pki", [HUB_IP, "hub.example.com"])
         (tmp / "admin.conf").write_text("stand-in kubeconfig\n")
         kubeadm = tmp / "bin" / "kubeadm"
@@ -150,7 +153,7 @@ class CpLab:
     def doctor(self, **join) -> dict:
         spec = {
             "target": {
-                "interface": "wg0",
+                "interface": WG,
                 "hub_ip": HUB_IP,
                 "network": NET,
                 "mtu": 1420,
@@ -172,7 +175,7 @@ class CpLab:
 
     def enable(self) -> list[str]:
         p = self.x(
-            [sys.executable, str(HERE / "doctor_client.py"), json.dumps({"enable": "wg0"})],
+            [sys.executable, str(HERE / "doctor_client.py"), json.dumps({"enable": WG})],
             cwd=REPO,
             timeout=60,
         )
@@ -218,18 +221,18 @@ def test_all_good_is_exit_0(lab):
 
 
 def test_interface_down(lab):
-    lab.x(["ip", "link", "set", "dev", "wg0", "down"])
+    lab.x(["ip", "link", "set", "dev", WG, "down"])
     try:
         res = lab.doctor()
     finally:
-        lab.x(["ip", "link", "set", "dev", "wg0", "up"])
+        lab.x(["ip", "link", "set", "dev", WG, "up"])
     bad = failed(res)
     assert res["exit"] == 1
     # a down interface also loses its routes: both say so, nothing else fails
     assert set(bad) == {"interface", "route"}, bad
-    assert bad["interface"]["message"] == "wg0 is down"
-    assert bad["interface"]["fix"] == "ip link set dev wg0 up"
-    assert bad["route"]["fix"] == f"ip route replace {NET} dev wg0"
+    assert bad["interface"]["message"] == f"{WG} is down"
+    assert bad["interface"]["fix"] == f"ip link set dev {WG} up"
+    assert bad["route"]["fix"] == f"ip route replace {NET} dev {WG}"
     assert lab.doctor()["exit"] == 0
 
 
@@ -251,14 +254,14 @@ def test_default_drop_forward_policy_then_enable_forwarding_fixes_it_once(lab):
     try:
         bad = failed(lab.doctor())
         assert set(bad) == {"forwarding", "firewall"}, bad
-        assert bad["firewall"]["fix"] == "iptables -I FORWARD 1 -i wg0 -o wg0 -j ACCEPT"
+        assert bad["firewall"]["fix"] == f"iptables -I FORWARD 1 -i {WG} -o {WG} -j ACCEPT"
         assert lab.enable() == [
             "net.ipv4.ip_forward=1",
-            "iptables -I FORWARD 1 -i wg0 -o wg0 -j ACCEPT",
+            f"iptables -I FORWARD 1 -i {WG} -o {WG} -j ACCEPT",
         ]
         assert lab.enable() == []  # idempotent: nothing changed the second time
         rules = lab.x(["iptables", "-S", "FORWARD"]).stdout.splitlines()
-        assert rules.count("-A FORWARD -i wg0 -o wg0 -j ACCEPT") == 1
+        assert rules.count(f"-A FORWARD -i {WG} -o {WG} -j ACCEPT") == 1
         assert lab.doctor()["exit"] == 0
     finally:
         lab.x(["iptables", "-F", "FORWARD"])
@@ -270,7 +273,7 @@ def test_catch_all_reject_rule_counts_as_default_drop(lab):
     lab.x(["iptables", "-A", "FORWARD", "-j", "REJECT"])
     try:
         assert set(failed(lab.doctor())) == {"firewall"}
-        assert lab.enable() == ["iptables -I FORWARD 1 -i wg0 -o wg0 -j ACCEPT"]
+        assert lab.enable() == [f"iptables -I FORWARD 1 -i {WG} -o {WG} -j ACCEPT"]
         assert lab.doctor()["exit"] == 0
     finally:
         lab.x(["iptables", "-F", "FORWARD"])
@@ -342,10 +345,10 @@ def test_cni_on_the_wrong_interface_and_pod_mtu_too_big(lab):
         bad = failed(lab.doctor())
         assert set(bad) == {"cni"}, bad
         assert bad["cni"]["message"] == (
-            "flannel.1 runs over eth9, not wg0; flannel.1 MTU 1450 > 1420 - 50 = 1370"
+            f"flannel.1 runs over eth9, not {WG}; flannel.1 MTU 1450 > 1420 - 50 = 1370"
         )
-        assert "--iface=wg0" in bad["cni"]["fix"]
-        lab.flannel("wg0", 1370)
+        assert f"--iface={WG}" in bad["cni"]["fix"]
+        lab.flannel(WG, 1370)
         env.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_MTU=1450\n")
         bad = failed(lab.doctor())
         assert set(bad) == {"cni"}, bad
@@ -357,6 +360,6 @@ def test_cni_on_the_wrong_interface_and_pod_mtu_too_big(lab):
         assert "no flannel/calico VXLAN device" in bad["cni"]["message"]
     finally:
         env.unlink(missing_ok=True)
-        lab.flannel("wg0", 1370)
+        lab.flannel(WG, 1370)
         lab.x(["ip", "link", "delete", "eth9"], check=False)
     assert lab.doctor()["exit"] == 0
