@@ -332,3 +332,23 @@ def from_values(
         mtu=int(get("wireguard.mtu") or 1420),
         **kw,
     )
+
+
+def prepare(
+    directory: Path, cp: ControlPlane, init_result: Mapping[str, str], *, force: bool = False
+) -> dict[str, Any]:
+    """``builder hub init`` for a new cluster: write DIR/kubeadm-init.yaml, return the plan.
+
+    ``init_result`` is what ``pki.init_hub`` returned (config, ca_cert, ca_pin,
+    hub_public_key).
+    """
+    path = write_config(directory, cp, force=force)
+    return plan(
+        cp,
+        hub_dir=directory,
+        config_path=Path(init_result["config"]),
+        kubeadm_config=path,
+        ca_cert=Path(init_result["ca_cert"]),
+        ca_pin=init_result["ca_pin"],
+        hub_public_key=init_result["hub_public_key"],
+    )

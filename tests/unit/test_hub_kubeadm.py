@@ -163,3 +163,23 @@ def test_every_shipped_profile_gives_a_valid_config(workdir, shipped_sites):
         endpoint_host = prof.get("wireguard.hub_endpoint").rsplit(":", 1)[0]
         assert endpoint_host in cluster["apiServer"]["certSANs"]
         assert cluster["apiServer"]["certSANs"][0] == prof.get("wireguard.hub_overlay_ip")
+
+
+def test_prepare_after_init_hub_writes_the_config_beside_hub_json(tmp_path):
+    from builder.hub.pki import init_hub
+
+    res = init_hub(
+        tmp_path,
+        endpoint="hub.example.com:51820",
+        url="https://enroll.example.com:8443",
+        overlay_cidr="10.200.0.0/16",
+        hub_ip=None,
+        listen="",
+        extra_names=[],
+    )
+    p = kubeadm.prepare(tmp_path, CP, res)
+    assert (tmp_path / "kubeadm-init.yaml").is_file()
+    assert p["profile_snippet"]["enrollment.ca_pin"] == res["ca_pin"]
+    assert p["profile_snippet"]["wireguard.hub_public_key"] == res["hub_public_key"]
+    assert p["profile_snippet"]["enrollment.ca_cert"] == f"file:{tmp_path}/ca.pem"
+    assert f"builder hub serve --config {tmp_path}/hub.json" in p["steps"][0]["commands"]
