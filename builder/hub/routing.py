@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.errors import BuilderError
+from builder.errors import BuilderError, CommandFailed
 from builder.run import run, which
 
 log = logging.getLogger("nodeforge.hub.routing")
@@ -28,11 +28,14 @@ IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
-def default_runner(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    """Run a probe; a missing program is returncode 127 (a probe never raises for it)."""
+def default_runner(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run a probe: a missing program is returncode 127, a timeout 124; it never raises."""
     if which(argv[0]) is None:
         return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]} not found")
-    return run(argv, check=False, timeout=30)
+    try:
+        return run(argv, check=False, timeout=timeout)
+    except CommandFailed as exc:  # timed out
+        return subprocess.CompletedProcess(list(argv), 124, "", exc.message)
 
 
 def accept_rule(interface: str) -> list[str]:

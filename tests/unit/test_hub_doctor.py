@@ -66,3 +66,13 @@ def test_flannel_subnet_env_mtu(tmp_path):
     assert doctor._flannel_mtu(env) is None
     env.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_MTU=1370\nFLANNEL_IPMASQ=true\n")
     assert doctor._flannel_mtu(env) == 1370
+
+
+@pytest.mark.allow_subprocess
+def test_default_runner_never_raises():
+    from builder.hub import routing
+
+    res = routing.default_runner(["nodeforge-no-such-program", "x"])
+    assert res.returncode == 127 and "not found" in res.stderr
+    res = routing.default_runner(["sleep", "5"], timeout=0.3)
+    assert res.returncode == 124 and "timed out" in res.stderr
