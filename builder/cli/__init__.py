@@ -28,7 +28,10 @@ __all__ = ["_complete_site", "_hub_store", "cli", "main"]
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the Click group and map errors to messages and exit codes."""
     try:
-        cli.main(args=argv, prog_name="builder", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="builder", standalone_mode=False)
+        # without standalone mode, click returns ctx.exit(code)'s code instead of exiting
+        if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+            sys.exit(rc)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

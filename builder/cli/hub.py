@@ -187,3 +187,24 @@ def hub_revoke(config_file: Path | None, node_id: str) -> None:
             f"{res.interface} not here: the hub removes the peer at its next reconcile", err=True
         )
     click.echo(f"revoked {node_id}")
+
+
+@hub.command("doctor")
+@hub_config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def hub_doctor(config_file: Path | None, as_json: bool) -> None:
+    """Check a running control plane for join readiness; every failure prints its fix.
+
+    Exit 0 only when every check passes, 1 otherwise.
+    """
+    from builder.hub import config as hub_config
+    from builder.hub import doctor
+
+    cfg = hub_config.load(config_file)
+    probes = doctor.Probes(kubeadm_config=str(cfg.path.parent / "kubeadm-init.yaml"))
+    checks = doctor.doctor(doctor.Target.from_hub_config(cfg), probes)
+    if as_json:
+        echo_json({"ok": doctor.exit_code(checks) == 0, "checks": [c.as_dict() for c in checks]})
+    else:
+        click.echo(doctor.format_checks(checks))
+    click.get_current_context().exit(doctor.exit_code(checks))
