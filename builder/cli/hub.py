@@ -75,6 +75,11 @@ def hub_init(
     click.echo(f"ca_cert: {res['ca_cert']}")
     click.echo(f"enrollment.ca_pin: {res['ca_pin']}")
     click.echo(f"wireguard.hub_public_key: {res['hub_public_key']}")
+    if "control_plane" in res:
+        from builder.hub import kubeadm
+
+        click.echo("")
+        click.echo(kubeadm.format_plan(res["control_plane"]))
 
 
 @hub.command("serve")

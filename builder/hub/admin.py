@@ -58,8 +58,11 @@ def init(
     listen: str = "",
     extra_names: list[str] | None = None,
     force: bool = False,
-) -> dict[str, str]:
-    """Create a hub directory; values given here win over the ``site`` profile's."""
+) -> dict[str, Any]:
+    """Create a hub directory; values given here win over the ``site`` profile's.
+
+    With ``site``, also the control plane's kubeadm configuration (``control_plane``).
+    """
     given = {"endpoint": endpoint, "url": url, "overlay_cidr": overlay_cidr, "hub_ip": hub_ip}
     wireguard: dict[str, Any] = {}
     if site:
@@ -67,7 +70,7 @@ def init(
         given = {k: v or from_site[k] for k, v in given.items()}
     if not given["endpoint"] or not given["url"]:
         raise UsageError("--endpoint and --url are required (or --site to read them)")
-    return init_hub(
+    res: dict[str, Any] = init_hub(
         directory,
         endpoint=given["endpoint"],
         url=given["url"],
@@ -78,6 +81,29 @@ def init(
         force=force,
         wireguard=wireguard,
     )
+    if site:
+        # a new cluster's control plane, set up inside the overlay (kubeadm-init.yaml + plan)
+        res["control_plane"] = control_plane(directory, site, profiles_dir, res, force=force)
+    return res
+
+
+def control_plane(
+    directory: Path,
+    site: str,
+    profiles_dir: Path | None,
+    init_result: dict[str, Any],
+    *,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write DIR/kubeadm-init.yaml for the site's control plane; return the next steps."""
+    from builder.site.profile import load_profile
+
+    from . import kubeadm
+
+    cfg = hub_config.load(init_result["config"])
+    prof = load_profile(site, profiles_dir)
+    cp = kubeadm.from_values(prof.get, hub_ip=str(cfg.wg.hub_ip), overlay_cidr=str(cfg.wg.network))
+    return kubeadm.prepare(directory, cp, init_result, force=force)
 
 
 def create_token(

@@ -210,3 +210,20 @@ def test_init_from_a_site_profile(workdir, capsys):
     assert cfg["wireguard"]["mtu"] == prof.get("wireguard.mtu")
     code, _, err = run_cli(capsys, "hub", "init", str(workdir / "h2"))
     assert code == 2 and "--endpoint" in err
+
+
+def test_init_for_a_site_writes_the_control_planes_kubeadm_config(workdir, capsys):
+    """The shipped onprem profile: hub 10.200.0.1 in 10.200.0.0/16, hub.example.com."""
+    import yaml
+
+    code, out, err = run_cli(capsys, "hub", "init", str(workdir / "h"), "--site", "onprem")
+    assert code == 0, err
+    init, cluster = yaml.safe_load_all((workdir / "h" / "kubeadm-init.yaml").read_text())
+    assert init["apiVersion"] == cluster["apiVersion"] == "kubeadm.k8s.io/v1beta4"
+    assert init["localAPIEndpoint"]["advertiseAddress"] == "10.200.0.1"
+    assert {"name": "node-ip", "value": "10.200.0.1"} in init["nodeRegistration"][
+        "kubeletExtraArgs"
+    ]
+    assert cluster["controlPlaneEndpoint"] == "10.200.0.1:6443"
+    assert {"10.200.0.1", "hub.example.com"} <= set(cluster["apiServer"]["certSANs"])
+    assert "kubeadm init --config" in out and "builder hub doctor" in out
