@@ -157,8 +157,8 @@ def _cache_hit(dist: Path, name: str, key: str) -> ImageResult | None:
     man = distfiles.read(dist)
     if man is None or man.get("cache_key") != key:
         return None
+    path = dist / name
     for art in man["artifacts"]:
-        path = dist / name
         if art.get("name") == name and path.is_file() and path.stat().st_size == art.get("size"):
             manifest_path = dist / distfiles.MANIFEST
             return ImageResult(path, manifest_path, art["sha256"], art["size"], cached=True)
