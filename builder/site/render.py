@@ -154,11 +154,28 @@ def versions(profile: Profile) -> dict[str, Any]:
     return out
 
 
-def nvidia_driver_package(profile: Profile) -> str:
+NVIDIA_VARIANT_SUFFIX = {"server": "-server", "open": "-open", "server-open": "-server-open"}
+# the kernel each target boots (UPSTREAM.md): the installer's linux-generic, the cloud
+# image's linux-virtual (= generic for the NVIDIA modules), linux-aws on Canonical's AMIs
+NVIDIA_KERNEL_FLAVOUR = {"iso": "generic", "qcow2": "generic", "ami": "aws"}
+
+
+def nvidia_packages(profile: Profile) -> dict[str, str]:
+    """The signed driver the way ``ubuntu-drivers install --gpgpu`` picks it (no DKMS)."""
     branch = profile.get("gpu.nvidia.driver_branch")
-    variant = profile.get("gpu.nvidia.variant")
-    suffix = {"server": "-server", "open": "-open", "server-open": "-server-open"}[variant]
-    return f"nvidia-driver-{branch}{suffix}"
+    sfx = NVIDIA_VARIANT_SUFFIX[profile.get("gpu.nvidia.variant")]
+    flavour = NVIDIA_KERNEL_FLAVOUR.get(str(profile.get("target")), "generic")
+    utils = "-server" if "server" in sfx else ""
+    return {
+        "flavour": flavour,
+        "modules": f"linux-modules-nvidia-{branch}{sfx}-{flavour}",
+        "driver": f"nvidia-headless-no-dkms-{branch}{sfx}",
+        "utils": f"nvidia-utils-{branch}{utils}",
+    }
+
+
+def nvidia_driver_package(profile: Profile) -> str:
+    return nvidia_packages(profile)["driver"]
 
 
 def provision_env(profile: Profile, build_time: int) -> dict[str, str]:
@@ -191,9 +208,13 @@ def provision_env(profile: Profile, build_time: int) -> dict[str, str]:
         "NF_GPU": "1" if profile.get("gpu.enabled") else "0",
     }
     if profile.get("gpu.enabled"):
+        pkgs = nvidia_packages(profile)
         env.update(
             {
-                "NF_NVIDIA_DRIVER_PACKAGE": nvidia_driver_package(profile),
+                "NF_NVIDIA_DRIVER_PACKAGE": pkgs["driver"],
+                "NF_NVIDIA_MODULES_PACKAGE": pkgs["modules"],
+                "NF_NVIDIA_UTILS_PACKAGE": pkgs["utils"],
+                "NF_NVIDIA_KERNEL_FLAVOUR": pkgs["flavour"],
                 "NF_NVIDIA_DRIVER_BRANCH": profile.get("gpu.nvidia.driver_branch"),
                 "NF_NVIDIA_VARIANT": profile.get("gpu.nvidia.variant"),
                 "NF_NVIDIA_TOOLKIT_VERSION": profile.get("gpu.nvidia.container_toolkit_version"),
@@ -262,9 +283,13 @@ def overlay_files(
         ),
         OverlayFile(f"/etc/sysctl.d/90-{TOOL}.conf", _render(env, "files/sysctl.conf.j2", ctx)),
         OverlayFile(
-            f"/etc/crio/crio.conf.d/10-{TOOL}.conf", _render(env, "files/crio.conf.j2", ctx)
+            f"/etc/crio/crio.conf.d/20-{TOOL}.conf", _render(env, "files/crio.conf.j2", ctx)
         ),
         OverlayFile("/etc/default/kubelet", _render(env, "files/kubelet.default.j2", ctx)),
+        OverlayFile(
+            f"/etc/systemd/system/kubelet.service.d/20-{TOOL}.conf",
+            _render(env, "files/kubelet-dropin.conf.j2", ctx),
+        ),
         OverlayFile(
             f"{ETC_DIR}/node.json",
             json.dumps(node_config(profile, build_time), indent=2, sort_keys=True) + "\n",
@@ -277,7 +302,7 @@ def overlay_files(
     if profile.get("crio.registry_mirrors"):
         files.append(
             OverlayFile(
-                f"/etc/containers/registries.conf.d/10-{TOOL}.conf",
+                f"/etc/containers/registries.conf.d/90-{TOOL}.conf",
                 _render(env, "files/registries.conf.j2", ctx),
             )
         )
@@ -286,6 +311,19 @@ def overlay_files(
             OverlayFile(
                 f"/etc/systemd/timesyncd.conf.d/10-{TOOL}.conf",
                 _render(env, "files/timesyncd.conf.j2", ctx),
+            )
+        )
+        files.append(
+            OverlayFile(
+                f"/etc/chrony/sources.d/{TOOL}.sources",
+                _render(env, "files/chrony.sources.j2", ctx),
+            )
+        )
+    if profile.get("gpu.enabled"):
+        files.append(
+            OverlayFile(
+                f"/etc/crio/crio.conf.d/99-{TOOL}-nvidia.conf",
+                _render(env, "files/crio-nvidia.conf.j2", ctx),
             )
         )
     token = profile.resolve_secret("enrollment.site_token")
@@ -307,6 +345,7 @@ def context(profile: Profile, build_time: int) -> dict[str, Any]:
         "swap_enabled": bool(profile.get("swap.enabled")),
         "ntp_servers": list(profile.get("time_sync.servers", ())),
         "enroll_unit": ENROLL_UNIT,
+        "wg_interface": profile.get("wireguard.interface"),
         "static": thaw(static) if static else None,
         "storage_layout": profile.get("iso.storage_layout"),
         "hostname_default": f"{profile.site}-node",
