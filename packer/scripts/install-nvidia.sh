@@ -35,7 +35,7 @@ apt_install_held "${driver_pkgs[@]}" "${toolkit_pkgs[@]}"
 for pkg in "${driver_pkgs[@]}"; do
     [ -n "$(installed_version "$pkg")" ] || die "$pkg not installed"
 done
-dkms="$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 'nvidia-dkms-*' 2>/dev/null \
+dkms="$({ dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 'nvidia-dkms-*' 2>/dev/null || true; } \
     | awk 'substr($1, 2, 1) == "i" {print $2}')"
 [ -z "$dkms" ] || die "DKMS NVIDIA modules installed ($dkms): they do not load under Secure Boot"
 if [ -n "${NF_NVIDIA_TOOLKIT_VERSION:-}" ]; then
