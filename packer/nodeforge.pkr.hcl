@@ -3,7 +3,7 @@
 
 locals {
   stamp           = formatdate("YYYYMMDD-hhmmss", timestamp())
-  source_ami_name = var.aws_source_ami_name != "" ? var.aws_source_ami_name : "ubuntu/images/hvm-ssd*/ubuntu-${var.ubuntu_codename}-${var.ubuntu_release}-amd64-server-*"
+  source_ami_name = var.aws_source_ami_name != "" ? var.aws_source_ami_name : "ubuntu/images/hvm-ssd-gp3/ubuntu-${var.ubuntu_codename}-${var.ubuntu_release}-amd64-server-*"
   tags = merge(var.aws_tags, {
     "Name"                      = "${var.image_name}-${local.stamp}"
     "nodeforge:site"            = var.site
@@ -47,7 +47,9 @@ source "amazon-ebs" "node" {
   }
   encrypt_boot = true
 
-  # IMDSv2 only on the build instance
+  # IMDSv2 only: on instances launched from the AMI (plugin >= 1.2.2) ...
+  imds_support = "v2.0"
+  # ... and on the build instance
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"

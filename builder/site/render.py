@@ -143,10 +143,29 @@ def versions(profile: Profile) -> dict[str, Any]:
     return out
 
 
-def nvidia_driver_package(profile: Profile) -> str:
+NVIDIA_VARIANT_SUFFIX = {"server": "-server", "open": "-open", "server-open": "-server-open"}
+# the kernel each target boots (UPSTREAM.md): the installer's linux-generic, the cloud
+# image's linux-virtual (= generic for the NVIDIA modules), linux-aws on Canonical's AMIs
+NVIDIA_KERNEL_FLAVOUR = {"iso": "generic", "qcow2": "generic", "ami": "aws"}
+
+
+def nvidia_packages(profile: Profile) -> dict[str, str]:
+    """The signed driver the way ``ubuntu-drivers install --gpgpu`` picks it (no DKMS)."""
     nvidia = profile.spec.gpu.nvidia
-    suffix = {"server": "-server", "open": "-open", "server-open": "-server-open"}[nvidia.variant]
-    return f"nvidia-driver-{nvidia.driver_branch}{suffix}"
+    branch = nvidia.driver_branch
+    sfx = NVIDIA_VARIANT_SUFFIX[nvidia.variant]
+    flavour = NVIDIA_KERNEL_FLAVOUR.get(str(profile.spec.target), "generic")
+    utils = "-server" if "server" in sfx else ""
+    return {
+        "flavour": flavour,
+        "modules": f"linux-modules-nvidia-{branch}{sfx}-{flavour}",
+        "driver": f"nvidia-headless-no-dkms-{branch}{sfx}",
+        "utils": f"nvidia-utils-{branch}{utils}",
+    }
+
+
+def nvidia_driver_package(profile: Profile) -> str:
+    return nvidia_packages(profile)["driver"]
 
 
 def provision_env(profile: Profile, build_time: int) -> dict[str, str]:
@@ -181,9 +200,13 @@ def provision_env(profile: Profile, build_time: int) -> dict[str, str]:
     }
     if spec.gpu.enabled:
         nvidia = spec.gpu.nvidia
+        pkgs = nvidia_packages(profile)
         env.update(
             {
-                "NF_NVIDIA_DRIVER_PACKAGE": nvidia_driver_package(profile),
+                "NF_NVIDIA_DRIVER_PACKAGE": pkgs["driver"],
+                "NF_NVIDIA_MODULES_PACKAGE": pkgs["modules"],
+                "NF_NVIDIA_UTILS_PACKAGE": pkgs["utils"],
+                "NF_NVIDIA_KERNEL_FLAVOUR": pkgs["flavour"],
                 "NF_NVIDIA_DRIVER_BRANCH": nvidia.driver_branch,
                 "NF_NVIDIA_VARIANT": nvidia.variant,
                 "NF_NVIDIA_TOOLKIT_VERSION": nvidia.container_toolkit_version,
@@ -261,9 +284,13 @@ def overlay_files(
         ),
         OverlayFile(f"/etc/sysctl.d/90-{TOOL}.conf", _render(env, "files/sysctl.conf.j2", ctx)),
         OverlayFile(
-            f"/etc/crio/crio.conf.d/10-{TOOL}.conf", _render(env, "files/crio.conf.j2", ctx)
+            f"/etc/crio/crio.conf.d/20-{TOOL}.conf", _render(env, "files/crio.conf.j2", ctx)
         ),
         OverlayFile("/etc/default/kubelet", _render(env, "files/kubelet.default.j2", ctx)),
+        OverlayFile(
+            f"/etc/systemd/system/kubelet.service.d/20-{TOOL}.conf",
+            _render(env, "files/kubelet-dropin.conf.j2", ctx),
+        ),
         OverlayFile(
             f"{ETC_DIR}/node.json",
             json.dumps(node_config(profile, build_time), indent=2, sort_keys=True) + "\n",
@@ -276,7 +303,7 @@ def overlay_files(
     if profile.spec.crio.registry_mirrors:
         files.append(
             OverlayFile(
-                f"/etc/containers/registries.conf.d/10-{TOOL}.conf",
+                f"/etc/containers/registries.conf.d/90-{TOOL}.conf",
                 _render(env, "files/registries.conf.j2", ctx),
             )
         )
@@ -285,6 +312,19 @@ def overlay_files(
             OverlayFile(
                 f"/etc/systemd/timesyncd.conf.d/10-{TOOL}.conf",
                 _render(env, "files/timesyncd.conf.j2", ctx),
+            )
+        )
+        files.append(
+            OverlayFile(
+                f"/etc/chrony/sources.d/{TOOL}.sources",
+                _render(env, "files/chrony.sources.j2", ctx),
+            )
+        )
+    if profile.spec.gpu.enabled:
+        files.append(
+            OverlayFile(
+                f"/etc/crio/crio.conf.d/99-{TOOL}-nvidia.conf",
+                _render(env, "files/crio-nvidia.conf.j2", ctx),
             )
         )
     token = profile.resolve_secret("enrollment.site_token")
@@ -307,6 +347,7 @@ def context(profile: Profile, build_time: int) -> dict[str, Any]:
         "swap_enabled": spec.swap.enabled,
         "ntp_servers": list(spec.time_sync.servers),
         "enroll_unit": ENROLL_UNIT,
+        "wg_interface": spec.wireguard.interface,
         "static": static.template_data() if static else None,
         "storage_layout": spec.iso.storage_layout,
         "hostname_default": f"{profile.site}-node",

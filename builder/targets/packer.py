@@ -72,11 +72,12 @@ def qemu_accelerator() -> str:
 # --- templates ---------------------------------------------------------------------------------
 
 _METADATA_BLOCK = re.compile(r"\n[ \t]*(?:#[^\n]*\n[ \t]*)?metadata_options\s*\{[^}]*\}[ \t]*\n")
+_IMDS_SUPPORT = re.compile(r"\n[ \t]*(?:#[^\n]*\n[ \t]*)?imds_support\s*=\s*\"[^\"\n]*\"[ \t]*\n")
 
 
 def strip_for_packer16(text: str) -> str:
-    """Remove the blocks Packer 1.6.6 does not know (amazon-ebs metadata_options)."""
-    return _METADATA_BLOCK.sub("\n", text)
+    """Remove what Packer 1.6.6 does not know (amazon-ebs metadata_options, imds_support)."""
+    return _IMDS_SUPPORT.sub("\n", _METADATA_BLOCK.sub("\n", text))
 
 
 def stage_templates(dest: Path, version: tuple[int, ...], src: Path | None = None) -> Path:
@@ -205,7 +206,7 @@ def preflight(target: str, pkrvars: Mapping[str, Any], version: tuple[int, ...])
         if version < (1, 7):
             raise BuilderError(
                 f"packer {'.'.join(map(str, version))} cannot build the AMI: it lacks the "
-                "amazon-ebs metadata_options block (IMDSv2 required on the build instance)",
+                "amazon-ebs metadata_options block and imds_support (IMDSv2 required)",
                 hint="install Packer >= 1.7 from HashiCorp and run `packer init packer/plugins`",
             )
         if not aws_credentials_present():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# kubeadm, kubelet, kubectl from the profile's Kubernetes repository (one minor per repo),
-# exact patch pinned when given, held. kubelet is enabled but waits for `kubeadm join`
-# (started by the enrollment agent). Idempotent.
+# kubeadm, kubelet, kubectl from the profile's Kubernetes repository (pkgs.k8s.io, one minor
+# per repository), exact patch pinned when given, held. kubelet is enabled but waits for
+# `kubeadm join` (started by the enrollment agent). Idempotent.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "$(readlink -f "$0")")/common.sh"
@@ -14,12 +14,8 @@ apt_pin kubernetes "$glob" kubeadm kubelet kubectl
 apt_install_held kubeadm kubelet kubectl
 for pkg in kubeadm kubelet kubectl; do check_version "$pkg" "$glob"; done
 
-# Until `kubeadm join` writes the kubelet config, do not start (and crash-loop) the kubelet.
-write_file "/etc/systemd/system/kubelet.service.d/05-$NF_TOOL-wait-for-join.conf" <<UNIT
-# written by $NF_TOOL provisioning: kubeadm join writes config.yaml and restarts kubelet
-[Unit]
-ConditionPathExists=/var/lib/kubelet/config.yaml
-UNIT
+# The kubelet's drop-in (starts once `kubeadm join` wrote its config; ordered after the
+# WireGuard interface and the enrollment) comes from the overlay (configure-node.sh).
 daemon_reload
 enable_unit kubelet.service
 log "kubernetes $NF_K8S_VERSION ready"

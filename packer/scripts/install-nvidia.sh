@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# GPU profiles only: the NVIDIA driver branch (server/open variants), the NVIDIA container
-# toolkit, CRI-O runtime wiring, and a boot-time check that labels the node only when an
-# NVIDIA GPU is really present. Skips cleanly when NF_GPU=0. Idempotent.
+# GPU profiles only: the NVIDIA driver as Canonical-signed precompiled modules (they load
+# under Secure Boot; no DKMS), the NVIDIA container toolkit pointed at CRI-O's low-level
+# runtimes, and a boot-time check that labels the node only when an NVIDIA GPU is present
+# and its driver loaded. The "nvidia" CRI-O runtime handler (crun stays the default) comes
+# from the overlay. Skips cleanly when NF_GPU=0. Idempotent. Facts: UPSTREAM.md, NVIDIA.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "$(readlink -f "$0")")/common.sh"
@@ -10,49 +12,47 @@ if [ "${NF_GPU:-0}" != 1 ]; then
     log "NF_GPU=${NF_GPU:-0}: not a GPU profile, nothing to do"
     exit 0
 fi
-need_var NF_NVIDIA_DRIVER_BRANCH NF_NVIDIA_APT_URL NF_NVIDIA_APT_KEY_URL
+need_var NF_NVIDIA_DRIVER_BRANCH NF_NVIDIA_MODULES_PACKAGE NF_NVIDIA_DRIVER_PACKAGE \
+    NF_NVIDIA_UTILS_PACKAGE NF_NVIDIA_KERNEL_FLAVOUR NF_NVIDIA_APT_URL NF_NVIDIA_APT_KEY_URL
 
-case "${NF_NVIDIA_VARIANT:-server}" in
-    server) default_pkg="nvidia-driver-$NF_NVIDIA_DRIVER_BRANCH-server" ;;
-    open) default_pkg="nvidia-driver-$NF_NVIDIA_DRIVER_BRANCH-open" ;;
-    server-open) default_pkg="nvidia-driver-$NF_NVIDIA_DRIVER_BRANCH-server-open" ;;
-    *) die "NF_NVIDIA_VARIANT: '$NF_NVIDIA_VARIANT' is not server, open or server-open" ;;
-esac
-driver_pkg="${NF_NVIDIA_DRIVER_PACKAGE:-$default_pkg}"
+# --- the driver: what `ubuntu-drivers install --gpgpu` picks, for the kernel the image boots ----
+# linux-modules-nvidia-<branch>-server-<flavour> (signed by Canonical), the no-DKMS userspace
+# and nvidia-smi; never nvidia-driver-*/nvidia-dkms-* (DKMS-built modules are unsigned).
+if ! apt-cache show "$NF_NVIDIA_MODULES_PACKAGE" >/dev/null 2>&1; then
+    die "$NF_NVIDIA_MODULES_PACKAGE is not in the archive: no signed NVIDIA $NF_NVIDIA_DRIVER_BRANCH modules for the '$NF_NVIDIA_KERNEL_FLAVOUR' kernel (pick another gpu.nvidia.driver_branch; see UPSTREAM.md)"
+fi
+driver_pkgs=("$NF_NVIDIA_MODULES_PACKAGE" "$NF_NVIDIA_DRIVER_PACKAGE" "$NF_NVIDIA_UTILS_PACKAGE")
 
-# the toolkit repository (the driver comes from the distribution archive, or from this
-# repository on an offline mirror)
+# --- the toolkit repository; all four packages pinned together (they depend on equal versions)
 apt_repo nvidia "$NF_NVIDIA_APT_URL" "$NF_NVIDIA_APT_KEY_URL"
-toolkit_pkgs=(nvidia-container-toolkit)
+toolkit_pkgs=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1)
 if [ -n "${NF_NVIDIA_TOOLKIT_VERSION:-}" ]; then
-    glob="$(version_glob "$NF_NVIDIA_TOOLKIT_VERSION")"
-    apt_pin nvidia "$glob" nvidia-container-toolkit
+    apt_pin nvidia "$(version_glob "$NF_NVIDIA_TOOLKIT_VERSION")" "${toolkit_pkgs[@]}"
 else
     rm -f "/etc/apt/preferences.d/$NF_TOOL-nvidia"
 fi
-apt_install_held "$driver_pkg" "${toolkit_pkgs[@]}"
-[ -n "$(installed_version "$driver_pkg")" ] || die "$driver_pkg not installed"
+apt_install_held "${driver_pkgs[@]}" "${toolkit_pkgs[@]}"
+for pkg in "${driver_pkgs[@]}"; do
+    [ -n "$(installed_version "$pkg")" ] || die "$pkg not installed"
+done
+dkms="$({ dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 'nvidia-dkms-*' 2>/dev/null || true; } \
+    | awk 'substr($1, 2, 1) == "i" {print $2}')"
+[ -z "$dkms" ] || die "DKMS NVIDIA modules installed ($dkms): they do not load under Secure Boot"
 if [ -n "${NF_NVIDIA_TOOLKIT_VERSION:-}" ]; then
     check_version nvidia-container-toolkit "$(version_glob "$NF_NVIDIA_TOOLKIT_VERSION")"
 fi
-log "$driver_pkg $(installed_version "$driver_pkg") (held)"
+log "$NF_NVIDIA_MODULES_PACKAGE $(installed_version "$NF_NVIDIA_MODULES_PACKAGE") (held)"
 
-# CRI-O: the "nvidia" runtime as a drop-in — what `nvidia-ctk runtime configure
-# --runtime=crio` sets up, written here so the result is deterministic and reviewable.
-# nvidia-container-runtime hands containers without NVIDIA_VISIBLE_DEVICES to runc.
-write_file "/etc/crio/crio.conf.d/99-$NF_TOOL-nvidia.conf" <<'TOML'
-# written by nodeforge provisioning (profile: gpu.nvidia)
-[crio.runtime]
-default_runtime = "nvidia"
+# --- nvidia-container-runtime: CRI-O's crun/runc live in /usr/libexec/crio, which is not on
+# its search path; name them absolutely (re-applied on every run: the package's postinst
+# rewrites config.toml on upgrades).
+nvidia-ctk --quiet config --in-place \
+    --set nvidia-container-runtime.runtimes=/usr/libexec/crio/crun:/usr/libexec/crio/runc \
+    || die "nvidia-ctk config failed"
 
-[crio.runtime.runtimes.nvidia]
-runtime_path = "/usr/bin/nvidia-container-runtime"
-runtime_type = "oci"
-monitor_path = "/usr/libexec/crio/conmon"
-TOML
-
-# Boot-time check: label the node only when an NVIDIA GPU is on the PCI bus and the driver
-# answers; otherwise make sure no GPU label is set (an image may boot on a CPU-only host).
+# --- boot-time check: label the node only when an NVIDIA GPU (VGA or 3D controller) is on the
+# PCI bus and the driver answers; otherwise make sure no GPU label is set (the image may boot
+# on a CPU-only host). RuntimeClass "nvidia" selects nodes by this label.
 write_file "/usr/lib/$NF_TOOL/gpu-check" 0755 <<'SH'
 #!/bin/sh
 # written by nodeforge provisioning: label the node as a GPU node only when one is present.
@@ -65,13 +65,16 @@ gpu=0
 for dev in /sys/bus/pci/devices/*; do
     [ -r "$dev/vendor" ] || continue
     if [ "$(cat "$dev/vendor")" = 0x10de ]; then
-        case "$(cat "$dev/class")" in 0x03*) gpu=1 ;; esac
+        case "$(cat "$dev/class")" in 0x0300*|0x0302*) gpu=1 ;; esac
     fi
 done
 if [ "$gpu" = 1 ] && nvidia-smi -L >/dev/null 2>&1; then
-    nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml || true
+    nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml || true
     want=1
     echo "gpu-check: NVIDIA GPU present: $label"
+elif [ "$gpu" = 1 ]; then
+    want=0
+    echo "gpu-check: NVIDIA GPU present but its driver does not answer (Secure Boot? see README): no GPU label"
 else
     want=0
     echo "gpu-check: no usable NVIDIA GPU, no GPU label"

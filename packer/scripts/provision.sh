@@ -32,9 +32,12 @@ fi
 if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
     apt-get update -qq -o DPkg::Lock::Timeout=600 || die "apt-get update failed (no network? set the profile's mirrors)"
 fi
-if ! command -v curl >/dev/null 2>&1 || ! command -v gpg >/dev/null 2>&1; then
-    apt-get install -y -qq --no-install-recommends curl gnupg ca-certificates
-fi
+# what the scripts and the enrollment agent (wg, wg-quick) need, on every target: whether the
+# Ubuntu cloud image/AMI carries them is not confirmed (UPSTREAM.md), and installing is a no-op
+# where they are
+base_packages=(wireguard-tools curl gnupg ca-certificates)
+apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${base_packages[@]}" \
+    || die "apt-get install ${base_packages[*]} failed"
 for step in configure-node install-crio install-kubernetes install-nvidia cleanup; do
     log "--- $step"
     bash "$here/$step.sh"

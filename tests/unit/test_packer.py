@@ -172,12 +172,13 @@ def test_manifest_parsing_ami_and_qemu(tmp_path):
         packer.read_packer_manifest(tmp_path / "missing.json")
 
 
-def test_strip_for_packer16_removes_only_metadata_options():
+def test_strip_for_packer16_removes_only_metadata_options_and_imds_support():
     text = (TEMPLATES / "nodeforge.pkr.hcl").read_text()
     out = packer.strip_for_packer16(text)
     assert "metadata_options" in text and "metadata_options" not in out
+    assert "imds_support" in text and "imds_support" not in out
     assert "http_tokens" not in out
-    assert len(text.splitlines()) - len(out.splitlines()) <= 7
+    assert len(text.splitlines()) - len(out.splitlines()) <= 9
     assert out.count("{") == out.count("}")
 
 
@@ -287,7 +288,6 @@ def test_rootfs_cache_dir_and_direct_boot_args(monkeypatch, tmp_path):
         "systemd-sysv",
         "cloud-init",
         "python3",
-        "wireguard-tools",
         "openssh-server",
         "iproute2",
         "curl",

@@ -19,13 +19,14 @@ EXPECTED = [
     "cloud-init/autoinstall.yaml",
     "cloud-init/meta-data",
     "cloud-init/user-data",
-    "files/etc/crio/crio.conf.d/10-nodeforge.conf",
+    "files/etc/crio/crio.conf.d/20-nodeforge.conf",
     "files/etc/default/kubelet",
     "files/etc/modules-load.d/90-nodeforge.conf",
     "files/etc/nodeforge/hub-ca.pem",
     "files/etc/nodeforge/node.json",
     "files/etc/nodeforge/provision.env",
     "files/etc/sysctl.d/90-nodeforge.conf",
+    "files/etc/systemd/system/kubelet.service.d/20-nodeforge.conf",
     "files/etc/systemd/system/nodeforge-enroll.service",
     "files/usr/lib/nodeforge/nodeforge-enroll",
     "iso/nocloud/meta-data",
@@ -75,17 +76,20 @@ def test_source_date_epoch_is_honoured(workdir: Path, monkeypatch: pytest.Monkey
     assert "NF_BUILD_TIME=1700000000" in (tree / "scripts/provision.env").read_text()
 
 
-def test_user_data_carries_modules_sysctls_and_agent(workdir: Path) -> None:
+def test_overlay_carries_modules_sysctls_and_agent(workdir: Path) -> None:
+    # the node files live in the files/ overlay only (one renderer per node file, issue 11):
+    # the first-boot user-data does not write them again
     tree = render.render_site(load_profile("onprem")).path
     text = (tree / "cloud-init/user-data").read_text()
     assert text.startswith("#cloud-config\n")
     doc = yaml.safe_load(text)
-    files = {f["path"]: f for f in doc["write_files"]}
-    assert files["/etc/modules-load.d/90-nodeforge.conf"]["content"].splitlines()[1:] == [
+    assert "write_files" not in doc and "runcmd" not in doc
+    files = tree / "files"
+    assert (files / "etc/modules-load.d/90-nodeforge.conf").read_text().splitlines()[1:] == [
         "overlay",
         "br_netfilter",
     ]
-    sysctl = files["/etc/sysctl.d/90-nodeforge.conf"]["content"]
+    sysctl = (files / "etc/sysctl.d/90-nodeforge.conf").read_text()
     for line in (
         "net.bridge.bridge-nf-call-iptables = 1",
         "net.bridge.bridge-nf-call-ip6tables = 1",
@@ -94,15 +98,10 @@ def test_user_data_carries_modules_sysctls_and_agent(workdir: Path) -> None:
         "kernel.panic = 10",
     ):
         assert line in sysctl
-    agent = files["/usr/lib/nodeforge/nodeforge-enroll"]
-    assert agent["permissions"] == "0755"
-    assert agent["content"] == render.AGENT_SOURCE.read_text()
-    # modules and sysctls made effective on the first boot, enrollment started
-    runcmd = [" ".join(c) for c in doc["runcmd"]]
-    assert "systemctl restart systemd-modules-load.service" in runcmd
-    assert "sysctl --system" in runcmd
-    assert "systemctl start --no-block nodeforge-enroll.service" in runcmd
-    node = json.loads(files["/etc/nodeforge/node.json"]["content"])
+    agent = files / "usr/lib/nodeforge/nodeforge-enroll"
+    assert agent.stat().st_mode & 0o777 == 0o755
+    assert agent.read_text() == render.AGENT_SOURCE.read_text()
+    node = json.loads((files / "etc/nodeforge/node.json").read_text())
     assert node["labels"]["topology.kubernetes.io/zone"] == "onprem-dc1"
     assert node["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
 
@@ -152,7 +151,8 @@ def test_provision_env_and_packer_vars(workdir: Path) -> None:
     env = (tree / "scripts/provision.env").read_text()
     assert "NF_K8S_APT_URL=https://pkgs.k8s.io/core:/stable:/v1.35/deb/" in env
     assert "NF_MODULES='overlay br_netfilter'" in env
-    assert "NF_NVIDIA_DRIVER_PACKAGE=nvidia-driver-570-server" in env
+    assert "NF_NVIDIA_DRIVER_PACKAGE=nvidia-headless-no-dkms-580-server" in env
+    assert "NF_NVIDIA_MODULES_PACKAGE=linux-modules-nvidia-580-server-generic" in env
     aws = render.render_site(load_profile("aws")).path
     pvars = json.loads((aws / "packer/site.auto.pkrvars.json").read_text())
     assert pvars["aws_region"] == "eu-central-1"
