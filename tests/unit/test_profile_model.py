@@ -49,7 +49,7 @@ def test_spec_of_the_shipped_onprem_profile(workdir: Path) -> None:
     assert spec.enrollment.ca_cert == "file:demo-hub-ca.pem"
     assert spec.enrollment.site_token is None
     assert spec.gpu.enabled is True
-    assert spec.gpu.nvidia.driver_branch == "570"
+    assert spec.gpu.nvidia.driver_branch == "580"
     assert spec.time_sync.servers == ("ntp.ubuntu.com",)
     assert spec.network.static is None
     assert spec.aws.region is None
@@ -91,5 +91,5 @@ def test_a_section_replaced_then_partly_set_keeps_its_defaults(workdir: Path) ->
     (workdir / "profiles/gpusite.yaml").write_text("extends: nogpu\ngpu: {enabled: true}\n")
     spec = load_profile("gpusite").spec
     assert spec.gpu.enabled is True
-    assert spec.gpu.nvidia.driver_branch == "570"  # builder/site/defaults.yaml
+    assert spec.gpu.nvidia.driver_branch == "580"  # builder/site/defaults.yaml
     assert spec.gpu.nvidia.variant == "server"

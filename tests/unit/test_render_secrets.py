@@ -114,10 +114,10 @@ def test_every_file_carrying_the_site_token_is_0600(workdir: Path) -> None:
             carriers.append(rel)
             assert mode == 0o600, f"{rel} carries the token at {oct(mode)}"
     # the token really is where the node needs it (so the scan above saw something)
-    assert "cloud-init/user-data" in carriers
-    assert "cloud-init/autoinstall.yaml" in carriers
-    assert "iso/nocloud/user-data" in carriers
+    # (one renderer per node file: the token file is in the overlay every target installs,
+    # and the ISO carries that overlay; user-data no longer writes it again)
     assert "files/etc/nodeforge/enroll-token" in carriers
+    assert "iso/nodeforge/files/etc/nodeforge/enroll-token" in carriers
     assert "profile.json" not in carriers
 
 
