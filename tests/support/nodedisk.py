@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,9 +118,13 @@ class NodeDisk:
     seconds: float = 0.0
 
 
-def disk_key(tarball: Path, tree: Path, versions: dict[str, str]) -> str:
+def disk_key(tarball: Path, tree: Path, versions: dict[str, str], kind: str = "disk") -> str:
     h = hashlib.sha256()
     h.update(f"{FORMAT}|{tarball.name}|{APPEND}\n".encode())
+    if kind != "disk":  # the ISO path: the whole ISO payload and the installer step
+        h.update(kind.encode())
+        _hash_tree(h, tree, "iso")
+        h.update(Path(__file__).with_name("installer.py").read_bytes())
     _hash_tree(h, tree, "files")
     _hash_tree(h, tree, "scripts")
     h.update(json.dumps(versions, sort_keys=True).encode())
@@ -153,13 +157,19 @@ def build_node_disk(
     *,
     size_gb: int = 4,
     rebuild: bool = False,
+    installer: Callable[[Path], None] | None = None,
+    kind: str = "disk",
 ) -> NodeDisk:
-    """Build (or reuse) the stand-in node disk for a rendered build tree ``tree``."""
+    """Build (or reuse) the stand-in node disk for a rendered build tree ``tree``.
+
+    The root is provisioned by ``scripts/provision.sh`` in a chroot (as Packer would), or
+    by ``installer(root)`` (the stand-in installer step of the ISO path, installer.py);
+    ``kind`` names the recipe in the cache."""
     t0 = time.monotonic()
     tarball = rootfs.build_rootfs(ROOTFS_EXTRA)
     versions = versions or dict(standins.DEFAULT_VERSIONS)
-    key = disk_key(tarball, tree, versions)
-    d = cache_root() / "disk" / f"{site}-{key}"
+    key = disk_key(tarball, tree, versions, kind)
+    d = cache_root() / kind / f"{site}-{key}"
     info_file = d / "disk.json"
     if info_file.exists() and not rebuild:
         info = json.loads(info_file.read_text())
@@ -171,13 +181,16 @@ def build_node_disk(
     with tempfile.TemporaryDirectory(prefix="nf-disk-", dir=d) as tmp:
         root = rootfs.extract_rootfs(tarball, Path(tmp) / "root")
         standins.build_standin_repo(root / REPO_IN_ROOT.lstrip("/"), **versions)
-        build = root / BUILD_IN_ROOT.lstrip("/")
-        shutil.copytree(tree / "scripts", build / "scripts")
-        shutil.copytree(tree / "files", build / "files")
         fstab = root / "etc/fstab"  # one fstab for both layouts (whole-disk ext4 and GPT)
         fstab.write_text(fstab.read_text().replace("/dev/vda ", "LABEL=root "))
-        _chroot_provision(root)
-        shutil.rmtree(build, ignore_errors=True)  # cleanup.sh may have emptied /var/tmp
+        if installer is not None:
+            installer(root)
+        else:
+            build = root / BUILD_IN_ROOT.lstrip("/")
+            shutil.copytree(tree / "scripts", build / "scripts")
+            shutil.copytree(tree / "files", build / "files")
+            _chroot_provision(root)
+            shutil.rmtree(build, ignore_errors=True)  # cleanup.sh may have emptied /var/tmp
         with contextlib.suppress(FileNotFoundError):
             (root / standins.STANDIN_LOG.lstrip("/")).unlink()
         bootcheck.install(root)  # the TEST-ONLY check unit
@@ -344,8 +357,11 @@ def prepare_site(
     profiles_dir: Path | None = None,
     overrides: Sequence[str] = (),
     rebuild: bool = False,
+    installed: bool = False,
 ) -> StandinSite:
-    """Render the site for the lab hub + stand-in repo and build (or reuse) its disk."""
+    """Render the site for the lab hub + stand-in repo and build (or reuse) its disk:
+    provisioned like Packer does, or (``installed``) by the stand-in installer step of the
+    ISO path (installer.py: subiquity's files + our autoinstall late-commands)."""
     t0 = time.monotonic()
     with _PREP_LOCK:  # shared cache entries: one builder at a time in this process
         lab = prepare(site, workdir / "lab", profiles_dir=profiles_dir, overrides=overrides)
@@ -357,7 +373,14 @@ def prepare_site(
     render_site(profile, tree)
     t1 = time.monotonic()
     versions = standin_versions(profile)
-    disk = build_node_disk(site, tree, versions, rebuild=rebuild)
+    installer: Callable[[Path], None] | None = None
+    if installed:
+        from tests.support import installer as inst
+
+        tarball = rootfs.build_rootfs(ROOTFS_EXTRA)
+        installer = lambda root: inst.install(root, tree, workdir, tarball)  # noqa: E731
+    disk = build_node_disk(site, tree, versions, rebuild=rebuild, installer=installer,
+                           kind="installed" if installed else "disk")  # fmt: skip
     t2 = time.monotonic()
     secs = {"render": round(t1 - t0, 1), "disk": round(t2 - t1, 1)}
     log.info("%s: rendered in %.1f s; disk %s in %.1f s", site, secs["render"],
@@ -376,6 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--uefi", action="store_true", help="the GPT variant for OVMF")
     ap.add_argument("--args", action="store_true", help="print `builder boot-test` options")
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument(
+        "--installed",
+        action="store_true",
+        help="install the root with the stand-in installer step (the ISO path)",
+    )
     ap.add_argument(
         "--base-image",
         type=Path,
@@ -396,7 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             overrides=args.overrides, uefi=args.uefi)  # fmt: skip
             else:
                 s = prepare_site(args.site, Path(tmp), profiles_dir=args.profiles_dir,
-                                 overrides=args.overrides, rebuild=args.rebuild)  # fmt: skip
+                                 overrides=args.overrides, rebuild=args.rebuild,
+                                 installed=args.installed)  # fmt: skip
             out = s.boot_args(uefi=args.uefi)
         except BuilderError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
