@@ -20,7 +20,7 @@ from typing import Any
 from builder import paths
 from builder.errors import BuilderError
 from builder.fsutil import atomic_write
-from builder.run import popen, require, run
+from builder.run import popen, require, run, stop
 
 from . import qemu
 from .constants import (
@@ -211,13 +211,8 @@ class Lab:
         return out
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except Exception:  # noqa: BLE001 - TimeoutExpired
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop(self.proc, 10)
         # what is left in the namespace was started here (wireguard-go, QEMU): end it by pid
         pids = run(["ip", "netns", "pids", self.ns], check=False).stdout.split()
         for pid in pids:

@@ -81,17 +81,17 @@ def repo_overrides(gpu: bool) -> list[str]:
 def standin_versions(profile: Any) -> dict[str, str]:
     """Stand-in package versions matching what the profile pins (Debian revisions as the
     real repositories use them); the repository adds newer decoys of each."""
-    k8s = str(profile.get("kubernetes.version"))
-    crio = str(profile.get("crio.version"))
+    k8s = profile.spec.kubernetes.version
+    crio = profile.spec.crio.version
     vers = {
         "kubernetes": f"{k8s}-1.1",
         "crio": f"{crio}.0-1.1" if crio.count(".") == 1 else f"{crio}-1.1",
     }
-    if profile.get("gpu.enabled"):
-        branch = str(profile.get("gpu.nvidia.driver_branch"))
+    if profile.spec.gpu.enabled:
+        branch = profile.spec.gpu.nvidia.driver_branch
         vers["nvidia_driver_branch"] = branch
         vers["nvidia_driver"] = f"{branch}.195.03-0ubuntu0.24.04.1"
-        vers["nvidia_toolkit"] = f"{profile.get('gpu.nvidia.container_toolkit_version')}-1"
+        vers["nvidia_toolkit"] = f"{profile.spec.gpu.nvidia.container_toolkit_version}-1"
     return {**standins.DEFAULT_VERSIONS, **vers}
 
 
@@ -366,7 +366,7 @@ def prepare_site(
     with _PREP_LOCK:  # shared cache entries: one builder at a time in this process
         lab = prepare(site, workdir / "lab", profiles_dir=profiles_dir, overrides=overrides)
         rootfs.build_rootfs(ROOTFS_EXTRA)
-    extra = repo_overrides(bool(lab.profile.get("gpu.enabled")))
+    extra = repo_overrides(lab.profile.spec.gpu.enabled)
     # the lab's hub settings first, the stand-in repository, then the caller's overrides
     profile = load_profile(site, profiles_dir, [*hub_overrides(lab.ident), *extra, *overrides])
     tree = workdir / "build" / site

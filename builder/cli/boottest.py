@@ -1,0 +1,110 @@
+"""``builder boot-test``: boot a built disk image as a site's nodes in QEMU with a real hub."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from builder.errors import BuilderError
+
+from .common import cli, echo_json, profiles_dir_option, set_option
+
+log = logging.getLogger("builder")
+
+
+@cli.command("boot-test")
+@click.argument("site")
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The disk image to boot (qcow2 or raw, e.g. dist/SITE/NAME.qcow2); never modified.",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1, max=8),
+    default=1,
+    show_default=True,
+    help="Nodes booted at the same time (one vCPU each).",
+)
+@click.option("--uefi", is_flag=True, help="Boot with UEFI firmware (OVMF), not BIOS.")
+@click.option(
+    "--kernel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Direct kernel boot (a disk without a boot loader): this kernel.",
+)
+@click.option(
+    "--initrd",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --kernel: this initrd.",
+)
+@click.option("--append", default=None, help="With --kernel: the kernel command line.")
+@click.option(
+    "--expect-console",
+    "expect_console",
+    multiple=True,
+    metavar="REGEX",
+    help="Also wait for REGEX on each node's serial console before powering it off.",
+)
+@click.option("--keep", is_flag=True, help="Keep the work directory (consoles, hub DB, seeds).")
+@click.option(
+    "--reboot/--no-reboot",
+    default=True,
+    show_default=True,
+    help="Boot the first node a second time (it must not enroll again).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@set_option
+@profiles_dir_option
+def boot_test(
+    site: str,
+    image: Path,
+    nodes: int,
+    uefi: bool,
+    kernel: Path | None,
+    initrd: Path | None,
+    append: str | None,
+    expect_console: tuple[str, ...],
+    keep: bool,
+    reboot: bool,
+    as_json: bool,
+    overrides: tuple[str, ...],
+    profiles_dir: Path | None,
+) -> None:
+    """Boot IMAGE as SITE's nodes in QEMU with a real hub; check they join on their own."""
+    from builder.boottest import boot_test as run_boot_test
+
+    result = run_boot_test(
+        site,
+        image,
+        nodes=nodes,
+        uefi=uefi,
+        kernel=kernel,
+        initrd=initrd,
+        append=append,
+        keep=keep,
+        profiles_dir=profiles_dir,
+        overrides=overrides,
+        reboot=reboot,
+        console=expect_console,
+    )
+    if as_json:
+        echo_json(result)
+    else:
+        for n in result["nodes"]:
+            state = "joined" if n["joined"] else "NOT joined"
+            click.echo(
+                f"{n['node']}: {state} {n.get('address') or '-'} in {n.get('seconds_to_joined')} s"
+            )
+    problems = result["problems"]
+    if problems:
+        raise BuilderError(
+            f"boot test of {site} failed ({len(problems)} problems):\n"
+            + "\n".join(f"  - {p}" for p in problems),
+            hint="re-run with --keep and read the consoles in the work directory",
+        )
+    log.info("%s: boot test passed (%d node(s))", site, len(result["nodes"]))
