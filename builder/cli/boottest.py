@@ -50,6 +50,18 @@ log = logging.getLogger("builder")
     metavar="REGEX",
     help="Also wait for REGEX on each node's serial console before powering it off.",
 )
+@click.option(
+    "--node-seed-only",
+    is_flag=True,
+    help="Seed only what `builder seed` writes (host name, token), not the site's "
+    "user-data: for a system installed from the site's ISO.",
+)
+@click.option(
+    "--static",
+    is_flag=True,
+    help="Give each node a static address on QEMU's network through its seed (as "
+    "`builder seed --ip` does), not DHCP.",
+)
 @click.option("--keep", is_flag=True, help="Keep the work directory (consoles, hub DB, seeds).")
 @click.option(
     "--reboot/--no-reboot",
@@ -69,6 +81,8 @@ def boot_test(
     initrd: Path | None,
     append: str | None,
     expect_console: tuple[str, ...],
+    node_seed_only: bool,
+    static: bool,
     keep: bool,
     reboot: bool,
     as_json: bool,
@@ -91,6 +105,8 @@ def boot_test(
         overrides=overrides,
         reboot=reboot,
         console=expect_console,
+        node_seed_only=node_seed_only,
+        static=static,
     )
     if as_json:
         echo_json(result)
