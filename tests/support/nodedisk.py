@@ -54,11 +54,16 @@ from tests.support.reportchecks import Expect, expectations
 
 log = logging.getLogger("tests.support.nodedisk")
 
-FORMAT = 1  # bump when the disk recipe changes in a way the inputs do not show
+FORMAT = 2  # bump when the disk recipe changes in a way the inputs do not show
 REPO_IN_ROOT = "/srv/nodeforge-standin-repo"
 BUILD_IN_ROOT = "/var/tmp/nodeforge-build"
-# an Ubuntu cloud image has e2fsprogs (cloud-init's resizefs needs resize2fs)
-ROOTFS_EXTRA = ("e2fsprogs",)
+# an Ubuntu cloud image has e2fsprogs (cloud-init's resizefs needs resize2fs) and netplan
+# (cloud-init renders network config through it; Debian's cloud-init would otherwise use
+# its networkd renderer, which cannot match interfaces by a name pattern as netplan does)
+ROOTFS_EXTRA = ("e2fsprogs", "netplan.io")
+# the stand-in root's own DHCP config (rootfs.py) must not shadow what cloud-init renders:
+# networkd takes the first .network file by name, netplan writes 10-netplan-*.network
+STANDIN_DHCP = ("etc/systemd/network/10-dhcp.network", "etc/systemd/network/90-dhcp.network")
 APPEND_UEFI = "root=/dev/vda2 rw console=ttyS0 net.ifnames=0 systemd.show_status=1"
 _PREP_LOCK = threading.Lock()
 
@@ -183,6 +188,7 @@ def build_node_disk(
         standins.build_standin_repo(root / REPO_IN_ROOT.lstrip("/"), **versions)
         fstab = root / "etc/fstab"  # one fstab for both layouts (whole-disk ext4 and GPT)
         fstab.write_text(fstab.read_text().replace("/dev/vda ", "LABEL=root "))
+        (root / STANDIN_DHCP[0]).rename(root / STANDIN_DHCP[1])
         if installer is not None:
             installer(root)
         else:
@@ -307,6 +313,7 @@ def build_bare_disk(size_gb: int = 4) -> Path:
         root = rootfs.extract_rootfs(tarball, Path(tmp) / "root")
         fstab = root / "etc/fstab"
         fstab.write_text(fstab.read_text().replace("/dev/vda ", "LABEL=root "))
+        (root / STANDIN_DHCP[0]).rename(root / STANDIN_DHCP[1])
         raw = Path(tmp) / "root.img"
         run(["truncate", "-s", f"{size_gb}G", raw])
         run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, "-E", "root_owner=0:0", raw],
