@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -177,6 +178,7 @@ def build_node_disk(
     d = cache_root() / kind / f"{site}-{key}"
     info_file = d / "disk.json"
     if info_file.exists() and not rebuild:
+        os.utime(d)  # in use: prune_disks keeps what was used lately
         info = json.loads(info_file.read_text())
         return NodeDisk(site, d / "disk.qcow2", d / "vmlinuz", d / "initrd.img", key,
                         info["kernel_name"], info["initrd_name"], True,
@@ -227,14 +229,18 @@ def build_node_disk(
                     info["kernel_name"], info["initrd_name"], False, secs)  # fmt: skip
 
 
-def prune_disks(site: str, keep: Path, newest: int = 2) -> None:
-    """Keep the ``newest`` node disks of ``site`` (every commit renders a new one)."""
+def prune_disks(site: str, keep: Path, newest: int = 2, idle: float = 3 * 3600) -> None:
+    """Keep the ``newest`` node disks of ``site`` (every commit renders a new one) and
+    every disk used in the last ``idle`` seconds (another session may be booting it)."""
     entries = sorted(
         (p for p in keep.parent.glob(f"{site}-*") if p.is_dir() and p != keep),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
+    now = time.time()
     for old in entries[max(0, newest - 1) :]:
+        if now - old.stat().st_mtime < idle:
+            continue
         log.debug("pruning old node disk %s", old)
         shutil.rmtree(old, ignore_errors=True)
 
