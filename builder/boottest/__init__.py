@@ -13,8 +13,11 @@ What ``builder boot-test SITE --image DISK`` does:
 3. Every node boots the given disk through its own qcow2 overlay (the image is never
    written; two nodes from one image get different machine-ids) with a NoCloud seed: the
    rendered user-data plus what ``builder seed`` adds per node (host name, a one-time token
-   from ``builder hub token create``). The disk boots with its own boot loader (BIOS, or
-   OVMF with ``--uefi``) or, for a disk without one, by direct kernel boot (``--kernel``).
+   from ``builder hub token create``; ``--node-seed-only``: only that, as for a system
+   installed from the site's ISO, which carries its node config; ``--static``: a static
+   address per node, as ``builder seed --ip`` writes it). The disk boots with its own
+   boot loader (BIOS, or OVMF with ``--uefi``) or, for a disk without one, by direct
+   kernel boot (``--kernel``).
 4. "Joined" is decided from the hub's side: the node's row in the hub's database is in
    state ``joined`` and the hub has a WireGuard handshake with the node's key from this boot
    (``node.JoinWatch``). The serial console is kept per boot (and can be required to show
@@ -120,6 +123,8 @@ def boot_test(
     reboot: bool = True,
     console: Sequence[str] = (),
     timeout: float = 900,
+    node_seed_only: bool = False,
+    static: bool = False,
 ) -> dict[str, Any]:
     """``builder boot-test SITE --image DISK``: boot, decide "joined", log the timings."""
     preflight(uefi=uefi)
@@ -127,8 +132,9 @@ def boot_test(
     with workspace(keep) as wd:
         t0 = time.monotonic()
         lab_site = prepare(site, wd, profiles_dir=profiles_dir, overrides=overrides)
-        result = run_boot_test(lab_site, img, wd, nodes=nodes, reboot=reboot,
-                               console=console, timeout=timeout)  # fmt: skip
+        result = run_boot_test(lab_site, img, wd, nodes=nodes, reboot=reboot, console=console,
+                               timeout=timeout, node_seed_only=node_seed_only,
+                               static=static)  # fmt: skip
         result["timings"]["total"] = round(time.monotonic() - t0, 1)
         if keep:
             result["workdir"] = str(wd)

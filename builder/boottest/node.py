@@ -7,6 +7,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,15 +116,28 @@ class Node:
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-def make_node(name: str, image: BootImage, workdir: Path, user_data: bytes, site: str) -> Node:
-    """A node on its own copy-on-write overlay of ``image`` (never written) + its seed."""
+def make_node(
+    name: str,
+    image: BootImage,
+    workdir: Path,
+    user_data: bytes,
+    site: str,
+    *,
+    files: Mapping[str, bytes] | None = None,
+) -> Node:
+    """A node on its own copy-on-write overlay of ``image`` (never written) + its seed:
+    ``user_data`` with a fresh instance-id and ``name`` as host name, or the NoCloud
+    ``files`` as given (e.g. ``seed.node_seed``'s, what ``builder seed`` writes)."""
     wd = workdir / name
     wd.mkdir(parents=True, exist_ok=True)
     overlay = wd / "disk.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.path,
          overlay])  # fmt: skip
-    meta = f"instance-id: nodeforge-{site}-{name}-{os.urandom(4).hex()}\nlocal-hostname: {name}\n"
-    sd = seed.write_seed(wd / "seed.iso", {"user-data": user_data, "meta-data": meta.encode()})
+    if files is None:
+        meta = f"instance-id: nodeforge-{site}-{name}-{os.urandom(4).hex()}\n"
+        meta += f"local-hostname: {name}\n"
+        files = {"user-data": user_data, "meta-data": meta.encode()}
+    sd = seed.write_seed(wd / "seed.iso", files)
     return Node(name, wd, overlay, sd)
 
 

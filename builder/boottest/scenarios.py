@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from builder.errors import BuilderError, UsageError
+from builder.targets import seed
 
+from .constants import HUB_HOST
 from .lab import Lab
 from .node import BootImage, Node, NodeBoot, boot_node, make_node, node_user_data
 from .site import LabSite
@@ -21,6 +24,36 @@ def _boot(lab: Lab, node: Node, image: BootImage, **kw: Any) -> NodeBoot | str:
         return boot_node(lab, node, image, **kw)
     except BuilderError as exc:
         return exc.message
+
+
+def static_address(i: int) -> str:
+    """Node ``i``'s static address on QEMU's user network (10.0.2.0/24: the host, i.e. the
+    hub, is 10.0.2.2, the DNS 10.0.2.3, DHCP hands out from 10.0.2.15)."""
+    return f"10.0.2.{100 + i}/24"
+
+
+def node_files(
+    lab_site: LabSite, name: str, token: str, i: int, node_seed_only: bool, static: bool
+) -> dict[str, bytes]:
+    """The NoCloud files of node ``i``'s seed (see ``run_boot_test``)."""
+    per_node = seed.node_seed(
+        site=lab_site.site,
+        hostname=name,
+        token=token,
+        ip=static_address(i) if static else None,
+        gateway=HUB_HOST if static else None,
+        dns=["10.0.2.3"] if static else None,
+        interface_match="e*",  # predictable (en*) and kernel (eth*) names
+    )
+    if node_seed_only:
+        return per_node
+    ud = node_user_data(lab_site.user_data, site=lab_site.site, hostname=name, token=token)
+    meta = f"instance-id: nodeforge-{lab_site.site}-{name}-{os.urandom(4).hex()}\n"
+    meta += f"local-hostname: {name}\n"
+    files = {"user-data": ud, "meta-data": meta.encode()}
+    if "network-config" in per_node:
+        files["network-config"] = per_node["network-config"]
+    return files
 
 
 def hub_problems(lab: Lab, boots: Sequence[NodeBoot], site: str) -> list[str]:
@@ -54,12 +87,18 @@ def run_boot_test(
     reboot: bool = True,
     console: Sequence[str] = (),
     timeout: float = 900,
+    node_seed_only: bool = False,
+    static: bool = False,
 ) -> dict[str, Any]:
     """N nodes at once to "joined" (as the hub sees it), then a reboot of the first.
 
     ``console``: regexes that must also show on each node's serial console before it is
-    powered off (e.g. the report of a check program the image carries). The result's
-    ``problems`` lists every failed check (empty: passed).
+    powered off (e.g. the report of a check program the image carries). Each node's seed
+    carries the site's rendered user-data plus the per-node entries, or, with
+    ``node_seed_only``, only what ``builder seed`` writes (an image installed from the
+    site's ISO carries its node config); ``static`` gives each node a static address
+    (``static_address``) through its seed. The result's ``problems`` lists every failed
+    check (empty: passed).
     """
     if nodes < 1:
         raise UsageError("--nodes: must be at least 1")
@@ -75,9 +114,10 @@ def run_boot_test(
         vms = []
         for i in range(nodes):
             name = f"{site}-node{i + 1}"
-            ud = node_user_data(lab_site.user_data, site=site, hostname=name,
-                                token=lab.token(site))  # fmt: skip
-            vms.append(make_node(name, image, workdir, ud, site))
+            files = node_files(lab_site, name, lab.token(site), i, node_seed_only, static)
+            vms.append(make_node(name, image, workdir, b"", site, files=files))
+            if static:
+                result.setdefault("static_addresses", {})[name] = static_address(i)
         t1 = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=nodes) as pool:
             futs = [pool.submit(_boot, lab, n, image, **opts) for n in vms]

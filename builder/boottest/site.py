@@ -36,8 +36,8 @@ class LabSite:
 def lab_identity(site: str, profiles_dir: Path | None, overrides: Sequence[str]) -> HubIdentity:
     """The cached lab hub for the site's overlay network (``builder hub init`` once)."""
     base = load_profile(site, profiles_dir, list(overrides))
-    cidr = str(base.get("wireguard.overlay_cidr"))
-    hub_ip = str(base.get("wireguard.hub_overlay_ip"))
+    cidr = base.spec.wireguard.overlay_cidr
+    hub_ip = base.spec.wireguard.hub_overlay_ip
     with _IDENT_LOCK:  # one cache entry per network: one maker at a time in this process
         return hub_identity(cidr, hub_ip)
 

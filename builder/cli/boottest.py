@@ -1,4 +1,4 @@
-"""``builder boot-test``: boot a site's node image in QEMU with a real hub."""
+"""``builder boot-test``: boot a built disk image as a site's nodes in QEMU with a real hub."""
 
 from __future__ import annotations
 
@@ -17,20 +17,52 @@ log = logging.getLogger("builder")
 @cli.command("boot-test")
 @click.argument("site")
 @click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The disk image to boot (qcow2 or raw, e.g. dist/SITE/NAME.qcow2); never modified.",
+)
+@click.option(
     "--nodes",
     type=click.IntRange(min=1, max=8),
     default=1,
     show_default=True,
     help="Nodes booted at the same time (one vCPU each).",
 )
-@click.option("--uefi", is_flag=True, help="Boot a GPT disk with OVMF (not direct kernel boot).")
-@click.option("--keep", is_flag=True, help="Keep the work directory (consoles, hub DB, seeds).")
+@click.option("--uefi", is_flag=True, help="Boot with UEFI firmware (OVMF), not BIOS.")
 @click.option(
-    "--base-image",
+    "--kernel",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="A real cloud image (e.g. Ubuntu's), not the Debian stand-in.",
+    help="Direct kernel boot (a disk without a boot loader): this kernel.",
 )
+@click.option(
+    "--initrd",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --kernel: this initrd.",
+)
+@click.option("--append", default=None, help="With --kernel: the kernel command line.")
+@click.option(
+    "--expect-console",
+    "expect_console",
+    multiple=True,
+    metavar="REGEX",
+    help="Also wait for REGEX on each node's serial console before powering it off.",
+)
+@click.option(
+    "--node-seed-only",
+    is_flag=True,
+    help="Seed only what `builder seed` writes (host name, token), not the site's "
+    "user-data: for a system installed from the site's ISO.",
+)
+@click.option(
+    "--static",
+    is_flag=True,
+    help="Give each node a static address on QEMU's network through its seed (as "
+    "`builder seed --ip` does), not DHCP.",
+)
+@click.option("--keep", is_flag=True, help="Keep the work directory (consoles, hub DB, seeds).")
 @click.option(
     "--reboot/--no-reboot",
     default=True,
@@ -42,33 +74,48 @@ log = logging.getLogger("builder")
 @profiles_dir_option
 def boot_test(
     site: str,
+    image: Path,
     nodes: int,
     uefi: bool,
+    kernel: Path | None,
+    initrd: Path | None,
+    append: str | None,
+    expect_console: tuple[str, ...],
+    node_seed_only: bool,
+    static: bool,
     keep: bool,
-    base_image: Path | None,
     reboot: bool,
     as_json: bool,
     overrides: tuple[str, ...],
     profiles_dir: Path | None,
 ) -> None:
-    """Boot SITE's node image in QEMU with a real hub and check it joins on its own."""
+    """Boot IMAGE as SITE's nodes in QEMU with a real hub; check they join on their own."""
     from builder.boottest import boot_test as run_boot_test
 
     result = run_boot_test(
         site,
+        image,
         nodes=nodes,
         uefi=uefi,
+        kernel=kernel,
+        initrd=initrd,
+        append=append,
         keep=keep,
-        base_image=base_image,
         profiles_dir=profiles_dir,
         overrides=overrides,
         reboot=reboot,
+        console=expect_console,
+        node_seed_only=node_seed_only,
+        static=static,
     )
     if as_json:
         echo_json(result)
     else:
         for n in result["nodes"]:
-            click.echo(f"{n['name']}: {n['outcome']} {n['address']} in {n['seconds_to_joined']} s")
+            state = "joined" if n["joined"] else "NOT joined"
+            click.echo(
+                f"{n['node']}: {state} {n.get('address') or '-'} in {n.get('seconds_to_joined')} s"
+            )
     problems = result["problems"]
     if problems:
         raise BuilderError(

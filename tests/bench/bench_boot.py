@@ -12,6 +12,7 @@ Both run in this one process, one after the other, ROUNDS times; prints each fig
 medians and the ratio (goal: <= 1.4x).
 
     .venv/bin/python tests/bench/bench_boot.py [--site aws] [--rounds 1]
+    .venv/bin/python tests/bench/bench_boot.py --site onprem --installed   # the ISO path
 """
 
 from __future__ import annotations
@@ -65,12 +66,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--site", default="aws")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--installed", action="store_true",
+                    help="the disk installed by the stand-in installer step (ISO path), "
+                    "booted with only a `builder seed` seed; goal <= 1.2x")  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     work = Path(tempfile.mkdtemp(prefix="nf-bench-boot-"))
     try:
-        disk = nodedisk.prepare_site(args.site, work / "prep")
+        disk = nodedisk.prepare_site(args.site, work / "prep", installed=args.installed)
         image = disk.image()
         bare_image = boottest.boot_image(nodedisk.build_bare_disk(), kernel=image.kernel,
                                          initrd=image.initrd, append=image.append)  # fmt: skip
@@ -82,7 +86,8 @@ def main() -> int:
             print(f"round {i + 1}: bare boot to cloud-init finished: {secs:6.1f} s", flush=True)
             marker = [bootcheck.CONSOLE_MARKER]
             res = boottest.run_boot_test(lab_site, image, work / f"full-{i}", nodes=1,
-                                         reboot=False, console=marker)  # fmt: skip
+                                         reboot=False, console=marker,
+                                         node_seed_only=args.installed)  # fmt: skip
             if res["problems"]:
                 print("full boot failed:\n  " + "\n  ".join(res["problems"]), file=sys.stderr)
                 return 1
@@ -97,8 +102,9 @@ def main() -> int:
         ratio = f / b
         print(f"\nbare cloud-init boot (median of {args.rounds}): {b:6.1f} s")
         print(f"full first boot to joined ({args.site}):      {f:6.1f} s")
-        verdict = "met" if ratio <= GOAL else "NOT met"
-        print(f"ratio full/bare: {ratio:.2f}x (goal <= {GOAL}x: {verdict})")
+        goal = 1.2 if args.installed else GOAL
+        verdict = "met" if ratio <= goal else "NOT met"
+        print(f"ratio full/bare: {ratio:.2f}x (goal <= {goal}x: {verdict})")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -8,13 +8,20 @@ in the session runs on its own qcow2 overlay of it.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from builder.run import which
+from tests.support import bootcheck
+
+REPO = Path(__file__).resolve().parents[2]
 
 NODE_BOOT_TOOLS = (
     "qemu-system-x86_64", "qemu-img", "ip", "wg", "wg-quick", "wireguard-go", "mmdebstrap",
@@ -40,3 +47,24 @@ def boot_pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
     """Scenarios run side by side (each guest is one vCPU; TCG uses one host thread each)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="boot") as pool:
         yield pool
+
+
+def cli_boot_test(site: str, workdir: Path, *args: str) -> dict[str, Any]:
+    """`builder boot-test SITE --json --keep` + the stand-in disk's options (which wait for
+    the check program's report); the reports are read back from the consoles it keeps."""
+    p = subprocess.run(
+        [sys.executable, "-c", "from builder.cli import main; main()",
+         "boot-test", site, "--json", "--keep", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "TMPDIR": str(workdir)},
+    )  # fmt: skip
+    out: dict[str, Any] = {"rc": p.returncode, "stderr": p.stderr}
+    try:
+        res = out["result"] = json.loads(p.stdout)
+    except ValueError:
+        out["result"] = None
+        return out
+    out["reports"] = [bootcheck.read_report(n["console"]) for n in res["nodes"] if n["joined"]]
+    if res.get("reboot"):
+        out["reboot_report"] = bootcheck.read_report(res["reboot"]["console"])
+    return out

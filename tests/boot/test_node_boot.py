@@ -20,18 +20,14 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import ipaddress
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.boot.conftest import node_boot_missing
-from tests.support import bootcheck, nodedisk, scenarios
+from tests.boot.conftest import cli_boot_test, node_boot_missing
+from tests.support import nodedisk, scenarios
 from tests.support.guest.nodeforge_bootcheck import REQUIRED_SYSCTLS
 from tests.support.reportchecks import check_joined, check_reboot
 
@@ -41,7 +37,6 @@ _missing = node_boot_missing()
 if _missing:
     pytest.skip(f"node boot tests need {', '.join(_missing)}", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parents[2]
 SITES = ("aws", "onprem")
 
 
@@ -51,27 +46,6 @@ def setups(boot_workdir: Path, boot_pool) -> dict[str, nodedisk.StandinSite]:
         s: boot_pool.submit(nodedisk.prepare_site, s, boot_workdir / f"prep-{s}") for s in SITES
     }
     return {s: f.result() for s, f in futs.items()}
-
-
-def _cli_boot_test(site: str, workdir: Path, *args: str) -> dict[str, Any]:
-    """`builder boot-test SITE --json --keep` + the stand-in disk's options (which wait for
-    the check program's report); the reports are read back from the consoles it keeps."""
-    p = subprocess.run(
-        [sys.executable, "-c", "from builder.cli import main; main()",
-         "boot-test", site, "--json", "--keep", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "TMPDIR": str(workdir)},
-    )  # fmt: skip
-    out: dict[str, Any] = {"rc": p.returncode, "stderr": p.stderr}
-    try:
-        res = out["result"] = json.loads(p.stdout)
-    except ValueError:
-        out["result"] = None
-        return out
-    out["reports"] = [bootcheck.read_report(n["console"]) for n in res["nodes"] if n["joined"]]
-    if res.get("reboot"):
-        out["reboot_report"] = bootcheck.read_report(res["reboot"]["console"])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +59,10 @@ def runs(setups, boot_workdir: Path, boot_pool) -> dict[str, concurrent.futures.
     # once only stretch every boot; the hub-late one idles a minute, so it goes early
     aws, onprem = setups["aws"].boot_args(), setups["onprem"].boot_args(uefi=True)
     return {
-        "aws-cli": boot_pool.submit(_cli_boot_test, "aws", wd("cli"), *aws, "--nodes", "2"),
+        "aws-cli": boot_pool.submit(cli_boot_test, "aws", wd("cli"), *aws, "--nodes", "2"),
         "hub-late": boot_pool.submit(scenarios.run_hub_late, setups["aws"], wd("late")),
         "onprem-uefi": boot_pool.submit(
-            _cli_boot_test, "onprem", wd("onprem-uefi"), *onprem, "--no-reboot"
+            cli_boot_test, "onprem", wd("onprem-uefi"), *onprem, "--no-reboot"
         ),
         "expired": boot_pool.submit(scenarios.run_expired_token, setups["aws"], wd("expired")),
     }

@@ -30,13 +30,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,16 @@ from tests.support.reportchecks import Expect, expectations
 
 log = logging.getLogger("tests.support.nodedisk")
 
-FORMAT = 1  # bump when the disk recipe changes in a way the inputs do not show
+FORMAT = 2  # bump when the disk recipe changes in a way the inputs do not show
 REPO_IN_ROOT = "/srv/nodeforge-standin-repo"
 BUILD_IN_ROOT = "/var/tmp/nodeforge-build"
-# an Ubuntu cloud image has e2fsprogs (cloud-init's resizefs needs resize2fs)
-ROOTFS_EXTRA = ("e2fsprogs",)
+# an Ubuntu cloud image has e2fsprogs (cloud-init's resizefs needs resize2fs) and netplan
+# (cloud-init renders network config through it; Debian's cloud-init would otherwise use
+# its networkd renderer, which cannot match interfaces by a name pattern as netplan does)
+ROOTFS_EXTRA = ("e2fsprogs", "netplan.io")
+# the stand-in root's own DHCP config (rootfs.py) must not shadow what cloud-init renders:
+# networkd takes the first .network file by name, netplan writes 10-netplan-*.network
+STANDIN_DHCP = ("etc/systemd/network/10-dhcp.network", "etc/systemd/network/90-dhcp.network")
 APPEND_UEFI = "root=/dev/vda2 rw console=ttyS0 net.ifnames=0 systemd.show_status=1"
 _PREP_LOCK = threading.Lock()
 
@@ -81,17 +87,17 @@ def repo_overrides(gpu: bool) -> list[str]:
 def standin_versions(profile: Any) -> dict[str, str]:
     """Stand-in package versions matching what the profile pins (Debian revisions as the
     real repositories use them); the repository adds newer decoys of each."""
-    k8s = str(profile.get("kubernetes.version"))
-    crio = str(profile.get("crio.version"))
+    k8s = profile.spec.kubernetes.version
+    crio = profile.spec.crio.version
     vers = {
         "kubernetes": f"{k8s}-1.1",
         "crio": f"{crio}.0-1.1" if crio.count(".") == 1 else f"{crio}-1.1",
     }
-    if profile.get("gpu.enabled"):
-        branch = str(profile.get("gpu.nvidia.driver_branch"))
+    if profile.spec.gpu.enabled:
+        branch = profile.spec.gpu.nvidia.driver_branch
         vers["nvidia_driver_branch"] = branch
         vers["nvidia_driver"] = f"{branch}.195.03-0ubuntu0.24.04.1"
-        vers["nvidia_toolkit"] = f"{profile.get('gpu.nvidia.container_toolkit_version')}-1"
+        vers["nvidia_toolkit"] = f"{profile.spec.gpu.nvidia.container_toolkit_version}-1"
     return {**standins.DEFAULT_VERSIONS, **vers}
 
 
@@ -118,9 +124,13 @@ class NodeDisk:
     seconds: float = 0.0
 
 
-def disk_key(tarball: Path, tree: Path, versions: dict[str, str]) -> str:
+def disk_key(tarball: Path, tree: Path, versions: dict[str, str], kind: str = "disk") -> str:
     h = hashlib.sha256()
     h.update(f"{FORMAT}|{tarball.name}|{APPEND}\n".encode())
+    if kind != "disk":  # the ISO path: the whole ISO payload and the installer step
+        h.update(kind.encode())
+        _hash_tree(h, tree, "iso")
+        h.update(Path(__file__).with_name("installer.py").read_bytes())
     _hash_tree(h, tree, "files")
     _hash_tree(h, tree, "scripts")
     h.update(json.dumps(versions, sort_keys=True).encode())
@@ -153,15 +163,22 @@ def build_node_disk(
     *,
     size_gb: int = 4,
     rebuild: bool = False,
+    installer: Callable[[Path], None] | None = None,
+    kind: str = "disk",
 ) -> NodeDisk:
-    """Build (or reuse) the stand-in node disk for a rendered build tree ``tree``."""
+    """Build (or reuse) the stand-in node disk for a rendered build tree ``tree``.
+
+    The root is provisioned by ``scripts/provision.sh`` in a chroot (as Packer would), or
+    by ``installer(root)`` (the stand-in installer step of the ISO path, installer.py);
+    ``kind`` names the recipe in the cache."""
     t0 = time.monotonic()
     tarball = rootfs.build_rootfs(ROOTFS_EXTRA)
     versions = versions or dict(standins.DEFAULT_VERSIONS)
-    key = disk_key(tarball, tree, versions)
-    d = cache_root() / "disk" / f"{site}-{key}"
+    key = disk_key(tarball, tree, versions, kind)
+    d = cache_root() / kind / f"{site}-{key}"
     info_file = d / "disk.json"
     if info_file.exists() and not rebuild:
+        os.utime(d)  # in use: prune_disks keeps what was used lately
         info = json.loads(info_file.read_text())
         return NodeDisk(site, d / "disk.qcow2", d / "vmlinuz", d / "initrd.img", key,
                         info["kernel_name"], info["initrd_name"], True,
@@ -171,13 +188,17 @@ def build_node_disk(
     with tempfile.TemporaryDirectory(prefix="nf-disk-", dir=d) as tmp:
         root = rootfs.extract_rootfs(tarball, Path(tmp) / "root")
         standins.build_standin_repo(root / REPO_IN_ROOT.lstrip("/"), **versions)
-        build = root / BUILD_IN_ROOT.lstrip("/")
-        shutil.copytree(tree / "scripts", build / "scripts")
-        shutil.copytree(tree / "files", build / "files")
         fstab = root / "etc/fstab"  # one fstab for both layouts (whole-disk ext4 and GPT)
         fstab.write_text(fstab.read_text().replace("/dev/vda ", "LABEL=root "))
-        _chroot_provision(root)
-        shutil.rmtree(build, ignore_errors=True)  # cleanup.sh may have emptied /var/tmp
+        (root / STANDIN_DHCP[0]).rename(root / STANDIN_DHCP[1])
+        if installer is not None:
+            installer(root)
+        else:
+            build = root / BUILD_IN_ROOT.lstrip("/")
+            shutil.copytree(tree / "scripts", build / "scripts")
+            shutil.copytree(tree / "files", build / "files")
+            _chroot_provision(root)
+            shutil.rmtree(build, ignore_errors=True)  # cleanup.sh may have emptied /var/tmp
         with contextlib.suppress(FileNotFoundError):
             (root / standins.STANDIN_LOG.lstrip("/")).unlink()
         bootcheck.install(root)  # the TEST-ONLY check unit
@@ -208,14 +229,18 @@ def build_node_disk(
                     info["kernel_name"], info["initrd_name"], False, secs)  # fmt: skip
 
 
-def prune_disks(site: str, keep: Path, newest: int = 2) -> None:
-    """Keep the ``newest`` node disks of ``site`` (every commit renders a new one)."""
+def prune_disks(site: str, keep: Path, newest: int = 2, idle: float = 3 * 3600) -> None:
+    """Keep the ``newest`` node disks of ``site`` (every commit renders a new one) and
+    every disk used in the last ``idle`` seconds (another session may be booting it)."""
     entries = sorted(
         (p for p in keep.parent.glob(f"{site}-*") if p.is_dir() and p != keep),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
+    now = time.time()
     for old in entries[max(0, newest - 1) :]:
+        if now - old.stat().st_mtime < idle:
+            continue
         log.debug("pruning old node disk %s", old)
         shutil.rmtree(old, ignore_errors=True)
 
@@ -294,6 +319,7 @@ def build_bare_disk(size_gb: int = 4) -> Path:
         root = rootfs.extract_rootfs(tarball, Path(tmp) / "root")
         fstab = root / "etc/fstab"
         fstab.write_text(fstab.read_text().replace("/dev/vda ", "LABEL=root "))
+        (root / STANDIN_DHCP[0]).rename(root / STANDIN_DHCP[1])
         raw = Path(tmp) / "root.img"
         run(["truncate", "-s", f"{size_gb}G", raw])
         run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, "-E", "root_owner=0:0", raw],
@@ -344,20 +370,30 @@ def prepare_site(
     profiles_dir: Path | None = None,
     overrides: Sequence[str] = (),
     rebuild: bool = False,
+    installed: bool = False,
 ) -> StandinSite:
-    """Render the site for the lab hub + stand-in repo and build (or reuse) its disk."""
+    """Render the site for the lab hub + stand-in repo and build (or reuse) its disk:
+    provisioned like Packer does, or (``installed``) by the stand-in installer step of the
+    ISO path (installer.py: subiquity's files + our autoinstall late-commands)."""
     t0 = time.monotonic()
     with _PREP_LOCK:  # shared cache entries: one builder at a time in this process
         lab = prepare(site, workdir / "lab", profiles_dir=profiles_dir, overrides=overrides)
         rootfs.build_rootfs(ROOTFS_EXTRA)
-    extra = repo_overrides(bool(lab.profile.get("gpu.enabled")))
+    extra = repo_overrides(lab.profile.spec.gpu.enabled)
     # the lab's hub settings first, the stand-in repository, then the caller's overrides
     profile = load_profile(site, profiles_dir, [*hub_overrides(lab.ident), *extra, *overrides])
     tree = workdir / "build" / site
     render_site(profile, tree)
     t1 = time.monotonic()
     versions = standin_versions(profile)
-    disk = build_node_disk(site, tree, versions, rebuild=rebuild)
+    installer: Callable[[Path], None] | None = None
+    if installed:
+        from tests.support import installer as inst
+
+        tarball = rootfs.build_rootfs(ROOTFS_EXTRA)
+        installer = lambda root: inst.install(root, tree, workdir, tarball)  # noqa: E731
+    disk = build_node_disk(site, tree, versions, rebuild=rebuild, installer=installer,
+                           kind="installed" if installed else "disk")  # fmt: skip
     t2 = time.monotonic()
     secs = {"render": round(t1 - t0, 1), "disk": round(t2 - t1, 1)}
     log.info("%s: rendered in %.1f s; disk %s in %.1f s", site, secs["render"],
@@ -376,6 +412,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--uefi", action="store_true", help="the GPT variant for OVMF")
     ap.add_argument("--args", action="store_true", help="print `builder boot-test` options")
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument(
+        "--installed",
+        action="store_true",
+        help="install the root with the stand-in installer step (the ISO path)",
+    )
     ap.add_argument(
         "--base-image",
         type=Path,
@@ -396,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             overrides=args.overrides, uefi=args.uefi)  # fmt: skip
             else:
                 s = prepare_site(args.site, Path(tmp), profiles_dir=args.profiles_dir,
-                                 overrides=args.overrides, rebuild=args.rebuild)  # fmt: skip
+                                 overrides=args.overrides, rebuild=args.rebuild,
+                                 installed=args.installed)  # fmt: skip
             out = s.boot_args(uefi=args.uefi)
         except BuilderError as exc:
             print(f"error: {exc.message}", file=sys.stderr)

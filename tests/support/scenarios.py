@@ -7,7 +7,7 @@ inside the guest: the agent's retries, and a clean stop with nothing half-config
 
 from __future__ import annotations
 
-import subprocess
+import signal
 import sys
 import threading
 import time
@@ -17,7 +17,7 @@ from typing import Any
 from builder.boottest import Lab, make_node, node_user_data
 from builder.boottest.constants import HUB_PORT
 from builder.boottest.node import boot_node
-from builder.run import popen
+from builder.run import PIPE, popen, stop
 from tests.support import bootcheck
 from tests.support.nodedisk import StandinSite
 from tests.support.reportchecks import check_hub, check_joined, check_not_configured
@@ -44,7 +44,7 @@ class HubOutage:
         self.attempts: list[float] = []
         self.proc = popen(
             lab.exec_argv([sys.executable, "-c", _REFUSER, str(HUB_PORT)]),
-            stdout=subprocess.PIPE,
+            stdout=PIPE,
             stderr=None,
             stdin=None,
         )
@@ -58,9 +58,7 @@ class HubOutage:
                 self.attempts.append(time.time())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, 0, sig=signal.SIGKILL)
 
 
 def run_hub_late(

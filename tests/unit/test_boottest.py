@@ -243,3 +243,27 @@ def test_provision_user_data_carries_the_tree(tmp_path):
     assert "scripts/provision.sh" in names and "files/x" in names
     assert "test/etc/systemd/system/nodeforge-bootcheck.service" in names
     assert doc["power_state"]["mode"] == "poweroff"
+
+
+def test_node_seeds_site_or_node_only_and_static(tmp_path):
+    from builder.boottest.scenarios import node_files, static_address
+    from builder.targets import seed
+
+    (tmp_path / "cloud-init").mkdir()
+    (tmp_path / "cloud-init/user-data").write_bytes(b"#cloud-config\nlocale: C.UTF-8\n")
+    lab_site = boottest.LabSite("onprem", None, tmp_path, None, {})  # type: ignore[arg-type]
+    # --node-seed-only: exactly what `builder seed` writes for that node
+    only = node_files(lab_site, "onprem-node2", "nf1.a.b", 1, True, True)
+    assert only == seed.node_seed(site="onprem", hostname="onprem-node2", token="nf1.a.b",
+                                  ip="10.0.2.101/24", gateway="10.0.2.2", dns=["10.0.2.3"],
+                                  interface_match="e*")  # fmt: skip
+    net = yaml.safe_load(only["network-config"])
+    assert net["ethernets"]["primary"]["addresses"] == [static_address(1)] == ["10.0.2.101/24"]
+    assert "locale" not in yaml.safe_load(only["user-data"])
+    # default: the site's user-data + the node's entries; static adds the network-config
+    site = node_files(lab_site, "onprem-node1", "nf1.a.b", 0, False, True)
+    doc = yaml.safe_load(site["user-data"])
+    assert doc["locale"] == "C.UTF-8" and doc["hostname"] == "onprem-node1"
+    assert yaml.safe_load(site["meta-data"])["local-hostname"] == "onprem-node1"
+    assert "10.0.2.100/24" in site["network-config"].decode()
+    assert "network-config" not in node_files(lab_site, "n", "t", 0, False, False)

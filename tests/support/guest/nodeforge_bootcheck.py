@@ -161,6 +161,14 @@ def tunnel(rep: dict[str, Any]) -> None:
                       "latest_handshake": int(f[4]), "rx": int(f[5]), "tx": int(f[6])})  # fmt: skip
     conf = os.path.exists("/etc/wireguard/wg0.conf")
     rep["wg"] = {"conf_exists": conf, "addresses": addresses, "peers": peers}
+    # the machine's own IPv4 addresses (the NICs: not loopback, not the tunnel)
+    rep["addresses"] = {}
+    rc, out, _ = sh("ip", "-j", "-4", "address", "show")
+    for link in json.loads(out) if rc == 0 and out.strip() else []:
+        if link.get("ifname") not in ("lo", "wg0"):
+            rep["addresses"][link.get("ifname")] = [
+                a["local"] + "/" + str(a["prefixlen"]) for a in link.get("addr_info", [])
+            ]
 
 
 def enrollment(rep: dict[str, Any]) -> None:
