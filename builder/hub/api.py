@@ -1,4 +1,4 @@
-"""The hub's HTTPS API: routes and what they check; served by ``http.HttpServer`` (asyncio).
+"""The hub's HTTPS API: routes and what they check; served by ``server.HttpServer`` (asyncio).
 
 Routes: ``POST /v1/enroll`` (Bearer enrollment token; or, to re-enroll an active node with
 a new key, its node secret), ``GET /v1/join`` and ``POST /v1/complete`` (only through the
@@ -38,10 +38,10 @@ from builder.errors import BuilderError
 from . import tokens as tok
 from .config import HubConfig
 from .dispatch import WriterLink
-from .http import HttpServer, Request, Response
 from .metrics import Metrics
 from .pki import wg_public_key
 from .provider import Provider
+from .server import HttpServer, Request, Response
 from .store import EnrollRequest, Outcome, Store
 from .wg import WgInterface
 from .wire import NODE_SECRET_RE, HttpError, parse_enroll_body

@@ -14,7 +14,8 @@ Limits (``hub.json`` ``limits``):
   within it; the clock starts at accept (or, on a kept-alive connection, at the first byte
   of the next request). Writing the answer is bounded by it too.
 - ``per_source_connections`` / ``max_connections``: a connection over either cap is closed
-  at once, before any TLS work or buffer is spent on it.
+  at once (RST), before any TLS work or buffer is spent on it; a connection within them
+  gets a TLS transport only once its client has sent something.
 - ``max_header_bytes`` for the request line + headers (431 beyond), at most 100 header
   lines; bodies need Content-Length and at most ``max_body_bytes`` (413 beyond).
 - ``keepalive_seconds``: how long a kept-alive connection may sit idle.
@@ -159,7 +160,9 @@ class HttpServer:
         self.open = 0
         self.per_source: Counter[str] = Counter()
         self.logs = LogLimiter()
-        self.server: asyncio.base_events.Server | None = None
+        self.lsock: socket.socket | None = None
+        self.accepting: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
         fds = raise_fd_limit()
         # keep room for the database, the writer pipe, subprocesses and logs
         self.max_open = max(1, min(limits.max_connections, fds - 64))
@@ -167,41 +170,87 @@ class HttpServer:
             asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
     async def start(self, host: str, port: int) -> None:
-        self.server = await asyncio.start_server(
-            self._connection,
-            host.strip("[]"),
-            port,
-            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-            limit=self.lim.max_header_bytes,
-            backlog=4096,
-            reuse_address=True,
-        )
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host.strip("[]"), port))
+            sock.listen(4096)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.lsock = sock
+        self.accepting = asyncio.create_task(self._accept())
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 5)
+        if self.accepting is not None:
+            self.accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.accepting
+        if self.lsock is not None:
+            self.lsock.close()
+        for t in list(self.tasks):
+            t.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=5)
 
-    # -- one connection ---------------------------------------------------------------------
-    def _drop(self, writer: asyncio.StreamWriter, reason: str, peer: str) -> None:
+    # -- connections ------------------------------------------------------------------------
+    async def _accept(self) -> None:
+        """Accept, and check the caps before anything is spent on the connection: a TLS
+        transport (buffers, an SSL object) is only made once the client has sent bytes."""
+        loop = asyncio.get_running_loop()
+        assert self.lsock is not None
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(self.lsock)
+            except OSError as exc:  # e.g. out of file descriptors: back off a little
+                self.metrics.drop("accept_error")
+                self.logs.warning("accept", "accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            peer = str(addr[0])
+            if self.open >= self.max_open:
+                self._drop(sock, "connection_limit", peer)
+                continue
+            if self.per_source[peer] >= self.lim.per_source_connections:
+                self._drop(sock, "per_source_limit", peer)
+                continue
+            self.open += 1
+            self.per_source[peer] += 1
+            task = asyncio.create_task(self._connection(sock, peer))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def _drop(self, sock: socket.socket, reason: str, peer: str) -> None:
         self.metrics.drop(reason)
         self.logs.warning(reason, "dropping a connection from %s: %s", peer, reason)
-        writer.transport.abort()
+        with contextlib.suppress(OSError):  # RST, no lingering FIN_WAIT state
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+        sock.close()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        peername = writer.get_extra_info("peername") or ("?", 0)
-        peer = str(peername[0])
-        if self.open >= self.max_open:
-            self._drop(writer, "connection_limit", peer)
-            return
-        if self.per_source[peer] >= self.lim.per_source_connections:
-            self._drop(writer, "per_source_limit", peer)
-            return
-        self.open += 1
-        self.per_source[peer] += 1
+    async def _connection(self, sock: socket.socket, peer: str) -> None:
+        loop = asyncio.get_running_loop()
+        writer: asyncio.StreamWriter | None = None
+        deadline = self.lim.request_timeout
         try:
-            await self._serve(reader, writer, peer)
+            local = str(sock.getsockname()[0])
+            async with asyncio.timeout(deadline):
+                await _readable(loop, sock)
+                reader = asyncio.StreamReader(limit=self.lim.max_header_bytes, loop=loop)
+                protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    sock,
+                    ssl=self.ctx,
+                    ssl_handshake_timeout=deadline if self.ctx is not None else None,
+                )
+                writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+                first = await self._read_first(reader, writer, peer, local)
+            if first is not None:
+                await self._serve(reader, writer, first, peer, local)
         except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError):
             pass
         except TimeoutError:
@@ -214,18 +263,38 @@ class HttpServer:
             self.per_source[peer] -= 1
             if self.per_source[peer] <= 0:
                 del self.per_source[peer]
-            writer.transport.abort()
+            if writer is not None:
+                writer.transport.abort()
+            else:
+                sock.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str):
-        deadline = self.lim.request_timeout
+    async def _read_first(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, local: str
+    ) -> tuple[Request, bytearray] | None:
         buf = bytearray()
-        if self.ctx is not None:
-            async with asyncio.timeout(deadline):
-                await writer.start_tls(self.ctx, ssl_handshake_timeout=deadline)
-        local = str((writer.get_extra_info("sockname") or ("", 0))[0])
-        first = True
+        try:
+            req = await self._read_request(reader, buf, peer, local)
+        except BadRequest as exc:
+            await self._write(writer, self.error(exc.status, exc.message), True)
+            return None
+        return None if req is None else (req, buf)
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        first: tuple[Request, bytearray],
+        peer: str,
+        local: str,
+    ) -> None:
+        req, buf = first
         while True:
-            if not first and not buf:  # kept alive: wait (bounded) for the next request
+            resp = await self.handler(req)
+            close = resp.close or _wants_close(req)
+            await self._write(writer, resp, close)
+            if close:
+                return
+            if not buf:  # kept alive: wait (bounded) for the next request
                 try:
                     chunk = await asyncio.wait_for(reader.read(4096), self.lim.keepalive_seconds)
                 except TimeoutError:
@@ -233,20 +302,15 @@ class HttpServer:
                 if not chunk:
                     return
                 buf += chunk
-            first = False
             try:
-                async with asyncio.timeout(deadline):
-                    req = await self._read_request(reader, buf, peer, local)
+                async with asyncio.timeout(self.lim.request_timeout):
+                    got = await self._read_request(reader, buf, peer, local)
             except BadRequest as exc:
                 await self._write(writer, self.error(exc.status, exc.message), True)
                 return
-            if req is None:
+            if got is None:
                 return
-            resp = await self.handler(req)
-            close = resp.close or _wants_close(req)
-            await self._write(writer, resp, close)
-            if close:
-                return
+            req = got
 
     async def _write(self, writer: asyncio.StreamWriter, resp: Response, close: bool) -> None:
         writer.write(resp.encode(close))
@@ -290,6 +354,22 @@ class HttpServer:
         req.body = bytes(buf[:n])
         del buf[:n]
         return req
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Wait until the client has sent something (or closed)."""
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
 
 
 def _parse_head(head: str, peer: str, local: str) -> Request:
