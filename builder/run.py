@@ -3,6 +3,12 @@
 ``run(argv)`` logs ``+ argv`` at debug level, turns a missing binary into a
 ``ToolMissing`` with an install hint, and a non-zero exit into ``CommandFailed``
 carrying the tail of the program's output.
+
+Long-running programs: ``with spawn(argv) as proc:`` owns the child's whole life (on
+leaving the block, normally or by an exception, a child still running is signalled, waited
+for, killed if it does not go, and always reaped). A child that must outlive one block
+(a server started by one method, stopped by another) is started with ``popen`` and ended
+with ``stop(proc, timeout)``; nothing else hand-rolls terminate/wait/kill.
 """
 
 from __future__ import annotations
@@ -11,13 +17,18 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import CommandFailed, ToolMissing
 
 log = logging.getLogger("builder.run")
+
+PIPE = subprocess.PIPE
+TimeoutExpired = subprocess.TimeoutExpired
 
 # tool -> Debian package that provides it (for hints)
 PACKAGES = {
@@ -110,8 +121,65 @@ def run(
 
 
 def popen(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> subprocess.Popen[bytes]:
-    """Start a long-running program (QEMU, wireguard-go, the hub) and return it."""
+    """Start a long-running program (QEMU, wireguard-go, the hub) and return it.
+
+    The caller ends it with ``stop()``; prefer ``spawn()``, which does that itself.
+    """
     args = [os.fspath(a) for a in argv]
     require(args[0])
     log.debug("+ %s &", shlex.join(args))
     return subprocess.Popen(args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+def stop(
+    proc: subprocess.Popen[bytes],
+    timeout: float = 10.0,
+    *,
+    sig: signal.Signals | None = signal.SIGTERM,
+) -> int:
+    """End ``proc`` and reap it; return its exit status (negative: killed by a signal).
+
+    A child still running gets ``sig`` (``None``: no signal, it was already told to go,
+    e.g. by the terminal's Ctrl-C), then up to ``timeout`` seconds to exit, then SIGKILL.
+    It is always waited for, so no zombie is left behind.
+    """
+    if proc.poll() is None:
+        if sig is not None:
+            with suppress(ProcessLookupError):
+                proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.debug("pid %d still running %g s after %s: killing it", proc.pid, timeout, sig)
+        finally:  # also when the wait itself is interrupted (a second Ctrl-C)
+            if proc.poll() is None:
+                with suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+    return proc.returncode
+
+
+@contextmanager
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    stop_timeout: float = 10.0,
+    stop_signal: signal.Signals = signal.SIGTERM,
+    **kwargs: object,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``argv`` (like ``popen``) for the length of a ``with`` block.
+
+    Leaving the block ends a child still running with ``stop(proc, stop_timeout,
+    sig=stop_signal)``, whether the block finished or raised; its pipes are closed.
+    """
+    proc = popen(argv, **kwargs)
+    try:
+        yield proc
+    finally:
+        try:
+            stop(proc, stop_timeout, sig=stop_signal)
+        finally:
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    with suppress(OSError):
+                        stream.close()

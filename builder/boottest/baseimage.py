@@ -97,8 +97,8 @@ def prepare_from_base_image(
 
     t0 = time.monotonic()
     base = load_profile(site, profiles_dir, list(overrides))
-    cidr = str(base.get("wireguard.overlay_cidr"))
-    hub_ip = str(base.get("wireguard.hub_overlay_ip"))
+    cidr = base.spec.wireguard.overlay_cidr
+    hub_ip = base.spec.wireguard.hub_overlay_ip
     with _PREP_LOCK:
         ident = hub_identity(cidr, hub_ip)
     hub_only = [o for o in lab_overrides(ident) if not o.startswith(("kubernetes.", "crio."))]

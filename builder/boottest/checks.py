@@ -38,28 +38,24 @@ class Expect:
 
 def expectations(profile: Any, ident: HubIdentity) -> Expect:
     sysctls = {k: "1" for k in REQUIRED_SYSCTLS}
-    for k, v in (profile.get("kernel.sysctls") or {}).items():
+    for k, v in profile.spec.kernel.sysctls.items():
         sysctls[str(k)] = str(v)
-    modules = ("overlay", "br_netfilter", *[str(m) for m in profile.get("kernel.modules") or []])
-    taints = tuple(
-        (str(t["key"]), None if t.get("value") is None else str(t["value"]),
-         str(t.get("effect", "NoSchedule")))
-        for t in profile.get("kubernetes.taints") or []
-    )  # fmt: skip
+    modules = ("overlay", "br_netfilter", *profile.spec.kernel.modules)
+    taints = tuple((t.key, t.value, t.effect) for t in profile.spec.kubernetes.taints)
     return Expect(
-        site=profile.site if hasattr(profile, "site") else str(profile.get("site")),
+        site=profile.site,
         modules=modules,
         sysctls=sysctls,
-        swap_off=not bool(profile.get("swap.enabled")),
-        k8s_version=str(profile.get("kubernetes.version")),
-        crio_minor=str(profile.get("crio.version")),
+        swap_off=not profile.spec.swap.enabled,
+        k8s_version=profile.spec.kubernetes.version,
+        crio_minor=profile.spec.crio.version,
         standin_versions=dict(standins.DEFAULT_VERSIONS),
-        labels={str(k): str(v) for k, v in (profile.get("kubernetes.labels") or {}).items()},
+        labels=dict(profile.spec.kubernetes.labels),
         taints=taints,
         overlay_cidr=ident.overlay_cidr,
         hub_ip=ident.hub_ip,
         hub_pubkey=ident.public_key,
-        gpu=bool(profile.get("gpu.enabled")),
+        gpu=profile.spec.gpu.enabled,
     )
 
 

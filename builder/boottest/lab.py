@@ -19,7 +19,7 @@ from typing import Any
 
 from builder.errors import BuilderError
 from builder.fsutil import atomic_write
-from builder.run import popen, require, run
+from builder.run import PIPE, popen, require, run, stop
 
 from . import qemu
 from .constants import (
@@ -180,13 +180,8 @@ class Lab:
         return json.loads(out)  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except Exception:  # noqa: BLE001 - TimeoutExpired
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop(self.proc, 10)
         # what is left in the namespace was started here (wireguard-go, QEMU): end it by pid
         pids = run(["ip", "netns", "pids", self.ns], check=False).stdout.split()
         for pid in pids:
@@ -218,7 +213,7 @@ class HubOutage:
         self.attempts: list[float] = []
         self.proc = popen(
             lab.exec_argv([sys.executable, "-c", _REFUSER, str(HUB_PORT)]),
-            stdout=-1,  # subprocess.PIPE
+            stdout=PIPE,
             stderr=None,
             stdin=None,
         )
@@ -232,6 +227,4 @@ class HubOutage:
                 self.attempts.append(time.time())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, 0, sig=signal.SIGKILL)

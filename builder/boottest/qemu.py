@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from builder.errors import BuilderError
-from builder.run import popen, require
+from builder.run import popen, require, stop
 
 log = logging.getLogger("builder.qemu")
 
@@ -273,10 +273,4 @@ def boot(
                         )
                     time.sleep(poll)
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except Exception:  # noqa: BLE001
-                    proc.kill()
-                    proc.wait()
+            stop(proc, 5)

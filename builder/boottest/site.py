@@ -47,17 +47,17 @@ def gpu_overrides() -> list[str]:
 def standin_versions(profile: Any) -> dict[str, str]:
     """Stand-in package versions matching what the profile pins (Debian revisions as the
     real repositories use them); the repository adds newer decoys of each."""
-    k8s = str(profile.get("kubernetes.version"))
-    crio = str(profile.get("crio.version"))
+    k8s = profile.spec.kubernetes.version
+    crio = profile.spec.crio.version
     vers = {
         "kubernetes": f"{k8s}-1.1",
         "crio": f"{crio}.0-1.1" if crio.count(".") == 1 else f"{crio}-1.1",
     }
-    if profile.get("gpu.enabled"):
-        branch = str(profile.get("gpu.nvidia.driver_branch"))
+    if profile.spec.gpu.enabled:
+        branch = profile.spec.gpu.nvidia.driver_branch
         vers["nvidia_driver_branch"] = branch
         vers["nvidia_driver"] = f"{branch}.195.03-0ubuntu0.24.04.1"
-        vers["nvidia_toolkit"] = f"{profile.get('gpu.nvidia.container_toolkit_version')}-1"
+        vers["nvidia_toolkit"] = f"{profile.spec.gpu.nvidia.container_toolkit_version}-1"
     return {**standins.DEFAULT_VERSIONS, **vers}
 
 
@@ -87,12 +87,12 @@ def prepare_site(
 
     t0 = time.monotonic()
     base = load_profile(site, profiles_dir, list(overrides))
-    cidr = str(base.get("wireguard.overlay_cidr"))
-    hub_ip = str(base.get("wireguard.hub_overlay_ip"))
+    cidr = base.spec.wireguard.overlay_cidr
+    hub_ip = base.spec.wireguard.hub_overlay_ip
     with _PREP_LOCK:  # shared cache entries: one builder at a time in this process
         ident = hub_identity(cidr, hub_ip)
         rootfs.build_rootfs(ROOTFS_EXTRA)
-    extra = lab_overrides(ident) + (gpu_overrides() if base.get("gpu.enabled") else [])
+    extra = lab_overrides(ident) + (gpu_overrides() if base.spec.gpu.enabled else [])
     profile = load_profile(site, profiles_dir, [*extra, *overrides])
     tree = workdir / "build" / site
     render_site(profile, tree)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import BuilderError
+from builder.progress import human_size
 
 SECTOR = 512
 
@@ -156,15 +157,6 @@ class Disk:
             "safe": self.safe,
             "problems": [{"code": p.code, "message": p.message} for p in self.problems],
         }
-
-
-def human_size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 # --- reading the mount table ----------------------------------------------------------------

@@ -9,10 +9,10 @@ Order of work in :func:`flash`:
    overrides "holds the running root filesystem";
 3. describe the target (model, size, serial) and ask, unless ``yes`` (no way to ask and no
    ``yes`` → refuse);
-4. write in large page-aligned blocks with ``O_DIRECT`` when the target takes it (else
-   buffered, transparently), the image read and hashed in a second thread so reading,
-   hashing and writing overlap; ``O_EXCL`` so the kernel itself refuses a device that is
-   mounted, even under --force; progress on stderr; ``fsync`` at the end;
+4. write it (:mod:`builder.flash.blockio`: large page-aligned blocks, ``O_DIRECT`` when the
+   target takes it, reading, hashing and writing overlapped; ``fsync`` at the end), opened
+   with ``O_EXCL`` so the kernel itself refuses a device that is mounted, even under
+   --force; progress on stderr (:mod:`builder.progress`);
 5. read the target back (``O_DIRECT``, or buffered after dropping the page cache) and compare
    its sha256 with the image's, and with ``SHA256SUMS`` beside the image when it lists it.
 
@@ -23,117 +23,58 @@ is now incomplete.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
-import hashlib
-import json
 import logging
-import mmap
 import os
-import queue
 import stat
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
 
+from builder import dist as dist_manifest
 from builder.errors import BuilderError, UsageError
 from builder.fsutil import atomic_output
+from builder.progress import NoProgress, Progress, ProgressLike, stderr_progress
 
 from . import blockdev
 from .blockdev import BlockTarget, Problem, SysView, human_size
+from .blockio import (
+    ALIGN,
+    BLOCK_SIZE,
+    O_DIRECT,
+    VerifyFailed,
+    hash_file,
+    open_write,
+    read_back_sha256,
+    write_image,
+)
+
+__all__ = [
+    "BLOCK_SIZE",
+    "O_DIRECT",
+    "FlashInterrupted",
+    "FlashResult",
+    "NoProgress",
+    "Progress",
+    "ProgressLike",
+    "Target",
+    "VerifyFailed",
+    "check_target",
+    "find_target",
+    "flash",
+    "read_sums",
+    "resolve_image",
+    "stderr_progress",
+    "verify_target",
+]
 
 log = logging.getLogger("builder.flash")
-
-BLOCK_SIZE = 4 << 20  # bytes per write; a multiple of every logical block size
-ALIGN = 4096  # O_DIRECT offset/length alignment we keep (≥ any logical block size)
-O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
 class FlashInterrupted(BuilderError):
     """Ctrl-C while writing or verifying: exit 130 like any interrupted command."""
 
     exit_code = 130
-
-
-class VerifyFailed(BuilderError):
-    """The bytes read back (or the image itself) do not have the expected sha256."""
-
-
-# --- progress ------------------------------------------------------------------------------
-
-
-class ProgressLike(Protocol):
-    def update(self, n: int) -> None: ...
-    def close(self) -> None: ...
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds + 0.5)
-    if s >= 3600:
-        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-    return f"{s // 60}:{s % 60:02d}"
-
-
-class Progress:
-    """``label [####----]  42%  1.2 GiB / 2.8 GiB  35.2 MiB/s  ETA 0:47`` on stderr.
-
-    On a terminal the line is redrawn in place (at most 5 times a second); otherwise a line
-    is printed every 10 %, so logs stay short.
-    """
-
-    def __init__(self, label: str, total: int, stream: IO[str] | None = None) -> None:
-        self.label = label
-        self.total = max(total, 1)
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.done = 0
-        self.start = time.monotonic()
-        self._last = 0.0
-        self._decile = -1
-
-    def line(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        rate = self.done / elapsed
-        frac = min(self.done / self.total, 1.0)
-        bar = "#" * int(frac * 24)
-        eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
-        return (
-            f"{self.label} [{bar:<24}] {frac * 100:3.0f}%  {human_size(self.done)} / "
-            f"{human_size(self.total)}  {human_size(int(rate))}/s  ETA {eta}"
-        )
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.tty:
-            if now - self._last >= 0.2 or self.done >= self.total:
-                self._last = now
-                self.stream.write("\r" + self.line() + "\x1b[K")
-                self.stream.flush()
-        else:
-            decile = min(self.done * 10 // self.total, 10)
-            if decile > self._decile:
-                self._decile = decile
-                self.stream.write(self.line() + "\n")
-                self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\r" + self.line() + "\x1b[K\n")
-            self.stream.flush()
-
-
-class NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class _Counted:
@@ -154,10 +95,6 @@ class _Counted:
 ProgressFactory = Callable[[str, int], ProgressLike]
 
 
-def stderr_progress(label: str, total: int) -> ProgressLike:
-    return Progress(label, total)
-
-
 # --- the image ----------------------------------------------------------------------------
 
 
@@ -176,7 +113,7 @@ def resolve_image(image: Path | None, site: str | None, dist: Path = Path("dist"
     if site is None:
         raise UsageError("missing IMAGE (or --site SITE to use the latest ISO in dist/SITE/)")
     folder = dist / site
-    built = _manifest_iso(folder / "manifest.json")
+    built = dist_manifest.artifact_path(folder, "iso")
     if built is not None:
         return built
     isos = [p for p in folder.glob("*.iso") if p.is_file() and not p.name.startswith(".")]
@@ -186,23 +123,6 @@ def resolve_image(image: Path | None, site: str | None, dist: Path = Path("dist"
             hint=f"build it first: make image SITE={site}",
         )
     return max(isos, key=lambda p: (p.stat().st_mtime, p.name))
-
-
-def _manifest_iso(manifest: Path) -> Path | None:
-    """The ISO that the last `builder image` recorded in ``dist/<site>/manifest.json``."""
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("target") != "iso":
-        return None
-    for art in data.get("artifacts") or []:
-        name = art.get("name") if isinstance(art, dict) else None
-        if isinstance(name, str) and name.endswith(".iso") and "/" not in name:
-            path = manifest.parent / name
-            if path.is_file():
-                return path
-    return None
 
 
 def read_sums(path: Path) -> dict[str, str]:
@@ -304,252 +224,6 @@ def check_target(target: Target, *, force: bool) -> list[Problem]:
     return probs
 
 
-# --- low-level I/O ------------------------------------------------------------------------
-
-
-def _buffers(n: int, size: int) -> list[mmap.mmap]:
-    return [mmap.mmap(-1, size) for _ in range(n)]  # page-aligned: fit for O_DIRECT
-
-
-def _pipeline(
-    fill: Callable[[memoryview], int],
-    drain: Callable[[memoryview], None],
-    block_size: int,
-    nbuf: int = 3,
-) -> None:
-    """Run ``fill`` in a thread and ``drain`` in this one, over a ring of aligned buffers.
-
-    ``fill(buf)`` returns how many bytes it put in ``buf`` (0 = end); ``drain`` consumes
-    them. Both release the GIL in their system calls and hashing, so they overlap. A
-    KeyboardInterrupt in ``drain`` stops the thread before it propagates.
-    """
-    bufs = _buffers(nbuf, block_size)
-    free: queue.Queue[int] = queue.Queue()
-    full: queue.Queue[tuple[int, int | BaseException]] = queue.Queue()
-    stop = threading.Event()
-    for i in range(nbuf):
-        free.put(i)
-
-    def producer() -> None:
-        try:
-            while not stop.is_set():
-                try:
-                    i = free.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                n = fill(memoryview(bufs[i]))
-                full.put((i, n))
-                if n == 0:
-                    return
-        except BaseException as exc:  # handed to the consumer
-            full.put((-1, exc))
-
-    thread = threading.Thread(target=producer, name="flash-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            try:
-                i, n = full.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if isinstance(n, BaseException):
-                raise n
-            if n == 0:
-                return
-            drain(memoryview(bufs[i])[:n])
-            free.put(i)
-    finally:
-        stop.set()
-        thread.join()
-        for b in bufs:
-            with contextlib.suppress(BufferError):
-                b.close()
-
-
-def _readinto_full(fh: IO[bytes], buf: memoryview) -> int:
-    """Fill ``buf`` from ``fh`` (a raw file) unless the file ends first."""
-    got = 0
-    while got < len(buf):
-        n = fh.readinto(buf[got:])  # type: ignore[attr-defined]
-        if not n:
-            break
-        got += n
-    return got
-
-
-class _Writer:
-    """Sequential writes to ``fd``; O_DIRECT while possible, buffered for the rest."""
-
-    def __init__(self, fd: int, direct: bool) -> None:
-        self.fd = fd
-        self.direct = direct
-        self.written = 0
-        self.direct_bytes = 0
-
-    def _buffered(self) -> None:
-        if self.direct:
-            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~O_DIRECT)
-            self.direct = False
-
-    def write(self, data: memoryview) -> None:
-        while len(data):
-            chunk = data
-            if self.direct and (len(data) % ALIGN or self.written % ALIGN):
-                aligned = len(data) - len(data) % ALIGN if self.written % ALIGN == 0 else 0
-                if aligned == 0:
-                    self._buffered()  # the unaligned tail of the image
-                else:
-                    chunk = data[:aligned]
-            try:
-                n = os.write(self.fd, chunk)
-            except OSError as exc:
-                if exc.errno == errno.EINVAL and self.direct:
-                    log.debug("O_DIRECT write refused (%s); continuing buffered", exc)
-                    self._buffered()
-                    continue
-                if exc.errno == errno.ENOSPC:
-                    raise BuilderError(
-                        f"target full after {human_size(self.written)}: it is smaller than "
-                        "the image"
-                    ) from exc
-                raise BuilderError(f"write failed after {self.written} bytes: {exc}") from exc
-            if n == 0:
-                raise BuilderError(f"write failed after {self.written} bytes: no progress")
-            self.written += n
-            if self.direct:
-                self.direct_bytes += n
-            data = data[n:]
-
-
-def _open_write(path: Path, *, direct: bool, exclusive: bool) -> tuple[int, bool]:
-    """Open an existing file or device for writing (never creates: no O_CREAT)."""
-    flags = os.O_WRONLY | os.O_CLOEXEC
-    if exclusive:
-        flags |= os.O_EXCL  # on a block device: EBUSY when mounted or held (Linux)
-    if direct and O_DIRECT:
-        try:
-            return os.open(path, flags | O_DIRECT), True
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            log.debug("%s does not take O_DIRECT; writing buffered", path)
-    return os.open(path, flags), False
-
-
-@dataclass
-class WriteResult:
-    bytes: int
-    seconds: float
-    sha256: str | None
-    direct: bool
-
-
-def write_image(
-    image: Path,
-    target_fd: int,
-    *,
-    length: int,
-    direct: bool,
-    hash_image: bool,
-    progress: ProgressLike,
-    block_size: int = BLOCK_SIZE,
-) -> WriteResult:
-    """Copy ``length`` bytes of ``image`` to ``target_fd`` (opened by the caller), fsync."""
-    start = time.monotonic()
-    hasher = hashlib.sha256() if hash_image else None
-    writer = _Writer(target_fd, direct)
-    read = 0
-    with open(image, "rb", buffering=0) as src:
-
-        def fill(buf: memoryview) -> int:
-            nonlocal read
-            n = _readinto_full(src, buf[: min(len(buf), length - read)])
-            read += n
-            if hasher is not None and n:
-                hasher.update(buf[:n])
-            return n
-
-        def drain(data: memoryview) -> None:
-            writer.write(data)
-            progress.update(len(data))
-
-        _pipeline(fill, drain, block_size)
-    if writer.written != length:
-        raise BuilderError(f"{image}: shrank while being written ({writer.written} < {length})")
-    os.fsync(target_fd)
-    return WriteResult(
-        bytes=writer.written,
-        seconds=time.monotonic() - start,
-        sha256=hasher.hexdigest() if hasher else None,
-        direct=writer.direct_bytes > 0,
-    )
-
-
-@contextlib.contextmanager
-def _open_read(path: Path, length: int) -> Iterator[tuple[int, bool]]:
-    """Open for reading past the page cache: O_DIRECT, else drop the cached pages first."""
-    fd = -1
-    direct = False
-    if O_DIRECT:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | O_DIRECT)
-            direct = True
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-    if fd < 0:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if not direct:
-            os.posix_fadvise(fd, 0, length, os.POSIX_FADV_DONTNEED)
-        yield fd, direct
-    finally:
-        os.close(fd)
-
-
-def read_back_sha256(
-    path: Path, length: int, *, progress: ProgressLike, block_size: int = BLOCK_SIZE
-) -> str:
-    """sha256 of the first ``length`` bytes of ``path``, read from the device, not the cache."""
-    hasher = hashlib.sha256()
-    with _open_read(path, length) as (fd, direct):
-        state = {"direct": direct, "offset": 0}
-
-        def fill(buf: memoryview) -> int:
-            left = length - state["offset"]
-            if left <= 0:
-                return 0
-            want = min(len(buf), left)
-            if state["direct"]:
-                want = min(len(buf), -(-want // ALIGN) * ALIGN)  # whole aligned blocks
-            try:
-                n = os.preadv(fd, [buf[:want]], state["offset"])
-            except OSError as exc:
-                if exc.errno != errno.EINVAL or not state["direct"]:
-                    raise
-                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~O_DIRECT)
-                os.posix_fadvise(fd, 0, length, os.POSIX_FADV_DONTNEED)
-                state["direct"] = False
-                n = os.preadv(fd, [buf[: min(len(buf), left)]], state["offset"])
-            n = min(n, left)
-            state["offset"] += n
-            return n
-
-        def drain(data: memoryview) -> None:
-            hasher.update(data)
-            progress.update(len(data))
-
-        _pipeline(fill, drain, block_size)
-        if state["offset"] < length:
-            raise VerifyFailed(
-                f"{path}: read back only {state['offset']} of {length} bytes",
-                hint="the target is shorter than the image",
-            )
-    return hasher.hexdigest()
-
-
 # --- the whole operation ------------------------------------------------------------------
 
 
@@ -594,7 +268,7 @@ def verify_target(
     progress_factory = progress_factory or stderr_progress
     length = image.stat().st_size
     if expected is None:
-        expected = _hash_file(image, progress_factory("hashing", length), block_size)
+        expected = hash_file(image, progress_factory("hashing", length), block_size)
     progress = progress_factory("verifying", length)
     try:
         got = read_back_sha256(target, length, progress=progress, block_size=block_size)
@@ -609,19 +283,6 @@ def verify_target(
             hint="the write did not stick: try another USB port or stick, then flash again",
         )
     return got
-
-
-def _hash_file(path: Path, progress: ProgressLike, block_size: int) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb", buffering=0) as fh:
-
-        def drain(data: memoryview) -> None:
-            hasher.update(data)
-            progress.update(len(data))
-
-        _pipeline(lambda buf: _readinto_full(fh, buf), drain, block_size)
-    progress.close()
-    return hasher.hexdigest()
 
 
 def flash(
@@ -704,7 +365,7 @@ def _flash_file(
     direct: bool,
 ) -> FlashResult:
     with atomic_output(path) as tmp:
-        fd, used_direct = _open_write(tmp, direct=direct, exclusive=False)
+        fd, used_direct = open_write(tmp, direct=direct, exclusive=False)
         progress = progress_factory("writing", length)
         try:
             res = write_image(
@@ -745,7 +406,7 @@ def _flash_block(
     path = target.path
     try:
         # O_EXCL always, even under --force: the kernel's own "mounted or held" verdict
-        fd, used_direct = _open_write(path, direct=direct, exclusive=True)
+        fd, used_direct = open_write(path, direct=direct, exclusive=True)
     except OSError as exc:
         if exc.errno == errno.EBUSY:
             raise BuilderError(

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
+import logging
 import os
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -30,7 +31,12 @@ from builder import TOOL, __version__, buildinfo
 from builder.errors import BuilderError
 from builder.paths import NODE_DIR, REPO_DIR, SCRIPTS_DIR, TEMPLATES_DIR
 
-from .profile import Profile, pem_to_der, thaw
+from .checks import pem_to_der
+from .common import display_path
+from .model import Taint
+from .profile import Profile, thaw
+
+log = logging.getLogger("builder.render")
 
 ENROLL_UNIT = f"{TOOL}-enroll.service"
 AGENT_SOURCE = NODE_DIR / "agent.py"
@@ -39,6 +45,7 @@ STATE_DIR = f"/var/lib/{TOOL}"
 ETC_DIR = f"/etc/{TOOL}"
 TOKEN_PATH = f"{ETC_DIR}/enroll-token"
 CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SALT_LENGTH = 16  # the most SHA-512 crypt uses
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class RenderResult:
     path: Path
     input_hash: str
     files: Mapping[str, str]  # relative path -> sha256
+    secret_files: tuple[str, ...] = ()  # relative paths of the files that carry a secret (0600)
 
     def file(self, rel: str) -> Path:
         return self.path / rel
@@ -116,8 +124,11 @@ def _render(env: jinja2.Environment, name: str, ctx: Mapping[str, Any]) -> str:
 
 
 def password_hash(profile: Profile) -> str:
-    """SHA-512 crypt of the admin password, salt derived from site+secret (reproducible).
+    """SHA-512 crypt of the admin password with the site's stored random salt.
 
+    The salt is never computed from the password (anyone holding an image could then test
+    guesses without paying the crypt's cost); it is created once per site by
+    ``site_salt`` and kept, so renders stay byte-identical.
     No password configured -> ``!`` (a locked password: ssh keys only).
     """
     secret = profile.resolve_secret("admin.password")
@@ -125,44 +136,90 @@ def password_hash(profile: Profile) -> str:
         return "!"
     from passlib.hash import sha512_crypt
 
-    digest = hmac.new(secret.encode(), f"{TOOL}:{profile.site}".encode(), "sha256").digest()
-    salt = "".join(CRYPT_ALPHABET[b % 64] for b in digest[:16])
+    salt = site_salt(profile)
     return str(sha512_crypt.using(salt=salt, rounds=656000).hash(secret))
 
 
+def salt_file(profile: Profile) -> Path:
+    """``<profiles dir>/.secrets/<site>.salt``: beside the site profile, 0600 in a 0700 dir."""
+    return profile.secrets_dir / f"{profile.site}.salt"
+
+
+def site_salt(profile: Profile) -> str:
+    """The site's crypt salt: read from ``salt_file``, created (random, 0600) when absent."""
+    path = salt_file(profile)
+    shown = display_path(path)
+    if not path.exists():
+        _create_salt(path)
+    try:
+        salt = path.read_text().strip()
+    except OSError as exc:
+        raise BuilderError(f"{shown}: cannot read the site's salt: {exc.strerror}") from None
+    if len(salt) != SALT_LENGTH or any(c not in CRYPT_ALPHABET for c in salt):
+        raise BuilderError(
+            f"{shown}: not a salt ({SALT_LENGTH} characters of ./0-9A-Za-z)",
+            hint="delete it and render again: a new salt is created (the password hash "
+            "changes, the password does not)",
+        )
+    return salt
+
+
+def _create_salt(path: Path) -> None:
+    salt = "".join(secrets.choice(CRYPT_ALPHABET) for _ in range(SALT_LENGTH))
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".salt.", dir=path.parent)  # 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(salt + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):  # another render made it first
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    except OSError as exc:
+        raise BuilderError(
+            f"{display_path(path)}: cannot create the site's salt: {exc.strerror}"
+        ) from None
+    log.info("created %s (the admin password's salt for this site; keep it)", path)
+
+
 def image_name(profile: Profile) -> str:
-    return str(profile.get("image.name")).format(
+    spec = profile.spec
+    return spec.image.name.format(
         site=profile.site,
-        os_release=profile.get("os.release"),
-        kubernetes_version=profile.get("kubernetes.version"),
+        os_release=spec.os.release,
+        kubernetes_version=spec.kubernetes.version,
     )
 
 
-def apt_url(profile: Profile, dotted: str, minor: str) -> str:
-    return str(profile.get(dotted)).replace("{minor}", minor)
+def apt_url(url: str, minor: str) -> str:
+    return url.replace("{minor}", minor)
 
 
 def versions(profile: Profile) -> dict[str, Any]:
+    spec = profile.spec
     out: dict[str, Any] = {
-        "ubuntu": profile.get("os.release"),
-        "kubernetes": profile.get("kubernetes.version"),
-        "cri-o": profile.get("crio.version"),
+        "ubuntu": spec.os.release,
+        "kubernetes": spec.kubernetes.version,
+        "cri-o": spec.crio.version,
     }
-    if profile.get("gpu.enabled"):
-        out["nvidia-driver"] = profile.get("gpu.nvidia.driver_branch")
-        out["nvidia-container-toolkit"] = profile.get("gpu.nvidia.container_toolkit_version")
+    if spec.gpu.enabled:
+        out["nvidia-driver"] = spec.gpu.nvidia.driver_branch
+        out["nvidia-container-toolkit"] = spec.gpu.nvidia.container_toolkit_version
     return out
 
 
 def nvidia_driver_package(profile: Profile) -> str:
-    branch = profile.get("gpu.nvidia.driver_branch")
-    variant = profile.get("gpu.nvidia.variant")
-    suffix = {"server": "-server", "open": "-open", "server-open": "-server-open"}[variant]
-    return f"nvidia-driver-{branch}{suffix}"
+    nvidia = profile.spec.gpu.nvidia
+    suffix = {"server": "-server", "open": "-open", "server-open": "-server-open"}[nvidia.variant]
+    return f"nvidia-driver-{nvidia.driver_branch}{suffix}"
 
 
 def provision_env(profile: Profile, build_time: int) -> dict[str, str]:
     """The NF_* variables the provisioning scripts read (see INTERFACES.md)."""
+    spec = profile.spec
     k8s_minor = profile.kubernetes_minor
     crio_minor = profile.crio_minor
     env = {
@@ -174,31 +231,32 @@ def provision_env(profile: Profile, build_time: int) -> dict[str, str]:
         "NF_BUILD_TIME": str(build_time),
         "NF_MODULES": " ".join(profile.modules),
         "NF_SYSCTLS": " ".join(f"{k}={v}" for k, v in profile.sysctls.items()),
-        "NF_SWAP": "on" if profile.get("swap.enabled") else "off",
-        "NF_NTP_SERVERS": " ".join(profile.get("time_sync.servers", ())),
-        "NF_TIMEZONE": profile.get("os.timezone"),
-        "NF_K8S_VERSION": profile.get("kubernetes.version"),
+        "NF_SWAP": "on" if spec.swap.enabled else "off",
+        "NF_NTP_SERVERS": " ".join(spec.time_sync.servers),
+        "NF_TIMEZONE": spec.os.timezone,
+        "NF_K8S_VERSION": spec.kubernetes.version,
         "NF_K8S_MINOR": k8s_minor,
-        "NF_K8S_APT_URL": apt_url(profile, "kubernetes.apt.url", k8s_minor),
-        "NF_K8S_APT_KEY_URL": apt_url(profile, "kubernetes.apt.key_url", k8s_minor),
-        "NF_CRIO_VERSION": profile.get("crio.version"),
-        "NF_CRIO_APT_URL": apt_url(profile, "crio.apt.url", crio_minor),
-        "NF_CRIO_APT_KEY_URL": apt_url(profile, "crio.apt.key_url", crio_minor),
-        "NF_CRIO_CGROUP_MANAGER": profile.get("crio.cgroup_manager"),
-        "NF_CRIO_PAUSE_IMAGE": profile.get("crio.pause_image"),
-        "NF_CRIO_INSECURE_REGISTRIES": " ".join(profile.get("crio.insecure_registries", ())),
-        "NF_CRIO_REGISTRY_MIRRORS": " ".join(profile.get("crio.registry_mirrors", ())),
-        "NF_GPU": "1" if profile.get("gpu.enabled") else "0",
+        "NF_K8S_APT_URL": apt_url(spec.kubernetes.apt.url, k8s_minor),
+        "NF_K8S_APT_KEY_URL": apt_url(spec.kubernetes.apt.key_url, k8s_minor),
+        "NF_CRIO_VERSION": spec.crio.version,
+        "NF_CRIO_APT_URL": apt_url(spec.crio.apt.url, crio_minor),
+        "NF_CRIO_APT_KEY_URL": apt_url(spec.crio.apt.key_url, crio_minor),
+        "NF_CRIO_CGROUP_MANAGER": spec.crio.cgroup_manager,
+        "NF_CRIO_PAUSE_IMAGE": spec.crio.pause_image,
+        "NF_CRIO_INSECURE_REGISTRIES": " ".join(spec.crio.insecure_registries),
+        "NF_CRIO_REGISTRY_MIRRORS": " ".join(spec.crio.registry_mirrors),
+        "NF_GPU": "1" if spec.gpu.enabled else "0",
     }
-    if profile.get("gpu.enabled"):
+    if spec.gpu.enabled:
+        nvidia = spec.gpu.nvidia
         env.update(
             {
                 "NF_NVIDIA_DRIVER_PACKAGE": nvidia_driver_package(profile),
-                "NF_NVIDIA_DRIVER_BRANCH": profile.get("gpu.nvidia.driver_branch"),
-                "NF_NVIDIA_VARIANT": profile.get("gpu.nvidia.variant"),
-                "NF_NVIDIA_TOOLKIT_VERSION": profile.get("gpu.nvidia.container_toolkit_version"),
-                "NF_NVIDIA_APT_URL": profile.get("gpu.nvidia.apt.url"),
-                "NF_NVIDIA_APT_KEY_URL": profile.get("gpu.nvidia.apt.key_url"),
+                "NF_NVIDIA_DRIVER_BRANCH": nvidia.driver_branch,
+                "NF_NVIDIA_VARIANT": nvidia.variant,
+                "NF_NVIDIA_TOOLKIT_VERSION": nvidia.container_toolkit_version,
+                "NF_NVIDIA_APT_URL": nvidia.apt.url,
+                "NF_NVIDIA_APT_KEY_URL": nvidia.apt.key_url,
             }
         )
     return env
@@ -212,25 +270,34 @@ def env_file(env: Mapping[str, str]) -> str:
 
 def node_config(profile: Profile, build_time: int) -> dict[str, Any]:
     """``/etc/nodeforge/node.json``: what the enrollment agent needs (INTERFACES.md)."""
+    spec = profile.spec
     return {
         "site": profile.site,
-        "enroll_url": profile.get("enrollment.url"),
+        "enroll_url": spec.enrollment.url,
         "ca_file": f"{ETC_DIR}/hub-ca.pem",
-        "ca_pin": profile.get("enrollment.ca_pin"),
+        "ca_pin": spec.enrollment.ca_pin,
         "token_file": TOKEN_PATH,
-        "interface": profile.get("wireguard.interface"),
+        "interface": spec.wireguard.interface,
         "image_version": profile.input_hash[:12],
         "build_time": build_time,
-        "labels": thaw(profile.get("kubernetes.labels", {})),
-        "taints": thaw(profile.get("kubernetes.taints", ())),
-        "kubernetes_version": profile.get("kubernetes.version"),
+        "labels": dict(spec.kubernetes.labels),
+        "taints": [_taint(t) for t in spec.kubernetes.taints],
+        "kubernetes_version": spec.kubernetes.version,
         "state_dir": STATE_DIR,
-        "retry_max_seconds": profile.get("enrollment.retry_max_seconds"),
+        "retry_max_seconds": spec.enrollment.retry_max_seconds,
     }
 
 
+def _taint(taint: Taint) -> dict[str, str]:
+    """A taint as the profile wrote it (``value`` only when set)."""
+    out = {"key": taint.key, "effect": taint.effect}
+    if taint.value is not None:
+        out["value"] = taint.value
+    return out
+
+
 def hub_ca_pem(profile: Profile) -> str:
-    if not profile.get("enrollment.ca_cert"):
+    if not profile.spec.enrollment.ca_cert:
         raise BuilderError(
             f"{profile.where('enrollment.ca_cert')}: the hub CA certificate is required to "
             "build an image (nodes verify the hub with it)",
@@ -274,14 +341,14 @@ def overlay_files(
         OverlayFile(f"/usr/lib/{TOOL}/{TOOL}-enroll", _read_node_file(AGENT_SOURCE), "0755"),
         OverlayFile(f"/etc/systemd/system/{ENROLL_UNIT}", _read_node_file(UNIT_SOURCE)),
     ]
-    if profile.get("crio.registry_mirrors"):
+    if profile.spec.crio.registry_mirrors:
         files.append(
             OverlayFile(
                 f"/etc/containers/registries.conf.d/10-{TOOL}.conf",
                 _render(env, "files/registries.conf.j2", ctx),
             )
         )
-    if profile.get("time_sync.servers"):
+    if profile.spec.time_sync.servers:
         files.append(
             OverlayFile(
                 f"/etc/systemd/timesyncd.conf.d/10-{TOOL}.conf",
@@ -295,20 +362,21 @@ def overlay_files(
 
 
 def context(profile: Profile, build_time: int) -> dict[str, Any]:
-    static = profile.get("network.static")
+    spec = profile.spec
+    static = spec.network.static
     return {
         "site": profile.site,
         "tool": TOOL,
-        "os": profile.get("os"),
-        "admin": profile.get("admin"),
-        "crio": profile.get("crio"),
+        "os": spec.os,
+        "admin": spec.admin,
+        "crio": spec.crio,
         "modules": profile.modules,
         "sysctls": profile.sysctls,
-        "swap_enabled": bool(profile.get("swap.enabled")),
-        "ntp_servers": list(profile.get("time_sync.servers", ())),
+        "swap_enabled": spec.swap.enabled,
+        "ntp_servers": list(spec.time_sync.servers),
         "enroll_unit": ENROLL_UNIT,
-        "static": thaw(static) if static else None,
-        "storage_layout": profile.get("iso.storage_layout"),
+        "static": static.template_data() if static else None,
+        "storage_layout": spec.iso.storage_layout,
         "hostname_default": f"{profile.site}-node",
         "instance_id": f"{profile.site}-{profile.input_hash[:12]}",
         "hostname": None,
@@ -318,6 +386,8 @@ def context(profile: Profile, build_time: int) -> dict[str, Any]:
 
 def packer_vars(profile: Profile, build_time: int, penv: Mapping[str, str]) -> dict[str, Any]:
     """``packer/site.auto.pkrvars.json``: every variable the HCL2 templates declare."""
+    spec = profile.spec
+    aws, base = spec.aws, spec.qcow2.base_image
     return {
         "site": profile.site,
         "image_name": image_name(profile),
@@ -325,29 +395,25 @@ def packer_vars(profile: Profile, build_time: int, penv: Mapping[str, str]) -> d
         "builder_version": __version__,
         "builder_commit": buildinfo.builder_commit(),
         "build_time": build_time,
-        "ubuntu_release": profile.get("os.release"),
-        "ubuntu_codename": profile.get("os.codename"),
-        "kubernetes_version": profile.get("kubernetes.version"),
-        "crio_version": profile.get("crio.version"),
-        "gpu": bool(profile.get("gpu.enabled")),
-        "nvidia_driver_branch": profile.get("gpu.nvidia.driver_branch")
-        if profile.get("gpu.enabled")
-        else "",
-        "disk_size_gb": profile.get("image.disk_size_gb"),
-        "aws_region": profile.get("aws.region") or "",
-        "aws_instance_type": profile.get("aws.instance_type"),
-        "aws_volume_size_gb": profile.get("aws.volume_size_gb"),
-        "aws_ami_regions": list(profile.get("aws.ami_regions", ())),
-        "aws_ami_users": list(profile.get("aws.ami_users", ())),
-        "aws_subnet_id": profile.get("aws.subnet_id") or "",
-        "aws_vpc_id": profile.get("aws.vpc_id") or "",
-        "aws_ssh_interface": profile.get("aws.ssh_interface"),
-        "aws_tags": dict(profile.get("aws.tags", {})),
-        "qemu_base_image_url": profile.get("qcow2.base_image.url"),
+        "ubuntu_release": spec.os.release,
+        "ubuntu_codename": spec.os.codename,
+        "kubernetes_version": spec.kubernetes.version,
+        "crio_version": spec.crio.version,
+        "gpu": spec.gpu.enabled,
+        "nvidia_driver_branch": spec.gpu.nvidia.driver_branch if spec.gpu.enabled else "",
+        "disk_size_gb": spec.image.disk_size_gb,
+        "aws_region": aws.region or "",
+        "aws_instance_type": aws.instance_type,
+        "aws_volume_size_gb": aws.volume_size_gb,
+        "aws_ami_regions": list(aws.ami_regions),
+        "aws_ami_users": list(aws.ami_users),
+        "aws_subnet_id": aws.subnet_id or "",
+        "aws_vpc_id": aws.vpc_id or "",
+        "aws_ssh_interface": aws.ssh_interface,
+        "aws_tags": dict(aws.tags),
+        "qemu_base_image_url": base.url,
         "qemu_base_image_checksum": (
-            f"sha256:{profile.get('qcow2.base_image.sha256')}"
-            if profile.get("qcow2.base_image.sha256")
-            else f"file:{profile.get('qcow2.base_image.sha256sums_url')}"
+            f"sha256:{base.sha256}" if base.sha256 else f"file:{base.sha256sums_url}"
         ),
         "provision_env": [f"{k}={v}" for k, v in penv.items()],
     }
@@ -409,7 +475,31 @@ def render_files(profile: Profile) -> dict[str, tuple[bytes, int]]:
     for rel in [r for r in out if r.startswith(("files/", "scripts/"))]:
         put(f"iso/{TOOL}/{rel}", *out[rel])
     put("profile.json", json.dumps(profile.masked(), indent=2, sort_keys=True) + "\n")
+    _protect_secrets(out, profile.resolve_secret("enrollment.site_token"))
     return out
+
+
+# the files that embed every overlay file (the site token among them)
+USER_DATA_CARRIERS = (
+    "cloud-init/user-data",
+    "cloud-init/autoinstall.yaml",
+    "iso/nocloud/user-data",
+)
+
+
+def _protect_secrets(files: dict[str, tuple[bytes, int]], token: str | None) -> None:
+    """Make every file that carries the site token 0600 (in place)."""
+    if not token:
+        return
+    needle = token.encode()
+    for rel, (data, _) in files.items():
+        if rel in USER_DATA_CARRIERS or needle in data:
+            files[rel] = (data, 0o600)
+
+
+def secret_files(files: Mapping[str, tuple[bytes, int]]) -> tuple[str, ...]:
+    """The files of a tree that carry a secret: the ones rendered 0600."""
+    return tuple(sorted(rel for rel, (_, mode) in files.items() if mode & 0o077 == 0))
 
 
 def template_inputs_hash() -> str:
@@ -437,7 +527,7 @@ def manifest(profile: Profile, files: Mapping[str, tuple[bytes, int]]) -> dict[s
         "profile_hash": profile.input_hash,
         "input_hash": input_hash,
         "layers": list(profile.layers),
-        "target": profile.get("target"),
+        "target": profile.spec.target,
         "image_name": image_name(profile),
         "versions": versions(profile),
         "files": digests,
@@ -459,7 +549,7 @@ def render_site(profile: Profile, out_dir: Path | None = None) -> RenderResult:
     man = manifest(profile, files)
     files["manifest.json"] = (json.dumps(man, indent=2, sort_keys=True).encode() + b"\n", 0o644)
     write_tree(target, files)
-    return RenderResult(profile.site, target, man["input_hash"], man["files"])
+    return RenderResult(profile.site, target, man["input_hash"], man["files"], secret_files(files))
 
 
 def write_tree(target: Path, files: Mapping[str, tuple[bytes, int]]) -> None:

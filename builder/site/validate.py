@@ -27,7 +27,7 @@ from builder.errors import ValidationError
 from builder.paths import SCHEMA_DIR
 from builder.run import run, which
 
-from .profile import display_path
+from .common import display_path
 
 AUTOINSTALL_SCHEMA = SCHEMA_DIR / "autoinstall.schema.json"
 

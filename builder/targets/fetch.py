@@ -6,7 +6,8 @@
 - the cache is ``$XDG_CACHE_HOME/nodeforge/downloads/<sha256>/<name>`` (``~/.cache`` when
   unset): a file is there only after its sha256 matched, so a hit needs no re-hashing;
 - the download streams (requests) into ``<name>.part`` beside it, hashing as it goes, and
-  resumes an interrupted ``.part`` with an HTTP ``Range`` request; progress goes to stderr;
+  resumes an interrupted ``.part`` with an HTTP ``Range`` request; progress goes to stderr
+  (``builder.progress``: silent with ``-q``);
 - a wrong sha256 deletes the ``.part`` and raises; the cache is never left with a bad file;
 - no network: a ``BuilderError`` naming the URL and suggesting ``--base-iso``.
 """
@@ -19,8 +20,6 @@ import json
 import logging
 import os
 import re
-import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,6 +28,7 @@ import requests
 from builder import TOOL, paths
 from builder.errors import BuilderError, UsageError
 from builder.fsutil import atomic_write, sha256_file
+from builder.progress import Progress
 
 log = logging.getLogger("builder.fetch")
 
@@ -134,29 +134,6 @@ def _why(exc: Exception) -> str:
     return str(exc)
 
 
-class _Progress:
-    def __init__(self, name: str, total: int | None, start: int) -> None:
-        self.name, self.total, self.done = name, total, start
-        self.t0 = self.last = time.monotonic()
-        self.start = start
-
-    def add(self, n: int, force: bool = False) -> None:
-        self.done += n
-        now = time.monotonic()
-        if not force and now - self.last < 1.0:
-            return
-        self.last = now
-        rate = (self.done - self.start) / max(now - self.t0, 1e-6) / (1 << 20)
-        mib = self.done / (1 << 20)
-        if self.total:
-            pct = 100.0 * self.done / self.total
-            msg = f"{self.name}: {pct:5.1f}% {mib:.0f}/{self.total / (1 << 20):.0f} MiB"
-        else:
-            msg = f"{self.name}: {mib:.0f} MiB"
-        sys.stderr.write(f"{msg} {rate:.1f} MiB/s\n")
-        sys.stderr.flush()
-
-
 def fetch(
     url: str,
     *,
@@ -210,14 +187,14 @@ def fetch(
     if resp is not None:
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
-        bar = _Progress(name, total, have) if progress else None
+        bar = Progress(name, total, start=have) if progress else None
         try:
             with open(part, "ab" if have else "wb") as out:
                 for chunk in resp.iter_content(CHUNK):
                     out.write(chunk)
                     h.update(chunk)
                     if bar:
-                        bar.add(len(chunk))
+                        bar.update(len(chunk))
                 out.flush()
                 os.fsync(out.fileno())
         except requests.RequestException as exc:
@@ -227,8 +204,8 @@ def fetch(
             ) from exc
         finally:
             resp.close()
-        if bar:
-            bar.add(0, force=True)
+            if bar:
+                bar.close()
         if total is not None and part.stat().st_size < total:
             raise BuilderError(
                 f"download of {url} stopped at {part.stat().st_size} of {total} bytes",

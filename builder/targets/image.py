@@ -12,8 +12,12 @@
 4. remaster (``builder.iso.remaster``) into a temp file in ``dist/<site>/`` renamed into
    place only when complete: a killed build leaves no ``.iso`` (stale temp files are
    removed by the next build, under a lock);
-5. write ``manifest.json`` (profile hash, base url + sha256, builder version/commit,
-   Kubernetes/CRI-O/NVIDIA versions, artifact sha256 and size) and ``SHA256SUMS``.
+5. write ``manifest.json`` and ``SHA256SUMS`` through ``builder.dist`` (the one schema:
+   profile hash, builder version/commit, versions, the artifact's sha256 and size, plus
+   the base url + sha256, the ISO settings and the cache key).
+
+An ISO built from a tree that carries the site enrollment token is written 0600, with a
+warning: it is a secret itself.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from builder import TOOL, __version__, buildinfo
+from builder import dist as distfiles
 from builder.errors import BuilderError, UsageError
-from builder.fsutil import atomic_output, atomic_write, sha256_file
+from builder.fsutil import atomic_output, sha256_file
 from builder.site.profile import Profile, load_profile
-from builder.site.render import image_name, render_site, versions
+from builder.site.render import image_name, render_site
 
-from . import fetch, iso
+from . import fetch, iso, packer
+from .packer import PackerPlan, PackerResult
 
 log = logging.getLogger("builder.image")
 
@@ -89,21 +95,20 @@ def _tree_digest(tree: Path) -> str:
     return h.hexdigest()
 
 
-def iso_settings(profile: Profile) -> tuple[str, int | None]:
-    volume_id = str(profile.get("iso.volume_id") or f"{TOOL.upper()}_{profile.site.upper()}")
+def iso_settings(profile: Profile) -> tuple[str, int]:
+    """Volume id and GRUB timeout (the schema has checked the timeout is >= 0)."""
+    settings = profile.spec.iso
+    volume_id = settings.volume_id or f"{TOOL.upper()}_{profile.site.upper()}"
     iso.check_volume_id(volume_id, profile.where("iso.volume_id"))
-    timeout = profile.get("iso.grub_timeout")
-    if timeout is not None and (not isinstance(timeout, int) or timeout < 0):
-        raise UsageError(f"{profile.where('iso.grub_timeout')}: must be an integer >= 0")
-    return volume_id, timeout
+    return volume_id, settings.grub_timeout
 
 
 def _base(
     profile: Profile, base_iso: Path | None, verify: bool, cache: Path | None
 ) -> tuple[Path, str, dict[str, Any]]:
-    url = profile.get("iso.base.url")
-    pinned = profile.get("iso.base.sha256")
-    sums = profile.get("iso.base.sha256sums_url")
+    url = profile.spec.iso.base.url
+    pinned = profile.spec.iso.base.sha256
+    sums = profile.spec.iso.base.sha256sums_url
     info: dict[str, Any] = {"url": url}
     if sums:
         info["sha256sums_url"] = sums
@@ -148,16 +153,14 @@ def _cache_key(base_sha: str, tree: Path, volume_id: str, timeout: int | None, e
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _cache_hit(dist: Path, manifest_path: Path, name: str, key: str) -> ImageResult | None:
-    try:
-        man = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
+def _cache_hit(dist: Path, name: str, key: str) -> ImageResult | None:
+    man = distfiles.read(dist)
+    if man is None or man.get("cache_key") != key:
         return None
-    if man.get("cache_key") != key:
-        return None
-    for art in man.get("artifacts", []):
-        path = dist / art.get("name", "")
+    for art in man["artifacts"]:
+        path = dist / name
         if art.get("name") == name and path.is_file() and path.stat().st_size == art.get("size"):
+            manifest_path = dist / distfiles.MANIFEST
             return ImageResult(path, manifest_path, art["sha256"], art["size"], cached=True)
     return None
 
@@ -185,37 +188,40 @@ def build_iso(
     epoch = buildinfo.source_date_epoch()
     key = _cache_key(base_sha, tree, volume_id, timeout, epoch)
     name = f"{image_name(profile)}.iso"
-    manifest_path = dist / "manifest.json"
+    manifest_path = dist / distfiles.MANIFEST
+    # an ISO that embeds a secret (the site enrollment token) is a secret itself
+    carried = [rel for rel in rendered.secret_files if rel.startswith("iso/")]
+    mode = 0o600 if carried else 0o644
+    if carried:
+        log.warning(
+            "the ISO carries the site enrollment token (%s): it is written 0600; "
+            "store and hand it out like the token itself",
+            ", ".join(rel.removeprefix("iso/") for rel in carried),
+        )
     with _dist_lock(dist):
         _clean_stale(dist, name)
         if not force:
-            hit = _cache_hit(dist, manifest_path, name, key)
+            hit = _cache_hit(dist, name, key)
             if hit:
+                os.chmod(hit.path, mode)
                 log.info("cache hit: %s is up to date (--force rebuilds)", hit.path)
                 return hit
         target = dist / name
-        with atomic_output(target) as tmp:
+        with atomic_output(target, mode=mode) as tmp:
             iso.remaster(base, tmp, tree, volume_id=volume_id, grub_timeout=timeout, epoch=epoch)
             digest = sha256_file(tmp)
             size = tmp.stat().st_size
-        manifest = {
-            "tool": TOOL,
-            "site": profile.site,
-            "target": "iso",
-            "image_name": image_name(profile),
-            "profile_hash": profile.input_hash,
-            "render_input_hash": rendered.input_hash,
-            "cache_key": key,
-            "builder_version": buildinfo.version(),
-            "builder_commit": buildinfo.builder_commit(),
-            "source_date_epoch": epoch,
-            "versions": versions(profile),
-            "base": {**base_info, "sha256": base_sha},
-            "iso": {"volume_id": volume_id, "grub_timeout": timeout},
-            "artifacts": [{"name": name, "sha256": digest, "size": size}],
-        }
-        atomic_write(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        atomic_write(dist / "SHA256SUMS", f"{digest}  {name}\n")
+        doc = distfiles.manifest(
+            distfiles.tree_record(rendered.path),
+            "iso",
+            [{"type": "iso", "name": name, "sha256": digest, "size": size}],
+            details={
+                "cache_key": key,
+                "base": {**base_info, "sha256": base_sha},
+                "iso": {"volume_id": volume_id, "grub_timeout": timeout},
+            },
+        )
+        distfiles.write(dist, doc)
     log.info("built %s (%d bytes, sha256 %s)", target, size, digest)
     return ImageResult(target, manifest_path, digest, size, cached=False)
 
@@ -233,10 +239,61 @@ def build_image(
 ) -> ImageResult:
     """Load ``site`` and build its image; this module builds the ``iso`` target."""
     profile = load_profile(site, profiles_dir, overrides)
-    kind = target or profile.get("target")
+    kind = target or profile.spec.target
     if kind != "iso":
         raise UsageError(
             f"{profile.where('target')}: target {kind!r} is not an ISO "
             "(ami/qcow2 images are built by Packer)"
         )
     return build_iso(profile, dist=dist, base_iso=base_iso, verify=verify, force=force)
+
+
+def build(
+    site: str,
+    *,
+    profiles_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+    target: str | None = None,
+    dist: Path | None = None,
+    base_iso: Path | None = None,
+    verify: bool = True,
+    force: bool = False,
+    dry_run: bool = False,
+    base_image: Path | None = None,
+) -> ImageResult | PackerResult | PackerPlan:
+    """The one target dispatch: build ``site``'s image, the target its profile names.
+
+    ``iso`` is remastered here; ``ami`` and ``qcow2`` are Packer builds (``dry_run`` plans
+    the Packer command without running it, ``base_image`` is a local qcow2 base).
+    """
+    kind = target or load_profile(site, profiles_dir, overrides).get("target")
+    if kind in packer.TARGETS:
+        return packer.build_site_image(
+            site,
+            kind,
+            dry_run,
+            profiles_dir=profiles_dir,
+            overrides=overrides,
+            dist=dist,
+            base_image=base_image,
+        )
+    if dry_run or base_image:
+        raise UsageError("--dry-run and --base-image are for ami/qcow2 targets")
+    return build_image(
+        site,
+        profiles_dir=profiles_dir,
+        overrides=overrides,
+        target=kind,
+        dist=dist,
+        base_iso=base_iso,
+        verify=verify,
+        force=force,
+    )
+
+
+def result_lines(result: ImageResult | PackerResult | PackerPlan) -> list[str]:
+    """What ``builder image`` prints on stdout: the ISO path, AMI ids, image paths or the
+    planned Packer command."""
+    if isinstance(result, ImageResult):
+        return [str(result.path)]
+    return packer.result_lines(result)

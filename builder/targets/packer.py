@@ -25,22 +25,23 @@ import shutil
 import signal
 import socket
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from builder import dist as distfiles
 from builder.errors import BuilderError, CommandFailed, UsageError
 from builder.fsutil import atomic_write, sha256_file
 from builder.paths import PACKER_DIR, cache_dir
-from builder.run import popen, require, run, which
+from builder.run import TimeoutExpired, require, run, spawn, stop, which
 
 log = logging.getLogger("builder.packer")
 
 TARGETS = {"ami": "amazon-ebs.node", "qcow2": "qemu.node"}
 PKRVARS = "packer/site.auto.pkrvars.json"
+PACKER_STOP_SECONDS = 300  # for Packer to remove its build VM/instance after an interrupt
 RUN_DIR = ".packer-run"
 
 
@@ -403,30 +404,29 @@ def _stream(argv: list[str], timeout: float | None) -> None:
         err = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a captured stderr (tests): use fd 2
         err = 2
-    proc = popen(argv, stdout=err, stderr=err, env={**os.environ, **_env()})
-    try:
-        rc = proc.wait(timeout=timeout)
-    except KeyboardInterrupt:
-        # the terminal sent SIGINT to Packer as well: let it remove the build VM/instance
-        _wait_or_kill(proc, 300)
-        raise
-    except Exception as exc:  # subprocess.TimeoutExpired
-        proc.send_signal(signal.SIGINT)
-        _wait_or_kill(proc, 300)
-        raise BuilderError(f"packer build timed out after {timeout:g} s") from exc
+    # leaving the block early (timeout, error) sends SIGINT: Packer then removes the build
+    # VM/instance it made, given up to 5 minutes before it is killed
+    with spawn(
+        argv,
+        stop_signal=signal.SIGINT,
+        stop_timeout=PACKER_STOP_SECONDS,
+        stdout=err,
+        stderr=err,
+        env={**os.environ, **_env()},
+    ) as proc:
+        try:
+            rc = proc.wait(timeout=timeout)
+        except KeyboardInterrupt:
+            # the terminal sent SIGINT to Packer as well: let it clean up, do not signal again
+            stop(proc, PACKER_STOP_SECONDS, sig=None)
+            raise
+        except TimeoutExpired as exc:
+            raise BuilderError(f"packer build timed out after {timeout:g} s") from exc
     if rc != 0:
         raise BuilderError(
             f"packer build failed (exit {rc}); its output is above",
             hint="re-run with --debug, or set PACKER_LOG=1 for Packer's own log",
         )
-
-
-def _wait_or_kill(proc: Any, seconds: float) -> None:
-    try:
-        proc.wait(timeout=seconds)
-    except Exception:
-        proc.kill()
-        proc.wait()
 
 
 def read_packer_manifest(path: Path) -> list[dict[str, Any]]:
@@ -469,7 +469,7 @@ def _collect(plan: PackerPlan) -> PackerResult:
                 os.replace(src, dest)  # same filesystem: dist/<site>/.packer-run → dist/<site>
                 art = {
                     "type": "qcow2",
-                    "path": dest.name,
+                    "name": dest.name,
                     "size": dest.stat().st_size,
                     "sha256": sha256_file(dest),
                 }
@@ -481,38 +481,29 @@ def _collect(plan: PackerPlan) -> PackerResult:
 def write_dist_manifest(
     plan: PackerPlan, artifacts: list[dict[str, Any]], builds: list[dict[str, Any]]
 ) -> Path:
-    v = plan.pkrvars
-    doc = {
-        "site": plan.site,
-        "target": plan.target,
-        "built_at": int(time.time()),
-        "inputs": {
-            "profile_hash": v.get("profile_hash"),
-            "builder_version": v.get("builder_version"),
-            "builder_commit": v.get("builder_commit"),
-            "build_time": v.get("build_time"),
+    """``dist/<site>/manifest.json`` + ``SHA256SUMS`` in the one schema (``builder.dist``)."""
+    doc = distfiles.manifest(
+        distfiles.tree_record(plan.site_tree),
+        plan.target,
+        artifacts,
+        versions={"packer": ".".join(map(str, packer_version()))},
+        details={
+            "packer": {
+                "command": [a for a in plan.argv if "build_key" not in a],
+                "builds": sorted(
+                    (
+                        {
+                            k: b.get(k)
+                            for k in ("name", "builder_type", "artifact_id", "custom_data")
+                        }
+                        for b in builds
+                    ),
+                    key=lambda b: (str(b["name"]), str(b["builder_type"])),
+                ),
+            },
         },
-        "versions": {
-            "ubuntu": v.get("ubuntu_release"),
-            "kubernetes": v.get("kubernetes_version"),
-            "crio": v.get("crio_version"),
-            "nvidia_driver_branch": v.get("nvidia_driver_branch") or None,
-            "packer": ".".join(map(str, packer_version())),
-        },
-        "packer": {
-            "command": [a for a in plan.argv if "build_key" not in a],
-            "builds": [
-                {k: b.get(k) for k in ("name", "builder_type", "artifact_id", "custom_data")}
-                for b in builds
-            ],
-        },
-        "artifacts": artifacts,
-    }
-    path = atomic_write(plan.dist_dir / "manifest.json", json.dumps(doc, indent=2) + "\n")
-    files = sorted(a["path"] for a in artifacts if a["type"] == "qcow2")
-    sums = "".join(f"{sha256_file(plan.dist_dir / f)}  {f}\n" for f in [*files, "manifest.json"])
-    atomic_write(plan.dist_dir / "SHA256SUMS", sums)
-    return path
+    )
+    return distfiles.write(plan.dist_dir, doc)
 
 
 def check_packer_tree(tree: Path) -> list[str]:
@@ -561,7 +552,7 @@ def build_site_image(
     from builder.site.render import render_site
 
     profile = load_profile(site, profiles_dir, overrides)
-    kind = target or str(profile.get("target"))
+    kind = target or profile.spec.target
     if kind not in TARGETS:
         raise UsageError(
             f"{profile.where('target')}: target {kind!r} is not built by Packer "
@@ -580,5 +571,5 @@ def result_lines(result: PackerResult | PackerPlan) -> list[str]:
         if art["type"] == "ami":
             out.append(f"{art['region']} {art['ami_id']}")
         else:
-            out.append(str(result.plan.dist_dir / art["path"]))
+            out.append(str(result.plan.dist_dir / art["name"]))
     return [*out, str(result.manifest)]

@@ -17,6 +17,7 @@ import functools
 import http.server
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -29,7 +30,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
 
 from packer_site import render_standin_site, set_pkrvars  # noqa: E402
 
-from builder.run import popen, run  # noqa: E402
+from builder.run import run, spawn  # noqa: E402
 from builder.targets import packer  # noqa: E402
 from tests.support.rootfs import build_base_image  # noqa: E402
 from tests.support.standins import build_standin_repo  # noqa: E402
@@ -105,8 +106,7 @@ def bare_boot(base, work: Path) -> float:
     for pair in base.qemu_args():
         argv += pair
     start = time.monotonic()
-    proc = popen(argv)
-    try:
+    with spawn(argv, stop_signal=signal.SIGKILL, stop_timeout=0) as proc:
         while not ssh_banner(port):
             if proc.poll() is not None:
                 raise SystemExit("qemu exited before the guest's sshd answered")
@@ -114,9 +114,6 @@ def bare_boot(base, work: Path) -> float:
                 raise SystemExit("bare boot: no sshd after 600 s")
             time.sleep(0.5)
         return time.monotonic() - start
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def packer_build(base, work: Path, http_port: int) -> tuple[float, Path]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from builder import progress
 from builder.errors import BuilderError
 from builder.targets import fetch
 
@@ -172,3 +173,20 @@ def test_http_error_is_clear(server: tuple[Server, str], tmp_path: Path) -> None
     _, url = server
     with pytest.raises(BuilderError, match=r"cannot download .*/missing.iso: HTTP 404"):
         fetch.fetch(f"{url}/missing.iso", sha256=DIGEST, cache=tmp_path)
+
+
+def test_download_progress_on_stderr_and_silent_when_quiet(
+    server: tuple[Server, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Plain progress lines (stderr is not a terminal here); none under `builder -q`."""
+    _, url = server
+    fetch.fetch(f"{url}/{NAME}", sha256=DIGEST, cache=tmp_path / "a")
+    err = capsys.readouterr().err
+    assert f"{NAME} [########################] 100%  1.2 MiB / 1.2 MiB" in err
+    assert "\r" not in err
+    progress.set_quiet(True)  # what `builder -q` does
+    try:
+        fetch.fetch(f"{url}/{NAME}", sha256=DIGEST, cache=tmp_path / "b")
+    finally:
+        progress.set_quiet(False)
+    assert f"{NAME} [" not in capsys.readouterr().err

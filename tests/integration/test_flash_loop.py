@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from builder.cli import cli, main
 from builder.errors import BuilderError, CommandFailed, ToolMissing
+from builder.flash import blockio
 from builder.flash import flasher as flash
 from builder.run import run, which
 
@@ -150,7 +151,7 @@ def test_verify_reads_the_device_not_the_page_cache(
         )
         assert not res.direct
         if not o_direct_read:
-            monkeypatch.setattr(flash, "O_DIRECT", 0)
+            monkeypatch.setattr(blockio, "O_DIRECT", 0)
         assert flash.verify_target(image, dev, progress_factory=quiet)  # control: passes
         corrupt_one_byte(backing, 3 * MiB + 77)
         with pytest.raises(flash.VerifyFailed, match="verification failed"):

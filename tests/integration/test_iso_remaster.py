@@ -118,11 +118,16 @@ def test_manifest_and_sha256sums(base: Path, env: Path) -> None:
 
     res = _build(base, env)
     man = json.loads(res.manifest.read_text())
-    assert man["target"] == "iso"
+    assert man["target"] == "iso" and man["schema"] == 1
     assert man["base"]["sha256"] == sha256_file(base)
     assert man["base"]["url"] == f"file://{base}"
     assert man["artifacts"] == [
-        {"name": res.path.name, "sha256": sha256_file(res.path), "size": res.path.stat().st_size}
+        {
+            "type": "iso",
+            "name": res.path.name,
+            "sha256": sha256_file(res.path),
+            "size": res.path.stat().st_size,
+        }
     ]
     assert {"kubernetes", "cri-o", "nvidia-driver"} <= set(man["versions"])
     assert man["builder_version"] and man["builder_commit"] and man["profile_hash"]

@@ -252,7 +252,11 @@ def test_site_prefers_the_iso_the_manifest_names(tmp_path: Path) -> None:
     built = make_image(site / "onprem-ubuntu24.04-k8s1.35.0.iso", 4096)
     seed = make_image(site / "seed.iso", 4096, seed=3)  # newer, but not the node image
     os.utime(built, (time.time() - 100, time.time() - 100))
-    manifest = {"target": "iso", "artifacts": [{"name": built.name, "sha256": sha(built)}]}
+    manifest = {
+        "schema": 1,
+        "target": "iso",
+        "artifacts": [{"type": "iso", "name": built.name, "sha256": sha(built)}],
+    }
     (site / "manifest.json").write_text(json.dumps(manifest))
     assert flash.resolve_image(None, "onprem", tmp_path / "dist") == built
     built.unlink()  # manifest names a missing file: fall back to the newest ISO

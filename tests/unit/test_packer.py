@@ -250,7 +250,7 @@ def test_result_lines(tmp_path):
         tmp_path / "manifest.json",
         [
             {"type": "ami", "region": "eu-central-1", "ami_id": "ami-1"},
-            {"type": "qcow2", "path": "x.qcow2", "size": 1, "sha256": "0"},
+            {"type": "qcow2", "name": "x.qcow2", "size": 1, "sha256": "0"},
         ],
     )
     assert packer.result_lines(res) == [

@@ -1,0 +1,189 @@
+"""``builder hub …``: the enrollment hub (init, serve, tokens, nodes, approve, revoke)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import cli, echo_json, profiles_dir_option
+
+
+def hub_config_option(f: Any) -> Any:
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Hub config (default: $NODEFORGE_HUB_CONFIG or /etc/nodeforge-hub/hub.json).",
+    )(f)
+
+
+def hub_store(config_file: Path | None) -> Any:
+    """The hub's (config, store); the hub modules load only when a hub command runs."""
+    from builder.hub import admin
+
+    return admin.open_store(config_file)
+
+
+@cli.group()
+def hub() -> None:
+    """Enrollment hub: the service nodes enroll with on first boot."""
+
+
+@hub.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--site", default=None, help="Take endpoint, URL, overlay, MTU from this profile.")
+@profiles_dir_option
+@click.option("--endpoint", default=None, help="WireGuard endpoint nodes dial (HOST:PORT).")
+@click.option("--url", default=None, help="Enrollment URL nodes use (https://HOST:PORT).")
+@click.option("--overlay-cidr", default=None, help="Overlay network [10.100.0.0/16].")
+@click.option("--hub-ip", default=None, help="Hub overlay address (default: first host).")
+@click.option("--listen", default="", help="HOST:PORT to listen on (default 0.0.0.0:<url port>).")
+@click.option("--san", "sans", multiple=True, help="Extra DNS name/IP for the server cert.")
+@click.option("--force", is_flag=True, help="Replace an existing hub.json.")
+def hub_init(
+    directory: Path,
+    site: str | None,
+    profiles_dir: Path | None,
+    endpoint: str | None,
+    url: str | None,
+    overlay_cidr: str | None,
+    hub_ip: str | None,
+    listen: str,
+    sans: tuple[str, ...],
+    force: bool,
+) -> None:
+    """Create a CA, a server cert, WireGuard and secret keys and DIR/hub.json."""
+    from builder.hub import admin
+
+    res = admin.init(
+        directory,
+        site=site,
+        profiles_dir=profiles_dir,
+        endpoint=endpoint,
+        url=url,
+        overlay_cidr=overlay_cidr,
+        hub_ip=hub_ip,
+        listen=listen,
+        extra_names=list(sans),
+        force=force,
+    )
+    click.echo(f"config: {res['config']}")
+    click.echo(f"ca_cert: {res['ca_cert']}")
+    click.echo(f"enrollment.ca_pin: {res['ca_pin']}")
+    click.echo(f"wireguard.hub_public_key: {res['hub_public_key']}")
+
+
+@hub.command("serve")
+@hub_config_option
+def hub_serve(config_file: Path | None) -> None:
+    """Run the enrollment API (HTTPS) and keep the WireGuard interface in sync."""
+    from builder.hub import api
+    from builder.hub import config as hub_config
+
+    cfg = hub_config.load(config_file)
+    logging.getLogger("nodeforge").setLevel(logging.INFO)
+    api.serve(cfg)
+
+
+@hub.group("token")
+def hub_token() -> None:
+    """Enrollment tokens (create, list, revoke)."""
+
+
+@hub_token.command("create")
+@hub_config_option
+@click.option("--site", required=True)
+@click.option("--uses", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--ttl", default="72h", show_default=True, help="Lifetime: 15m, 72h, 7d, …")
+@click.option("--approve", is_flag=True, help="Enrollments wait for `builder hub approve`.")
+@click.option("--description", default="")
+def hub_token_create(
+    config_file: Path | None, site: str, uses: int, ttl: str, approve: bool, description: str
+) -> None:
+    """Mint a token; it is printed once (only its hash is stored)."""
+    from builder.hub import admin
+
+    token, tid = admin.create_token(config_file, site, uses, ttl, approve, description)
+    click.echo(f"token id {tid}: site={site} uses={uses} ttl={ttl} approve={approve}", err=True)
+    click.echo(token)
+
+
+@hub_token.command("list")
+@hub_config_option
+@click.option("--json", "as_json", is_flag=True)
+def hub_token_list(config_file: Path | None, as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    from builder.hub import admin
+
+    rows = admin.list_tokens(config_file)
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'ID':16}  {'SITE':12} {'USED':>9}  {'APPROVE':7}  STATUS")
+    for r in rows:
+        click.echo(
+            f"{r['id']:16}  {r['site']:12} {r['used']:>4}/{r['max_uses']:<4}  "
+            f"{'yes' if r['approve'] else 'no':7}  {admin.token_status(r)}"
+        )
+
+
+@hub_token.command("revoke")
+@hub_config_option
+@click.argument("token_id")
+def hub_token_revoke(config_file: Path | None, token_id: str) -> None:
+    """Revoke a token (enrolled nodes stay connected)."""
+    from builder.hub import admin
+
+    admin.revoke_token(config_file, token_id)
+    click.echo(f"revoked token {token_id[:20]}", err=True)
+
+
+@hub.command("nodes")
+@hub_config_option
+@click.option("--json", "as_json", is_flag=True)
+def hub_nodes(config_file: Path | None, as_json: bool) -> None:
+    """List enrolled and pending nodes."""
+    from builder.hub import admin
+
+    rows = admin.list_nodes(config_file)
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'NODE':36}  {'HOSTNAME':20} {'ADDRESS':15}  {'STATE':8}  SITE")
+    for r in rows:
+        click.echo(
+            f"{r['node_id']:36}  {r['hostname'][:20]:20} {r['ip'] or '-':15}  "
+            f"{r['state']:8}  {r['site']}"
+        )
+
+
+@hub.command("approve")
+@hub_config_option
+@click.argument("node_id")
+def hub_approve(config_file: Path | None, node_id: str) -> None:
+    """Approve a pending node (it gets its address on its next poll)."""
+    from builder.hub import admin
+
+    n = admin.approve_node(config_file, node_id)
+    click.echo(f"{n['node_id']} {n['ip']}")
+
+
+@hub.command("revoke")
+@hub_config_option
+@click.argument("node_id")
+def hub_revoke(config_file: Path | None, node_id: str) -> None:
+    """Revoke a node: peer removed, secret invalid, address quarantined."""
+    from builder.hub import admin
+
+    res = admin.revoke_node(config_file, node_id)
+    if res.peer_removed:
+        click.echo(f"removed peer {res.pubkey} from {res.interface}", err=True)
+    else:
+        click.echo(
+            f"{res.interface} not here: the hub removes the peer at its next reconcile", err=True
+        )
+    click.echo(f"revoked {node_id}")

@@ -1,0 +1,133 @@
+"""Build commands: image (iso, ami, qcow2) and seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import cli, profiles_dir_option, set_option, site_argument
+
+
+@cli.command("image")
+@site_argument
+@set_option
+@profiles_dir_option
+@click.option(
+    "--target",
+    type=click.Choice(["iso", "ami", "qcow2"]),
+    default=None,
+    help="Override the profile's target.",
+)
+@click.option(
+    "--base-iso",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Use this local base ISO instead of downloading iso.base.url.",
+)
+@click.option("--no-verify", is_flag=True, help="Do not check --base-iso's sha256.")
+@click.option("--force", is_flag=True, help="Rebuild even when the inputs are unchanged.")
+@click.option(
+    "--dry-run", is_flag=True, help="ami/qcow2: render, then print the exact packer command."
+)
+@click.option(
+    "--base-image",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="qcow2: a local base cloud image instead of the profile's URL.",
+)
+@click.option(
+    "-o",
+    "--dist",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output directory (default: dist/SITE).",
+)
+def image_cmd(
+    site: str,
+    overrides: tuple[str, ...],
+    profiles_dir: Path | None,
+    target: str | None,
+    base_iso: Path | None,
+    no_verify: bool,
+    force: bool,
+    dry_run: bool,
+    base_image: Path | None,
+    dist: Path | None,
+) -> None:
+    """Build SITE's image: the target its profile names (or --target).
+
+    iso: the remastered Ubuntu installer ISO; ami/qcow2: a Packer build.
+    Prints the artifact (ISO path, AMI id per region, qcow2 path) on stdout.
+    """
+    from builder.targets import image
+
+    result = image.build(
+        site,
+        profiles_dir=profiles_dir,
+        overrides=overrides,
+        target=target,
+        dist=dist,
+        base_iso=base_iso,
+        verify=not no_verify,
+        force=force,
+        dry_run=dry_run,
+        base_image=base_image,
+    )
+    for line in image.result_lines(result):
+        click.echo(line)
+
+
+@cli.command("seed")
+@site_argument
+@set_option
+@profiles_dir_option
+@click.option("--hostname", default=None, help="The node's host name.")
+@click.option("--ip", default=None, metavar="CIDR", help="Static address, e.g. 192.168.50.10/24.")
+@click.option("--gateway", default=None, help="Default gateway (with --ip).")
+@click.option("--dns", multiple=True, help="DNS server (with --ip); repeatable.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding a one-time enrollment token for this node.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the seed ISO (0600).",
+)
+def seed_cmd(
+    site: str,
+    overrides: tuple[str, ...],
+    profiles_dir: Path | None,
+    hostname: str | None,
+    ip: str | None,
+    gateway: str | None,
+    dns: tuple[str, ...],
+    token_file: Path | None,
+    output: Path,
+) -> None:
+    """Write a NoCloud CIDATA seed ISO with per-node data (second USB stick or VM disk)."""
+    from builder.errors import UsageError
+    from builder.site.profile import load_profile
+    from builder.targets.seed import node_seed, write_seed
+
+    profile = load_profile(site, profiles_dir, overrides)
+    token = None
+    if token_file is not None:
+        try:
+            token = token_file.read_text()
+        except OSError as exc:
+            raise UsageError(f"--token-file: {token_file}: {exc.strerror}") from None
+    files = node_seed(
+        site=profile.site,
+        hostname=hostname,
+        ip=ip,
+        gateway=gateway,
+        dns=list(dns),
+        token=token,
+    )
+    click.echo(write_seed(output, files))

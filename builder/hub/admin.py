@@ -1,0 +1,152 @@
+"""What the ``builder hub …`` admin commands do, so the CLI only parses and prints.
+
+``init`` (hub settings taken from a site profile), token create/list/revoke with each
+token's status, node approve, and node revoke with its WireGuard peer removal.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.errors import UsageError
+
+from . import config as hub_config
+from .pki import init_hub
+from .store import Pool, Store
+from .tokens import parse_duration
+from .wg import WgInterface
+
+# the profile keys `hub init --site` reads, as (init argument, profile key)
+SITE_KEYS = (
+    ("endpoint", "wireguard.hub_endpoint"),
+    ("url", "enrollment.url"),
+    ("overlay_cidr", "wireguard.overlay_cidr"),
+    ("hub_ip", "wireguard.hub_overlay_ip"),
+)
+SITE_WG_KEYS = ("mtu", "keepalive", "interface")
+
+
+def open_store(config_file: Path | None) -> tuple[hub_config.HubConfig, Store]:
+    """The hub's config (``config_file``, ``$NODEFORGE_HUB_CONFIG`` or the default) and store."""
+    cfg = hub_config.load(config_file)
+    pool = Pool(cfg.wg.network, cfg.wg.hub_ip, cfg.wg.reserved)
+    return cfg, Store(cfg.database, pool, cfg.quarantine_seconds)
+
+
+def site_settings(site: str, profiles_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The hub settings a site profile holds: (init arguments, wireguard overrides)."""
+    from builder.site.profile import load_profile
+
+    prof = load_profile(site, profiles_dir)
+    args = {name: prof.get(key) for name, key in SITE_KEYS}
+    wg = {k: prof.get(f"wireguard.{k}") for k in SITE_WG_KEYS}
+    return args, {k: v for k, v in wg.items() if v is not None}
+
+
+def init(
+    directory: Path,
+    *,
+    site: str | None = None,
+    profiles_dir: Path | None = None,
+    endpoint: str | None = None,
+    url: str | None = None,
+    overlay_cidr: str | None = None,
+    hub_ip: str | None = None,
+    listen: str = "",
+    extra_names: list[str] | None = None,
+    force: bool = False,
+) -> dict[str, str]:
+    """Create a hub directory; values given here win over the ``site`` profile's."""
+    given = {"endpoint": endpoint, "url": url, "overlay_cidr": overlay_cidr, "hub_ip": hub_ip}
+    wireguard: dict[str, Any] = {}
+    if site:
+        from_site, wireguard = site_settings(site, profiles_dir)
+        given = {k: v or from_site[k] for k, v in given.items()}
+    if not given["endpoint"] or not given["url"]:
+        raise UsageError("--endpoint and --url are required (or --site to read them)")
+    return init_hub(
+        directory,
+        endpoint=given["endpoint"],
+        url=given["url"],
+        overlay_cidr=given["overlay_cidr"] or hub_config.DEFAULTS["wireguard"]["overlay_cidr"],
+        hub_ip=given["hub_ip"],
+        listen=listen,
+        extra_names=list(extra_names or []),
+        force=force,
+        wireguard=wireguard,
+    )
+
+
+def create_token(
+    config_file: Path | None, site: str, uses: int, ttl: str, approve: bool, description: str
+) -> tuple[str, str]:
+    """Mint a token: (the token, shown once; its id)."""
+    seconds = parse_duration(ttl)
+    _, store = open_store(config_file)
+    return store.create_token(site, uses, seconds, approve, description)
+
+
+def token_status(row: dict[str, Any], now: float | None = None) -> str:
+    """``revoked``, ``expired``, ``used up`` or ``valid`` for a row of ``list_tokens``."""
+    now = time.time() if now is None else now
+    if row["revoked_at"]:
+        return "revoked"
+    if row["expires_at"] <= now:
+        return "expired"
+    if row["used"] >= row["max_uses"]:
+        return "used up"
+    return "valid"
+
+
+def list_tokens(config_file: Path | None) -> list[dict[str, Any]]:
+    """Every token (never its secret), oldest first."""
+    _, store = open_store(config_file)
+    return store.list_tokens()
+
+
+def token_id(token_or_id: str) -> str:
+    """The id of a token given whole (``nf1.<id>.<secret>``) or as its id."""
+    return token_or_id.split(".")[1] if token_or_id.startswith("nf1.") else token_or_id
+
+
+def revoke_token(config_file: Path | None, token_or_id: str) -> None:
+    _, store = open_store(config_file)
+    store.revoke_token(token_id(token_or_id))
+
+
+def list_nodes(config_file: Path | None) -> list[dict[str, Any]]:
+    _, store = open_store(config_file)
+    return store.list_nodes()
+
+
+def approve_node(config_file: Path | None, node_id: str) -> dict[str, Any]:
+    _, store = open_store(config_file)
+    return store.approve(node_id)
+
+
+@dataclass(frozen=True)
+class Revoked:
+    node_id: str
+    pubkey: str
+    interface: str
+    peer_removed: bool  # False: the interface is not here, the hub's reconcile removes it
+
+
+def remove_peer(cfg: hub_config.HubConfig, pubkey: str) -> bool:
+    """Remove ``pubkey`` from the hub's interface now, if it is on this machine."""
+    wg = WgInterface(cfg.wg.interface, cfg.wg.private_key_file, cfg.wg.listen_port)
+    if cfg.wg.apply and wg.exists():
+        wg.remove([pubkey])
+        return True
+    return False
+
+
+def revoke_node(config_file: Path | None, node_id: str) -> Revoked:
+    """Revoke a node (secret invalid, address quarantined) and remove its peer."""
+    cfg, store = open_store(config_file)
+    old = store.revoke_node(node_id)
+    removed = remove_peer(cfg, old["pubkey"])
+    return Revoked(node_id, old["pubkey"], cfg.wg.interface, removed)
