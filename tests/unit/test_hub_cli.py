@@ -210,3 +210,25 @@ def test_init_from_a_site_profile(workdir, capsys):
     assert cfg["wireguard"]["mtu"] == prof.get("wireguard.mtu")
     code, _, err = run_cli(capsys, "hub", "init", str(workdir / "h2"))
     assert code == 2 and "--endpoint" in err
+
+
+def test_the_hub_defaults_agree_with_base_yaml(tmp_path):
+    """Issue 10: base.yaml said overlay 10.200.0.0/16, hub/config.py 10.100.0.0/16."""
+    import yaml
+
+    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "profiles/base.yaml").read_text())
+    d = tmp_path / "h"
+    (d).mkdir()
+    (d / "hub.json").write_text(json.dumps({"join": {"provider": "static", "token": "x"}}))
+    cfg = hub_config.load(d / "hub.json")  # every setting from the defaults
+    assert str(cfg.wg.network) == base["wireguard"]["overlay_cidr"]
+    assert str(cfg.wg.hub_ip) == base["wireguard"]["hub_overlay_ip"]
+    assert cfg.join["api_server"] == f"{base['wireguard']['hub_overlay_ip']}:6443"
+    assert (
+        cfg.wg.mtu == base["wireguard"]["mtu"]
+        and cfg.wg.keepalive == base["wireguard"]["keepalive"]
+    )
+    s = hub_config.init_settings(endpoint="hub.example:51820", url="https://hub.example:8443")
+    assert s["overlay_cidr"] == base["wireguard"]["overlay_cidr"]
+    assert s["hub_ip"] == base["wireguard"]["hub_overlay_ip"]
+    assert s["listen"] == "0.0.0.0:8443"
