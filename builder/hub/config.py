@@ -58,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "request_timeout": 10,  # whole request: TLS handshake, headers and body
         "writer_process": True,
         "max_connections": 4096,  # all connections (normal load: a few dozen)
-        "per_source_connections": 32,  # open connections per client address
+        "per_source_connections": 64,  # open connections per client address (a NAT: many nodes)
         "max_header_bytes": 8192,
         "keepalive_seconds": 5,
         "failed_auth_rate": 1.0,  # site-wide budget of failed authentications, per second
