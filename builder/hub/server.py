@@ -251,11 +251,11 @@ class HttpServer:
                 first = await self._read_first(reader, writer, peer, local)
             if first is not None:
                 await self._serve(reader, writer, first, peer, local)
-        except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError):
-            pass
-        except TimeoutError:
+        except TimeoutError:  # before OSError, of which it is a subclass
             self.metrics.drop("deadline")
             self.logs.warning("deadline", "closing a connection from %s: request deadline", peer)
+        except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError):
+            pass
         except Exception:  # a bug must not take the server down
             log.exception("connection from %s failed", peer)
         finally:
