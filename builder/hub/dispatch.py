@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,12 @@ RESTARTING = "hub writer restarting"
 class Job:
     req: EnrollRequest
     future: Future[Outcome]
+
+
+def _resolve(fut: Future[Outcome], outcome: Outcome) -> None:
+    """Answer a job unless its request gave up waiting (its future is then cancelled)."""
+    with contextlib.suppress(InvalidStateError):
+        fut.set_result(outcome)
 
 
 class WriterLink:
@@ -151,7 +157,11 @@ class WriterLink:
                     break
                 if j is not None:
                     batch.append(j)
-            self._process(batch)
+            try:
+                self._process(batch)
+            except Exception:  # never lose the link over one batch
+                log.exception("enrollment batch of %d failed", len(batch))
+                self._answer(batch, Outcome(503, "hub error", retry_after=5))
 
     def _process(self, batch: list[Job]) -> None:
         reqs = [j.req for j in batch]
@@ -172,13 +182,12 @@ class WriterLink:
             self.metrics.wg_seconds += res.wg_seconds
             self.metrics.wg_errors += res.wg_errors
         for j, o in zip(batch, res.outcomes, strict=True):
-            j.future.set_result(o)
+            _resolve(j.future, o)
 
     @staticmethod
     def _answer(batch: list[Job], outcome: Outcome) -> None:
         for j in batch:
-            if not j.future.done():
-                j.future.set_result(outcome)
+            _resolve(j.future, outcome)
 
     # -- supervision ------------------------------------------------------------------------
     def _writer_died(self, why: str) -> None:

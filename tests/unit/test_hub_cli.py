@@ -232,3 +232,37 @@ def test_the_hub_defaults_agree_with_base_yaml(tmp_path):
     assert s["overlay_cidr"] == base["wireguard"]["overlay_cidr"]
     assert s["hub_ip"] == base["wireguard"]["hub_overlay_ip"]
     assert s["listen"] == "0.0.0.0:8443"
+
+
+def test_a_request_that_gave_up_does_not_stop_the_writer_link(hubdir, monkeypatch):
+    """A request that timed out cancels its future; answering it must not kill the
+    batching thread (found while writing the asyncio server)."""
+    import time as _time
+
+    from builder.hub.dispatch import WriterLink
+    from builder.hub.metrics import Metrics
+    from builder.hub.writer import WriterCore
+
+    d, _ = hubdir
+    raw = json.loads((d / "hub.json").read_text())
+    raw["limits"] = {"writer_process": False}
+    (d / "hub.json").write_text(json.dumps(raw))
+    cfg = hub_config.load(d / "hub.json")
+    slow = WriterCore.process
+
+    def process(self, reqs):
+        _time.sleep(0.3)
+        return slow(self, reqs)
+
+    monkeypatch.setattr(WriterCore, "process", process)
+    link = WriterLink(cfg, Metrics())
+    link.start()
+    try:
+        token, _ = link.core.store.create_token("lab", 2, 60, False)
+        first = link.submit(EnrollRequest(token, "lab", "n1", "B" * 43 + "=", "h"))
+        first.cancel()  # the HTTP request gave up waiting
+        second = link.submit(EnrollRequest(token, "lab", "n2", "C" * 43 + "=", "h"))
+        assert second.result(timeout=10).status == 200
+        assert link.alive()
+    finally:
+        link.stop()
