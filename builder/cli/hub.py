@@ -39,7 +39,11 @@ def hub() -> None:
 @profiles_dir_option
 @click.option("--endpoint", default=None, help="WireGuard endpoint nodes dial (HOST:PORT).")
 @click.option("--url", default=None, help="Enrollment URL nodes use (https://HOST:PORT).")
-@click.option("--overlay-cidr", default=None, help="Overlay network [10.100.0.0/16].")
+@click.option(
+    "--overlay-cidr",
+    default=None,
+    help="Overlay network (default: the site's, else profiles/base.yaml's 10.200.0.0/16).",
+)
 @click.option("--hub-ip", default=None, help="Hub overlay address (default: first host).")
 @click.option("--listen", default="", help="HOST:PORT to listen on (default 0.0.0.0:<url port>).")
 @click.option("--san", "sans", multiple=True, help="Extra DNS name/IP for the server cert.")
@@ -158,11 +162,16 @@ def hub_nodes(config_file: Path | None, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    click.echo(f"{'NODE':36}  {'HOSTNAME':20} {'ADDRESS':15}  {'STATE':8}  SITE")
+    click.echo(f"{'NODE':36}  {'HOSTNAME':20} {'ADDRESS':15}  {'STATE':8}  SITE  WAITING")
     for r in rows:
+        waiting = ""
+        if r.get("rekey_pending"):
+            waiting = "new key: approve to accept"
+        elif r["state"] == "pending" and r.get("replaces"):
+            waiting = f"claims the hardware of {r['replaces']}"
         click.echo(
             f"{r['node_id']:36}  {r['hostname'][:20]:20} {r['ip'] or '-':15}  "
-            f"{r['state']:8}  {r['site']}"
+            f"{r['state']:8}  {r['site']}  {waiting}".rstrip()
         )
 
 
@@ -170,7 +179,8 @@ def hub_nodes(config_file: Path | None, as_json: bool) -> None:
 @hub_config_option
 @click.argument("node_id")
 def hub_approve(config_file: Path | None, node_id: str) -> None:
-    """Approve a pending node (it gets its address on its next poll)."""
+    """Approve a pending node, or an active node's new key (it gets its answer on its next
+    poll). A node claiming another node's hardware takes over that node's address."""
     from builder.hub import admin
 
     n = admin.approve_node(config_file, node_id)

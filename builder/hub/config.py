@@ -1,5 +1,11 @@
 """The hub's settings: ``hub.json`` written by ``builder hub init`` and read by every command.
 
+``DEFAULTS`` is the one home of the hub's default settings: ``load`` fills every key a
+``hub.json`` leaves out from it, ``pki.init_hub`` names its files after it, and
+``init_settings`` derives what a site profile fixes (endpoint, URL, overlay, MTU, …) so a hub
+made with ``--site`` and the nodes of that site agree. The overlay default is the one in
+``profiles/base.yaml``.
+
 Relative paths are resolved against the directory holding the file. Every problem is
 reported as ``<file>: <key>: <message>`` (ValidationError, exit 2).
 """
@@ -34,8 +40,8 @@ DEFAULTS: dict[str, Any] = {
         "private_key_file": "wg.key",
         "listen_port": 51820,
         "endpoint": "hub.example.com:51820",
-        "overlay_cidr": "10.100.0.0/16",
-        "hub_overlay_ip": "10.100.0.1",
+        "overlay_cidr": "10.200.0.0/16",  # = profiles/base.yaml wireguard.overlay_cidr
+        "hub_overlay_ip": None,  # None: the first host of overlay_cidr
         "mtu": 1420,
         "keepalive": 25,
         "reserved": [],
@@ -49,13 +55,19 @@ DEFAULTS: dict[str, Any] = {
         "per_token_burst": 500,
         "max_body_bytes": 4096,
         "batch_max": 256,
-        "request_timeout": 10,
+        "request_timeout": 10,  # whole request: TLS handshake, headers and body
         "writer_process": True,
-        "max_connections": 512,
+        "max_connections": 4096,  # all connections (normal load: a few dozen)
+        "per_source_connections": 64,  # open connections per client address (a NAT: many nodes)
+        "max_header_bytes": 8192,
+        "keepalive_seconds": 5,
+        "failed_auth_rate": 1.0,  # site-wide budget of failed authentications, per second
+        "failed_auth_burst": 100,
+        "replay_grace_seconds": 300,
     },
     "join": {
         "provider": "static",
-        "api_server": "10.100.0.1:6443",
+        "api_server": None,  # None: <hub overlay address>:6443
         "token": None,
         "ca_cert_hashes": [],
         "kubeadm": "kubeadm",
@@ -95,6 +107,12 @@ class Limits:
     request_timeout: float
     writer_process: bool
     max_connections: int
+    per_source_connections: int
+    max_header_bytes: int
+    keepalive_seconds: float
+    failed_auth_rate: float
+    failed_auth_burst: float
+    replay_grace_seconds: float
 
 
 @dataclass(frozen=True)
@@ -194,8 +212,11 @@ def parse(raw: dict[str, Any], p: Path) -> HubConfig:
     except (ValueError, TypeError) as exc:
         bad("wireguard.overlay_cidr", f"{w['overlay_cidr']!r}: {exc}")
     try:
-        hub_ip = ipaddress.IPv4Address(w["hub_overlay_ip"])
-        if net and hub_ip not in net:
+        if w["hub_overlay_ip"] is None:
+            hub_ip = next(net.hosts()) if net else None
+        else:
+            hub_ip = ipaddress.IPv4Address(w["hub_overlay_ip"])
+        if hub_ip and net and hub_ip not in net:
             bad("wireguard.hub_overlay_ip", f"{hub_ip} is not inside {net}")
     except (ValueError, TypeError) as exc:
         bad("wireguard.hub_overlay_ip", str(exc))
@@ -226,14 +247,22 @@ def parse(raw: dict[str, Any], p: Path) -> HubConfig:
         request_timeout=num(lim["request_timeout"], "limits.request_timeout", 1),
         writer_process=bool(lim["writer_process"]),
         max_connections=int(num(lim["max_connections"], "limits.max_connections", 1)),
+        per_source_connections=int(
+            num(lim["per_source_connections"], "limits.per_source_connections", 1)
+        ),
+        max_header_bytes=int(num(lim["max_header_bytes"], "limits.max_header_bytes", 1024)),
+        keepalive_seconds=num(lim["keepalive_seconds"], "limits.keepalive_seconds"),
+        failed_auth_rate=num(lim["failed_auth_rate"], "limits.failed_auth_rate"),
+        failed_auth_burst=num(lim["failed_auth_burst"], "limits.failed_auth_burst", 1),
+        replay_grace_seconds=num(lim["replay_grace_seconds"], "limits.replay_grace_seconds"),
     )
     wg = WireGuard(
         interface=iface,
         private_key_file=path_of(w["private_key_file"], "wireguard.private_key_file"),
         listen_port=int(num(w["listen_port"], "wireguard.listen_port", 1)),
         endpoint=str(w["endpoint"]),
-        network=net or ipaddress.IPv4Network("10.100.0.0/16"),
-        hub_ip=hub_ip or ipaddress.IPv4Address("10.100.0.1"),
+        network=net or ipaddress.IPv4Network(DEFAULTS["wireguard"]["overlay_cidr"]),
+        hub_ip=hub_ip or ipaddress.IPv4Address(0),
         mtu=int(num(w["mtu"], "wireguard.mtu", 1280)),
         keepalive=int(num(w["keepalive"], "wireguard.keepalive")),
         reserved=frozenset(reserved),
@@ -255,8 +284,71 @@ def parse(raw: dict[str, Any], p: Path) -> HubConfig:
         pending_retry_seconds=num(d["pending_retry_seconds"], "pending_retry_seconds", 1),
         wg=wg,
         limits=limits,
-        join={**j, "_base": str(base)},
+        join={**j, "api_server": j.get("api_server") or f"{wg.hub_ip}:6443", "_base": str(base)},
     )
     if problems:
         raise ValidationError(problems)
     return cfg
+
+
+def _hub_ip_of(overlay_cidr: str) -> str:
+    try:
+        return str(next(ipaddress.IPv4Network(overlay_cidr, strict=True).hosts()))
+    except (ValueError, StopIteration) as exc:
+        raise UsageError(f"--overlay-cidr: {overlay_cidr!r}: {exc}") from exc
+
+
+class _Profile:
+    """What ``init_settings`` needs of a site profile: ``get("a.b")`` (builder.site's Profile)."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+
+def init_settings(
+    profile: _Profile | None = None,
+    *,
+    endpoint: str | None = None,
+    url: str | None = None,
+    overlay_cidr: str | None = None,
+    hub_ip: str | None = None,
+    listen: str | None = None,
+) -> dict[str, Any]:
+    """The settings ``builder hub init`` writes: DEFAULTS < the site profile < explicit
+    options. Returns ``{endpoint, url, overlay_cidr, hub_ip, listen, wireguard}``."""
+    wg_d = DEFAULTS["wireguard"]
+    got: dict[str, Any] = {
+        "endpoint": None,
+        "url": None,
+        "overlay_cidr": wg_d["overlay_cidr"],
+        "hub_ip": None,
+        "wireguard": {},
+    }
+    if profile is not None:
+        for key, path in (
+            ("endpoint", "wireguard.hub_endpoint"),
+            ("url", "enrollment.url"),
+            ("overlay_cidr", "wireguard.overlay_cidr"),
+            ("hub_ip", "wireguard.hub_overlay_ip"),
+        ):
+            v = profile.get(path)
+            if v is not None:
+                got[key] = str(v)
+        for k in ("mtu", "keepalive", "interface"):
+            v = profile.get(f"wireguard.{k}")
+            if v is not None:
+                got["wireguard"][k] = v
+    for key, v in (
+        ("endpoint", endpoint),
+        ("url", url),
+        ("overlay_cidr", overlay_cidr),
+        ("hub_ip", hub_ip),
+    ):
+        if v:
+            got[key] = v
+    if not got["endpoint"] or not got["url"]:
+        raise UsageError("--endpoint and --url are required (or --site to read them)")
+    got["hub_ip"] = got["hub_ip"] or _hub_ip_of(got["overlay_cidr"])
+    port = str(got["url"]).rsplit(":", 1)[-1].split("/")[0]
+    host = DEFAULTS["listen"].rsplit(":", 1)[0]
+    got["listen"] = listen or f"{host}:{port if port.isdigit() else 8443}"
+    return got

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,6 +24,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from builder.errors import UsageError
 from builder.fsutil import atomic_write
+
+from .config import DEFAULTS, init_settings
 
 
 def wg_keypair() -> tuple[str, str]:
@@ -105,78 +108,76 @@ def make_ca_and_server(names: list[str], days: int = 3650) -> tuple[bytes, bytes
 def init_hub(
     directory: Path,
     *,
-    endpoint: str,
-    url: str,
-    overlay_cidr: str,
-    hub_ip: str | None,
-    listen: str,
-    extra_names: list[str],
+    endpoint: str | None = None,
+    url: str | None = None,
+    overlay_cidr: str | None = None,
+    hub_ip: str | None = None,
+    listen: str = "",
+    extra_names: list[str] | None = None,
     force: bool = False,
     wireguard: dict[str, object] | None = None,
+    profile: Any = None,
 ) -> dict[str, str]:
-    """Create DIR/{hub.json, ca.pem, ca.key, server.pem, server.key, wg.key, secret.key}."""
+    """Create DIR/{hub.json, ca.pem, ca.key, server.pem, server.key, wg.key, secret.key}.
+
+    Settings: ``config.DEFAULTS`` < the site ``profile`` (when given) < the arguments;
+    hub.json records the settings a hub needs to agree with its site, the rest stays
+    at the defaults ``config.load`` fills in."""
+    s = init_settings(
+        profile,
+        endpoint=endpoint,
+        url=url,
+        overlay_cidr=overlay_cidr,
+        hub_ip=hub_ip,
+        listen=listen,
+    )
     try:
-        net = ipaddress.IPv4Network(overlay_cidr, strict=True)
+        net = ipaddress.IPv4Network(s["overlay_cidr"], strict=True)
+        hip = ipaddress.IPv4Address(s["hub_ip"])
     except ValueError as exc:
-        raise UsageError(f"--overlay-cidr: {overlay_cidr!r}: {exc}") from exc
-    hip = ipaddress.IPv4Address(hub_ip) if hub_ip else next(net.hosts())
+        raise UsageError(f"--overlay-cidr/--hub-ip: {exc}") from exc
     if hip not in net:
         raise UsageError(f"--hub-ip: {hip} is not inside {net}")
-    if ":" not in endpoint:
+    endpoint, url = str(s["endpoint"]), str(s["url"])
+    ep_host, _, ep_port = endpoint.rpartition(":")
+    if not ep_host or not ep_port.isdigit():
         raise UsageError(f"--endpoint: {endpoint!r} is not HOST:PORT")
     cfg_path = directory / "hub.json"
     if cfg_path.exists() and not force:
         raise UsageError(f"{cfg_path}: already exists", hint="pass --force to replace it")
     url_host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
-    ep_host = endpoint.rsplit(":", 1)[0].strip("[]")
     names: list[str] = []
-    for n in [url_host, ep_host, str(hip), *extra_names]:
+    for n in [url_host, ep_host.strip("[]"), str(hip), *(extra_names or [])]:
         if n and n not in names:
             names.append(n)
     ca_pem, ca_key, srv_pem, srv_key = make_ca_and_server(names)
     wg_priv, wg_pub = wg_keypair()
+    d = DEFAULTS
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    atomic_write(directory / "ca.pem", ca_pem, 0o644)
+    atomic_write(directory / d["ca_cert"], ca_pem, 0o644)
     atomic_write(directory / "ca.key", ca_key, 0o600)
-    atomic_write(directory / "server.pem", srv_pem + ca_pem, 0o644)
-    atomic_write(directory / "server.key", srv_key, 0o600)
-    atomic_write(directory / "wg.key", wg_priv + "\n", 0o600)
-    atomic_write(directory / "secret.key", secrets.token_hex(32) + "\n", 0o600)
-    port = url.rsplit(":", 1)[-1].split("/")[0]
+    atomic_write(directory / d["tls_cert"], srv_pem + ca_pem, 0o644)
+    atomic_write(directory / d["tls_key"], srv_key, 0o600)
+    atomic_write(directory / d["wireguard"]["private_key_file"], wg_priv + "\n", 0o600)
+    atomic_write(directory / d["secret_key_file"], secrets.token_hex(32) + "\n", 0o600)
     cfg = {
-        "listen": listen or f"0.0.0.0:{port if port.isdigit() else 8443}",
+        "listen": s["listen"],
         "url": url,
-        "tls_cert": "server.pem",
-        "tls_key": "server.key",
-        "ca_cert": "ca.pem",
-        "database": "hub.db",
-        "secret_key_file": "secret.key",
         "wireguard": {
-            "interface": "wg0",
-            "private_key_file": "wg.key",
-            "listen_port": int(endpoint.rsplit(":", 1)[1]),
+            "listen_port": int(ep_port),
             "endpoint": endpoint,
             "overlay_cidr": str(net),
             "hub_overlay_ip": str(hip),
-            "mtu": 1420,
-            "keepalive": 25,
+            **s["wireguard"],
             **(wireguard or {}),
         },
-        "join": {
-            "provider": "kubeadm",
-            "api_server": f"{hip}:6443",
-            "kubeadm": "kubeadm",
-            "cluster_ca": "/etc/kubernetes/pki/ca.crt",
-            "ttl": "1h",
-            "labels": {},
-            "taints": [],
-        },
+        "join": {"provider": "kubeadm"},
     }
     atomic_write(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n", 0o600)
     return {
         "config": str(cfg_path),
-        "ca_cert": str(directory / "ca.pem"),
+        "ca_cert": str(directory / d["ca_cert"]),
         "ca_pin": ca_pin(ca_pem),
         "hub_public_key": wg_pub,
     }

@@ -1,9 +1,8 @@
 """SQLite (WAL) store: tokens (hashed), nodes, address quarantine, audit. The source of truth.
 
-Every write runs in ``BEGIN IMMEDIATE`` … ``COMMIT``. ``enroll_many`` handles a batch of
-enrollments in ONE transaction (one fsync for the batch: group commit), each request in its
-own SAVEPOINT so one bad request cannot spoil the others. Token use and address allocation
-for a request happen in that same transaction, so a crash leaves either both or neither.
+Every write runs in ``BEGIN IMMEDIATE`` … ``COMMIT``. The enrollment rules (batches in one
+transaction, replays, re-enrollment) are in ``enroll.py``; this module holds the schema,
+tokens, the address pool and the operator's actions (approve, revoke).
 """
 
 from __future__ import annotations
@@ -14,14 +13,21 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from builder.errors import BuilderError, UsageError
+from builder.errors import UsageError
 
 from . import tokens as tok
+from .enroll import (  # noqa: F401 - re-exported: callers import them from here
+    ACTIVE,
+    AUDIT_INSERT,
+    EnrollMixin,
+    EnrollRequest,
+    Outcome,
+    PoolExhausted,
+)
 
 log = logging.getLogger("nodeforge.hub")
 audit_log = logging.getLogger("nodeforge.hub.audit")
@@ -40,7 +46,8 @@ CREATE TABLE IF NOT EXISTS nodes(
   hostname TEXT NOT NULL DEFAULT '', fingerprint TEXT NOT NULL DEFAULT '',
   image_version TEXT NOT NULL DEFAULT '', token_id TEXT, remote TEXT,
   created_at REAL NOT NULL, updated_at REAL NOT NULL, joined_at REAL,
-  bootstrap_token_id TEXT);
+  bootstrap_token_id TEXT, replaces TEXT, pending_pubkey TEXT, pending_token_id TEXT,
+  pending_at REAL);
 CREATE INDEX IF NOT EXISTS nodes_fingerprint ON nodes(fingerprint);
 CREATE TABLE IF NOT EXISTS quarantine(ip TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit(
@@ -48,14 +55,13 @@ CREATE TABLE IF NOT EXISTS audit(
   node_id TEXT, token_id TEXT, remote TEXT, detail TEXT NOT NULL DEFAULT '{}');
 """
 
-ACTIVE = ("active", "joined")
-AUDIT_INSERT = (
-    "INSERT INTO audit(ts, event, node_id, token_id, remote, detail) VALUES (?,?,?,?,?,?)"
+# columns added after the first release: (name, type) added to an older database on open
+ADDED_COLUMNS = (
+    ("replaces", "TEXT"),
+    ("pending_pubkey", "TEXT"),
+    ("pending_token_id", "TEXT"),
+    ("pending_at", "REAL"),
 )
-
-
-class PoolExhausted(BuilderError):
-    pass
 
 
 class Pool:
@@ -85,32 +91,19 @@ class Pool:
         return self.first <= ip <= self.last and ip not in self.excluded
 
 
-@dataclass
-class EnrollRequest:
-    token: str
-    site: str
-    node_id: str
-    wg_pubkey: str
-    hostname: str = ""
-    fingerprint: str = ""
-    image_version: str = ""
-    remote: str = ""
-
-
-@dataclass
-class Outcome:
-    status: int
-    error: str = ""
-    node: dict[str, Any] | None = None
-    retry_after: int | None = None
-    add_peer: tuple[str, str] | None = None  # (pubkey, ip) to apply after commit
-    remove_peers: list[str] = field(default_factory=list)
-    replay: bool = False
-
-
-class Store:
-    def __init__(self, path: Path, pool: Pool, quarantine_seconds: int = 86400, clock=time.time):
+class Store(EnrollMixin):
+    def __init__(
+        self,
+        path: Path,
+        pool: Pool,
+        quarantine_seconds: int = 86400,
+        clock=time.time,
+        secret_key: bytes = b"",
+        replay_grace_seconds: float = 120,
+    ):
         self.path = Path(path)
+        self.secret_key = secret_key  # the hub's: node secrets are checked with it
+        self.replay_grace_seconds = replay_grace_seconds
         self.pool = pool
         self.quarantine_seconds = quarantine_seconds
         self.clock = clock
@@ -118,6 +111,10 @@ class Store:
         self._local = threading.local()
         conn = self.conn()
         conn.executescript(SCHEMA)
+        have = {r[1] for r in conn.execute("PRAGMA table_info(nodes)")}
+        for name, kind in ADDED_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE nodes ADD COLUMN {name} {kind}")
 
     # -- connections ----------------------------------------------------------------------
     def conn(self) -> sqlite3.Connection:
@@ -229,7 +226,8 @@ class Store:
             self.conn()
             .execute(
                 "SELECT node_id, site, hostname, ip, state, pubkey, fingerprint, image_version,"
-                " token_id, created_at, updated_at, joined_at FROM nodes ORDER BY created_at"
+                " token_id, created_at, updated_at, joined_at, replaces,"
+                " pending_pubkey IS NOT NULL AS rekey_pending FROM nodes ORDER BY created_at"
             )
             .fetchall()
         )
@@ -284,17 +282,67 @@ class Store:
                 (ip, self.clock() + self.quarantine_seconds),
             )
 
+    def token_usable(self, tid: str) -> bool:
+        """A known token that can still be used (read-only; the failed-auth budget asks)."""
+        r = (
+            self.conn()
+            .execute(
+                "SELECT 1 FROM tokens WHERE id=? AND revoked_at IS NULL AND expires_at > ?"
+                " AND used < max_uses",
+                (tid, self.clock()),
+            )
+            .fetchone()
+        )
+        return r is not None
+
     def approve(self, node_id: str) -> dict[str, Any]:
+        """An operator's yes: a pending node gets an address (the one of the node its
+        hardware replaces, when it claimed one), an active node with a pending re-key
+        gets its new key. The node picks the answer up at its next poll."""
         with self._tx() as c:
             n = c.execute("SELECT * FROM nodes WHERE node_id=?", (node_id,)).fetchone()
             if n is None:
                 raise UsageError(f"no node {node_id!r}", hint="see `builder hub nodes`")
+            now = self.clock()
+            if n["state"] in ACTIVE and n["pending_pubkey"]:
+                if c.execute(
+                    "SELECT 1 FROM nodes WHERE pubkey=?", (n["pending_pubkey"],)
+                ).fetchone():
+                    raise UsageError(f"the new key of {node_id} now belongs to another node")
+                c.execute(
+                    "UPDATE nodes SET pubkey=pending_pubkey, token_id=pending_token_id,"
+                    " generation=generation+1, bootstrap_token_id=NULL, pending_pubkey=NULL,"
+                    " pending_token_id=NULL, pending_at=NULL, updated_at=?,"
+                    " state=CASE WHEN state='joined' THEN 'active' ELSE state END"
+                    " WHERE node_id=?",
+                    (now, node_id),
+                )
+                self._audit(
+                    c, "node.approve_rekey", node_id=node_id, ip=n["ip"], old_pubkey=n["pubkey"]
+                )
+                return dict(c.execute("SELECT * FROM nodes WHERE node_id=?", (node_id,)).fetchone())
             if n["state"] != "pending":
                 raise UsageError(f"node {node_id} is {n['state']}, not pending")
-            ip = self._allocate(c, {})
+            old = None
+            if n["replaces"]:
+                old = c.execute(
+                    "SELECT * FROM nodes WHERE node_id=? AND site=? AND state IN"
+                    " ('active','joined') AND ip IS NOT NULL",
+                    (n["replaces"], n["site"]),
+                ).fetchone()
+            if old is not None:  # reinstalled hardware: the old identity ends, its address moves
+                ip = old["ip"]
+                c.execute(
+                    "UPDATE nodes SET state='revoked', ip=NULL, generation=generation+1,"
+                    " updated_at=? WHERE node_id=?",
+                    (now, old["node_id"]),
+                )
+                self._audit(c, "node.replaced", node_id=old["node_id"], by=node_id, ip=ip)
+            else:
+                ip = self._allocate(c, {})
             c.execute(
                 "UPDATE nodes SET state='active', ip=?, updated_at=? WHERE node_id=?",
-                (ip, self.clock(), node_id),
+                (ip, now, node_id),
             )
             self._audit(c, "node.approve", node_id=node_id, ip=ip)
         return self.node(node_id) or {}
@@ -344,186 +392,6 @@ class Store:
             self.conn().execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         )
         return [dict(r) for r in rows]
-
-    # -- enrollment -----------------------------------------------------------------------
-    def enroll_many(self, reqs: Sequence[EnrollRequest]) -> list[Outcome]:
-        out: list[Outcome] = []
-        ctx: dict[str, Any] = {}
-        buf: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-        self._local.audit_buf = buf
-        try:
-            with self._tx() as c:
-                for i, r in enumerate(reqs):
-                    mark = len(buf)
-                    c.execute(f"SAVEPOINT e{i}")
-                    try:
-                        o = self._enroll_one(c, r, ctx)
-                    except PoolExhausted as exc:
-                        c.execute(f"ROLLBACK TO e{i}")
-                        del buf[mark:]
-                        o = Outcome(503, str(exc), retry_after=300)
-                    except Exception as exc:  # keep the batch alive; this request fails alone
-                        c.execute(f"ROLLBACK TO e{i}")
-                        del buf[mark:]
-                        log.exception("enrollment of %s failed", r.node_id)
-                        o = Outcome(500, f"internal error: {type(exc).__name__}")
-                        ctx.pop("taken", None)
-                    c.execute(f"RELEASE e{i}")
-                    out.append(o)
-                c.executemany(AUDIT_INSERT, [row for row, _ in buf])
-        finally:
-            self._local.audit_buf = None
-        for row, detail in buf:
-            self._log_audit(row, detail)
-        return out
-
-    def enroll(self, req: EnrollRequest) -> Outcome:
-        return self.enroll_many([req])[0]
-
-    def _enroll_one(self, c: sqlite3.Connection, r: EnrollRequest, ctx: dict[str, Any]) -> Outcome:
-        now = self.clock()
-        parsed = tok.parse_token(r.token)
-        row = None
-        if parsed:
-            row = c.execute("SELECT * FROM tokens WHERE id=?", (parsed[0],)).fetchone()
-        if not parsed or not tok.secret_matches(parsed[1], row["hash"] if row else None):
-            self._audit(
-                c,
-                "enroll.denied",
-                r.node_id,
-                parsed[0] if parsed else None,
-                r.remote,
-                reason="unknown token",
-            )
-            return Outcome(401, "unknown enrollment token")
-        assert row is not None  # secret_matches() is False without a row
-        tid = row["id"]
-
-        def deny(status: int, why: str) -> Outcome:
-            self._audit(c, "enroll.denied", r.node_id, tid, r.remote, reason=why)
-            return Outcome(status, why)
-
-        if row["site"] != r.site:
-            return deny(403, f"token is for site {row['site']!r}, not {r.site!r}")
-        if row["revoked_at"] is not None:
-            return deny(403, "token revoked")
-        by_key = c.execute("SELECT * FROM nodes WHERE pubkey=?", (r.wg_pubkey,)).fetchone()
-        if by_key is not None:
-            if by_key["node_id"] != r.node_id:
-                return deny(409, "this WireGuard key belongs to another node")
-            return self._replay(c, dict(by_key), r, tid)
-        old = c.execute("SELECT * FROM nodes WHERE node_id=?", (r.node_id,)).fetchone()
-        if old is None and r.fingerprint:
-            old = c.execute(
-                "SELECT * FROM nodes WHERE fingerprint=? AND site=? AND state != 'revoked'"
-                " ORDER BY updated_at DESC LIMIT 1",
-                (r.fingerprint, r.site),
-            ).fetchone()
-        if old is not None and old["state"] == "revoked":
-            return deny(403, "node revoked")
-        if old is not None and old["site"] != r.site:
-            return deny(409, "node id registered for another site")
-        # new node or re-enrollment: both use the token, in this transaction
-        cur = c.execute(
-            "UPDATE tokens SET used = used + 1 WHERE id=? AND used < max_uses AND expires_at > ?"
-            " AND revoked_at IS NULL",
-            (tid, now),
-        )
-        if cur.rowcount != 1:
-            why = "token expired" if row["expires_at"] <= now else "token used up"
-            return deny(403, why)
-        if old is not None:
-            return self._reenroll(c, dict(old), r, tid, now)
-        state = "pending" if row["approve"] else "active"
-        ip = self._allocate(c, ctx) if state == "active" else None
-        c.execute(
-            "INSERT INTO nodes(node_id, site, pubkey, ip, state, hostname, fingerprint,"
-            " image_version, token_id, remote, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                r.node_id,
-                r.site,
-                r.wg_pubkey,
-                ip,
-                state,
-                r.hostname,
-                r.fingerprint,
-                r.image_version,
-                tid,
-                r.remote,
-                now,
-                now,
-            ),
-        )
-        self._audit(
-            c,
-            "enroll." + ("pending" if ip is None else "ok"),
-            r.node_id,
-            tid,
-            r.remote,
-            ip=ip,
-            hostname=r.hostname,
-        )
-        n = dict(c.execute("SELECT * FROM nodes WHERE node_id=?", (r.node_id,)).fetchone())
-        if ip is None:
-            return Outcome(202, "pending approval", node=n, retry_after=30)
-        return Outcome(200, node=n, add_peer=(r.wg_pubkey, ip))
-
-    def _replay(
-        self, c: sqlite3.Connection, n: dict[str, Any], r: EnrollRequest, tid: str
-    ) -> Outcome:
-        if n["token_id"] != tid:
-            self._audit(
-                c, "enroll.denied", r.node_id, tid, r.remote, reason="replay with another token"
-            )
-            return Outcome(403, "this node enrolled with a different token")
-        if n["state"] == "revoked":
-            self._audit(c, "enroll.denied", r.node_id, tid, r.remote, reason="node revoked")
-            return Outcome(403, "node revoked")
-        self._audit(c, "enroll.replay", r.node_id, tid, r.remote, ip=n["ip"], state=n["state"])
-        if n["state"] == "pending":
-            return Outcome(202, "pending approval", node=n, retry_after=30, replay=True)
-        return Outcome(200, node=n, add_peer=(n["pubkey"], n["ip"]), replay=True)
-
-    def _reenroll(
-        self, c: sqlite3.Connection, old: dict[str, Any], r: EnrollRequest, tid: str, now: float
-    ) -> Outcome:
-        """Reinstalled hardware: same node_id or fingerprint, new key → same address."""
-        ip = old["ip"]
-        if old["state"] in ACTIVE and not ip:
-            ip = self._allocate(c, {})
-        c.execute(
-            "UPDATE nodes SET node_id=?, pubkey=?, ip=?, generation=generation+1, hostname=?,"
-            " fingerprint=?, image_version=?, token_id=?, remote=?, updated_at=?,"
-            " state=CASE WHEN state='joined' THEN 'active' ELSE state END,"
-            " bootstrap_token_id=NULL WHERE node_id=?",
-            (
-                r.node_id,
-                r.wg_pubkey,
-                ip,
-                r.hostname,
-                r.fingerprint,
-                r.image_version,
-                tid,
-                r.remote,
-                now,
-                old["node_id"],
-            ),
-        )
-        self._audit(
-            c,
-            "enroll.reenroll",
-            r.node_id,
-            tid,
-            r.remote,
-            ip=ip,
-            old_node_id=old["node_id"],
-            old_pubkey=old["pubkey"],
-        )
-        n = dict(c.execute("SELECT * FROM nodes WHERE node_id=?", (r.node_id,)).fetchone())
-        if n["state"] == "pending":
-            return Outcome(202, "pending approval", node=n, retry_after=30)
-        return Outcome(200, node=n, add_peer=(r.wg_pubkey, ip), remove_peers=[old["pubkey"]])
 
 
 class _Tx:

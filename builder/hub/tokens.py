@@ -102,6 +102,19 @@ class RateLimiter:
                 self._prune(now)
         return wait
 
+    def peek(self, key: str) -> float:
+        """Tokens in ``key``'s bucket now, without taking one."""
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate)
+
+    def peek_wait(self, key: str) -> float:
+        """Seconds until ``key`` may proceed (0: now), without taking a token."""
+        if self.rate <= 0:
+            return 0.0
+        return max(0.0, (1.0 - self.peek(key)) / self.rate)
+
     def _prune(self, now: float) -> None:
         full = [
             k

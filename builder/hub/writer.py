@@ -38,14 +38,22 @@ class BatchResult:
     notes: list[str] = field(default_factory=list)
 
 
+def open_store(cfg: HubConfig) -> Store:
+    """The hub's store with everything the config says about it (pool, quarantine, node
+    secrets, replay window)."""
+    return Store(
+        cfg.database,
+        Pool(cfg.wg.network, cfg.wg.hub_ip, cfg.wg.reserved),
+        cfg.quarantine_seconds,
+        secret_key=cfg.secret_key(),
+        replay_grace_seconds=cfg.limits.replay_grace_seconds,
+    )
+
+
 class WriterCore:
     def __init__(self, cfg: HubConfig) -> None:
         self.cfg = cfg
-        self.store = Store(
-            cfg.database,
-            Pool(cfg.wg.network, cfg.wg.hub_ip, cfg.wg.reserved),
-            cfg.quarantine_seconds,
-        )
+        self.store = open_store(cfg)
         self.wg = WgInterface(cfg.wg.interface, cfg.wg.private_key_file, cfg.wg.listen_port)
         self.next_reconcile = 0.0
 

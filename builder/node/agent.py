@@ -440,8 +440,9 @@ class Agent:
         return name or "node"
 
     # 3. enroll
-    def token(self) -> str:
-        """The enrollment token; waits (bounded) for it to appear, e.g. from a late runcmd."""
+    def token(self, fallback: str = "") -> str:
+        """The enrollment token; waits (bounded) for it to appear, e.g. from a late runcmd.
+        With a ``fallback`` (the node secret of an earlier enrollment) it does not wait."""
         waited, attempt = 0.0, 0
         while True:
             try:
@@ -454,6 +455,9 @@ class Agent:
                 ) from exc
             if t:
                 return t
+            if fallback:
+                log("token", "no enrollment token: re-enrolling with the node secret")
+                return fallback
             if waited >= self.cfg.token_wait_seconds:
                 raise Stop(f"{self.cfg.token_file}: no enrollment token (missing or empty)")
             delay = min(10.0, 1.0 + self.backoff(attempt, 1.0))
@@ -471,12 +475,37 @@ class Agent:
             return None
         return data  # type: ignore[no-any-return]
 
+    def saved_secret(self, node_id: str) -> str:
+        """The node secret of this node's last enrollment, whatever key it was for: the
+        proof the hub asks for before it lets an active node re-enroll with a new key."""
+        try:
+            data = json.loads((self.state / "enrollment.json").read_text())
+        except (OSError, ValueError):
+            return ""
+        if not isinstance(data, dict) or data.get("node_id") != node_id:
+            return ""
+        return str(data.get("node_secret") or "")
+
+    def forget_token(self) -> None:
+        """A used one-time token is worth nothing to us and a lot to a thief: remove it."""
+        path = Path(self.cfg.token_file)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log("enroll", f"could not remove the used token {path}: {exc.strerror}")
+            return
+        log("enroll", "removed the used enrollment token", path=path)
+
     def enroll(self, node_id: str, pub: str) -> dict[str, Any]:
         old = self.saved(pub)
         if old:
             log("enroll", "using the saved enrollment", address=old["address"])
+            self.forget_token()
             return old
-        token = self.token()
+        secret = self.saved_secret(node_id)
+        token = self.token(fallback=secret)
         body = {
             "site": self.cfg.site,
             "node_id": node_id,
@@ -485,6 +514,8 @@ class Agent:
             "fingerprint": self.fingerprint(),
             "image_version": self.cfg.image_version,
         }
+        if secret:
+            body["node_secret"] = secret
         url = self.cfg.enroll_url.rstrip("/") + "/v1/enroll"
         failures = 0
         while True:
@@ -501,6 +532,7 @@ class Agent:
                 data["wg_pubkey"] = pub
                 atomic_write(self.state / "enrollment.json", json.dumps(data, indent=1), 0o600)
                 log("enroll", "enrolled", status=200, address=data["address"], node_id=node_id)
+                self.forget_token()
                 return data
             if status == 202:
                 self.pause(

@@ -95,6 +95,8 @@ def run_case(
         "per_token_rate": 0,
         "batch_max": batch_max,
         "request_timeout": 30,
+        # every client process sends from the lab's one address: let them all in
+        "per_source_connections": 1024,
     }
     (d / "hub.json").write_text(json.dumps(cfg))
     url = f"https://192.168.77.1:{port}"

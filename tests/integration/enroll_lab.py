@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -154,3 +155,109 @@ def records(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def builder(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh([*BUILDER, *args], check=check, cwd=REPO)
+
+
+def hub_setup(
+    tmp: Path, tag: str, name: str, port: int, wg_port: int, cidr: str, **limits: float
+) -> dict:
+    d = tmp / name
+    out = builder(
+        "hub",
+        "init",
+        str(d),
+        "--endpoint",
+        f"192.168.77.1:{wg_port}",
+        "--url",
+        f"https://192.168.77.1:{port}",
+        "--overlay-cidr",
+        cidr,
+        "--san",
+        "127.0.0.1",
+    ).stdout
+    info = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    cfg = json.loads((d / "hub.json").read_text())
+    cfg["wireguard"]["interface"] = f"nf{name[0]}{tag}w"[:15]
+    hub_kubeadm = standin("kubeadm_hub.py", d / "standin-bin")
+    cluster_ca = d / "cluster-ca.pem"
+    cluster_ca.write_bytes((d / "ca.pem").read_bytes())  # any CA: the hash is what matters
+    cfg["join"] = {
+        "provider": "kubeadm",
+        "kubeadm": str(hub_kubeadm),
+        "kubeconfig": "",
+        "cluster_ca": str(cluster_ca),
+        "api_server": "10.100.0.1:6443",
+        "ttl": "1h",
+        "labels": {"nodeforge.io/enrolled": "true"},
+        "taints": [],
+    }
+    cfg["limits"] = {**cfg.get("limits", {}), **limits}
+    cfg["reconcile_seconds"] = 5
+    cfg["pending_retry_seconds"] = 1
+    (d / "hub.json").write_text(json.dumps(cfg, indent=1))
+    return {
+        "dir": d,
+        "config": d / "hub.json",
+        "ca": d / "ca.pem",
+        "pin": info["enrollment.ca_pin"],
+        "pubkey": info["wireguard.hub_public_key"],
+        "iface": cfg["wireguard"]["interface"],
+        "url": f"https://192.168.77.1:{port}",
+        "record": d / "hub-kubeadm.jsonl",
+        "log": d / "hub.log",
+    }
+
+
+def db_nodes(hub: dict) -> list[sqlite3.Row]:
+    c = sqlite3.connect(hub["dir"] / "hub.db")
+    c.row_factory = sqlite3.Row
+    try:
+        return c.execute("SELECT * FROM nodes").fetchall()
+    finally:
+        c.close()
+
+
+def node_config(lab: Lab, hub: dict, name: str, token: str) -> tuple[Path, dict]:
+    d = lab.tmp / f"node-{name}"
+    d.mkdir()
+    (d / "token").write_text(token + "\n")
+    (d / "token").chmod(0o600)
+    kubeadm = standin("kubeadm_node.py", d / "bin")
+    cfg = {
+        "site": "lab",
+        "enroll_url": hub["url"],
+        "ca_file": str(hub["ca"]),
+        "ca_pin": hub["pin"],
+        "token_file": str(d / "token"),
+        "interface": f"nf{name}{lab.tag}n"[:15],
+        "image_version": "test",
+        "build_time": int(time.time()) - 3600,
+        "labels": {"nodeforge.io/site": "lab"},
+        "taints": [{"key": "nodeforge.io/new", "value": "true", "effect": "NoSchedule"}],
+        "state_dir": str(d / "state"),
+        "wireguard_dir": str(d / "wireguard"),
+        "run_dir": str(d / "run"),
+        "sys_dir": str(d / "sys"),
+        "kubeadm": str(kubeadm),
+        "enable_wg_unit": False,
+        "hostname": f"node-{name}",
+        "handshake_timeout": 20,
+        "retry_max_seconds": 5,
+    }
+    path = d / "node.json"
+    path.write_text(json.dumps(cfg))
+    return path, cfg
+
+
+def start_agent(lab: Lab, name: str, path: Path) -> subprocess.Popen:
+    env = {**os.environ, "NF_STANDIN_RECORD": str(lab.tmp / f"node-{name}" / "kubeadm.jsonl")}
+    return subprocess.Popen(
+        ["ip", "netns", "exec", lab.nodes[name], sys.executable, str(AGENT), "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )

@@ -402,3 +402,56 @@ def test_kubeadm_gets_a_systemctl_shim_under_systemd(tmp_path, ca, monkeypatch):
     text = (shim / "systemctl").read_text()
     assert f"exec {fake} --job-mode=ignore-dependencies" in text and f'exec {fake} "$@"' in text
     assert stat.S_IMODE((shim / "systemctl").stat().st_mode) == 0o755
+
+
+def test_the_used_token_is_removed_after_enrollment(tmp_path, ca):
+    """Issue 14 finding 8: the one-time token file stayed on the node after enrollment."""
+    cfg = make_cfg(tmp_path, ca)
+    rc, _ = run_agent(cfg, FakeSystem(), FakeHttp([(200, {}, enrollment())]))
+    assert rc == 0
+    assert not (tmp_path / "token").exists()
+    assert "nf1.token" not in (tmp_path / "state" / "enrollment.json").read_text()
+
+
+class KeySystem(FakeSystem):
+    """`wg genkey`/`wg pubkey` that give a new key after the old one is lost."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.key = chr(ord("P") + n) * 43 + "="
+        self.pub = chr(ord("a") + n) * 43 + "="
+
+    def run(self, argv, timeout=600, env=None):
+        if argv[1:] == ["genkey"]:
+            self.calls.append(list(argv))
+            return 0, self.key + "\n"
+        return super().run(argv, timeout, env)
+
+    def run_input(self, argv, data):
+        self.calls.append(list(argv))
+        return 0, (NODE_PUB if data.strip() == NODE_KEY else self.pub) + "\n"
+
+
+def test_reenrollment_presents_the_node_secret(tmp_path, ca):
+    """Issue 14 finding 1: an active node re-enrolls with a new key only with its own
+    secret; the agent presents the one it saved (with or without a token file)."""
+    cfg = make_cfg(tmp_path, ca)
+    node_id = "nodeid-1"
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "node_id").write_text(node_id + "\n")
+    first = {**enrollment(), "node_id": node_id}
+    rc, _ = run_agent(cfg, FakeSystem(), FakeHttp([(200, {}, first)]))
+    assert rc == 0
+    for n, token in ((1, None), (2, "nf1.other")):
+        # the key is lost (the saved answer is for the old key): enroll again
+        (tmp_path / "state" / "wg.key").unlink()
+        (tmp_path / "state" / "joined").unlink()
+        if token:
+            (tmp_path / "token").write_text(token + "\n")
+        http = FakeHttp([(200, {}, {**first, "node_secret": "nfs1.secret"})])
+        rc, _ = run_agent(cfg, KeySystem(n), http)
+        assert rc == 0
+        _, _, bearer, body = http.requests[0]
+        assert body["node_secret"] == "nfs1.secret" and body["node_id"] == node_id
+        assert bearer == (token or "nfs1.secret")
+        assert not (tmp_path / "token").exists()

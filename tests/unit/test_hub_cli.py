@@ -227,3 +227,59 @@ def test_init_for_a_site_writes_the_control_planes_kubeadm_config(workdir, capsy
     assert cluster["controlPlaneEndpoint"] == "10.200.0.1:6443"
     assert {"10.200.0.1", "hub.example.com"} <= set(cluster["apiServer"]["certSANs"])
     assert "kubeadm init --config" in out and "builder hub doctor" in out
+
+
+def test_the_hub_defaults_agree_with_base_yaml(tmp_path):
+    """Issue 10: base.yaml said overlay 10.200.0.0/16, hub/config.py 10.100.0.0/16."""
+    import yaml
+
+    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "profiles/base.yaml").read_text())
+    d = tmp_path / "h"
+    (d).mkdir()
+    (d / "hub.json").write_text(json.dumps({"join": {"provider": "static", "token": "x"}}))
+    cfg = hub_config.load(d / "hub.json")  # every setting from the defaults
+    assert str(cfg.wg.network) == base["wireguard"]["overlay_cidr"]
+    assert str(cfg.wg.hub_ip) == base["wireguard"]["hub_overlay_ip"]
+    assert cfg.join["api_server"] == f"{base['wireguard']['hub_overlay_ip']}:6443"
+    assert (
+        cfg.wg.mtu == base["wireguard"]["mtu"]
+        and cfg.wg.keepalive == base["wireguard"]["keepalive"]
+    )
+    s = hub_config.init_settings(endpoint="hub.example:51820", url="https://hub.example:8443")
+    assert s["overlay_cidr"] == base["wireguard"]["overlay_cidr"]
+    assert s["hub_ip"] == base["wireguard"]["hub_overlay_ip"]
+    assert s["listen"] == "0.0.0.0:8443"
+
+
+def test_a_request_that_gave_up_does_not_stop_the_writer_link(hubdir, monkeypatch):
+    """A request that timed out cancels its future; answering it must not kill the
+    batching thread (found while writing the asyncio server)."""
+    import time as _time
+
+    from builder.hub.dispatch import WriterLink
+    from builder.hub.metrics import Metrics
+    from builder.hub.writer import WriterCore
+
+    d, _ = hubdir
+    raw = json.loads((d / "hub.json").read_text())
+    raw["limits"] = {"writer_process": False}
+    (d / "hub.json").write_text(json.dumps(raw))
+    cfg = hub_config.load(d / "hub.json")
+    slow = WriterCore.process
+
+    def process(self, reqs):
+        _time.sleep(0.3)
+        return slow(self, reqs)
+
+    monkeypatch.setattr(WriterCore, "process", process)
+    link = WriterLink(cfg, Metrics())
+    link.start()
+    try:
+        token, _ = link.core.store.create_token("lab", 2, 60, False)
+        first = link.submit(EnrollRequest(token, "lab", "n1", "B" * 43 + "=", "h"))
+        first.cancel()  # the HTTP request gave up waiting
+        second = link.submit(EnrollRequest(token, "lab", "n2", "C" * 43 + "=", "h"))
+        assert second.result(timeout=10).status == 200
+        assert link.alive()
+    finally:
+        link.stop()

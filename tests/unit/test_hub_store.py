@@ -36,7 +36,16 @@ def make_store(tmp_path, clock, cidr="10.100.0.0/16", hub="10.100.0.1", reserved
         ipaddress.IPv4Address(hub),
         [ipaddress.IPv4Address(r) for r in reserved],
     )
-    return Store(tmp_path / "hub.db", pool, q, clock=clock)
+    return Store(
+        tmp_path / "hub.db", pool, q, clock=clock, secret_key=KEY, replay_grace_seconds=120
+    )
+
+
+KEY = b"k" * 32
+
+
+def secret_of(n: dict) -> str:
+    return tok.node_secret(KEY, n["node_id"], n["pubkey"], n["generation"])
 
 
 @pytest.fixture
@@ -143,16 +152,33 @@ def test_token_is_stored_hashed(store, tmp_path):
 def test_replay_returns_the_same_allocation_without_a_token_use(store, clock):
     t, tid = store.create_token("lab", 1, 60, False)
     a = store.enroll(req(t, 1))
-    clock.t += 3600  # even after the token expired and is used up
+    clock.t += 90  # an answer lost on the way: the node asks again, the token is used up
     b = store.enroll(req(t, 1))
     assert b.status == 200 and b.replay and b.node["ip"] == a.node["ip"]
     assert b.node["generation"] == a.node["generation"]
     assert used(store, tid) == 1
-    k = b"k" * 32
-    s1 = tok.node_secret(k, "node-1", a.node["pubkey"], a.node["generation"])
-    assert s1 == tok.node_secret(k, "node-1", b.node["pubkey"], b.node["generation"])
+    assert secret_of(a.node) == secret_of(b.node)
     other, _ = store.create_token("lab", 1, 60, False)
     assert store.enroll(req(other, 1)).status == 403  # replay needs the token it used
+
+
+def test_a_used_up_token_never_gets_the_node_secret_again(store, clock):
+    """Issue 14 finding 8: token + public node id and key gave the node secret forever."""
+    t, _ = store.create_token("lab", 1, 60, False)
+    a = store.enroll(req(t, 1))
+    clock.t += 3600  # long after: the token is used up and expired
+    b = store.enroll(req(t, 1))
+    assert b.status == 409 and b.node is None
+    # nor once the node used its secret (join material fetched), even right away
+    t2, _ = store.create_token("lab", 1, 60, False)
+    c = store.enroll(req(t2, 2))
+    store.set_bootstrap_token("node-2", "abc123")
+    assert store.enroll(req(t2, 2)).status == 409
+    # the node itself, presenting its secret, gets the same answer
+    r = req(t, 1)
+    r.node_secret = secret_of(a.node)
+    assert store.enroll(r).status == 200
+    assert c.status == 200
 
 
 def test_key_of_another_node_is_a_conflict(store):
@@ -162,19 +188,75 @@ def test_key_of_another_node_is_a_conflict(store):
     assert o.status == 409
 
 
-def test_reinstalled_hardware_keeps_its_address_with_a_new_key(store):
+def test_taking_over_an_active_node_id_needs_its_secret_or_approval(store):
+    """Issue 14 finding 1: any token holder sending an active node's node_id got its
+    address, a new secret, and the victim's peer removed."""
     t, tid = store.create_token("lab", 5, 60, False)
     a = store.enroll(req(t, 1, fp="sha256:hw1"))
     store.complete("node-1")
-    b = store.enroll(req(t, 1, k=key("new"), fp="sha256:hw1"))  # same node_id, new key
+    thief = store.enroll(req(t, 1, k=key("thief")))  # same node_id, new key, no secret
+    assert thief.status == 202 and thief.node is None and not thief.remove_peers
+    n = store.node("node-1")
+    assert n["pubkey"] == key("k1") and n["state"] == "joined"
+    assert n["generation"] == a.node["generation"]
+    assert [p for p, _ in store.active_peers()] == [key("k1")]
+    wrong = req(t, 1, k=key("thief2"))
+    wrong.node_secret = "nfs1." + "A" * 43
+    assert store.enroll(wrong).status == 401
+    # the node itself (its secret): new key, same address, old peer removed
+    own = req(t, 1, k=key("new"), fp="sha256:hw1")
+    own.node_secret = secret_of(a.node)
+    b = store.enroll(own)
     assert b.status == 200 and b.node["ip"] == a.node["ip"]
     assert b.remove_peers == [key("k1")] and b.add_peer == (key("new"), a.node["ip"])
     assert b.node["generation"] == a.node["generation"] + 1 and b.node["state"] == "active"
-    # state dir wiped too: new node_id, same fingerprint
-    c = store.enroll(EnrollRequest(t, "lab", "node-1b", key("newer"), "h1", "sha256:hw1"))
+    # with the node secret alone (its token file is gone)
+    alone = EnrollRequest("", "lab", "node-1", key("newer"), "h1", node_secret=secret_of(b.node))
+    c = store.enroll(alone)
     assert c.status == 200 and c.node["ip"] == a.node["ip"] and c.remove_peers == [key("new")]
-    assert store.node("node-1") is None
-    assert used(store, tid) == 3
+    assert (
+        store.enroll(EnrollRequest("", "lab", "node-1", key("x"), node_secret="nfs1.x")).status
+        == 401
+    )
+
+
+def test_an_unproven_rekey_waits_for_the_operator(store):
+    t, _ = store.create_token("lab", 5, 60, False)
+    a = store.enroll(req(t, 1))
+    assert store.enroll(req(t, 1, k=key("new"))).status == 202
+    assert store.enroll(req(t, 1, k=key("new"))).status == 202  # its polls: no new use
+    assert store.list_nodes()[0]["rekey_pending"] == 1
+    n = store.approve("node-1")
+    assert n["pubkey"] == key("new") and n["ip"] == a.node["ip"]
+    o = store.enroll(req(t, 1, k=key("new")))
+    assert o.status == 200 and o.add_peer == (key("new"), a.node["ip"])
+    assert [p for p, _ in store.active_peers()] == [key("new")]
+
+
+def test_a_fingerprint_is_a_claim_the_operator_confirms(store):
+    """Reinstalled hardware (new node_id, new key, same fingerprint) waits for approval,
+    which then moves the old node's address to it."""
+    t, tid = store.create_token("lab", 5, 60, False)
+    a = store.enroll(req(t, 1, fp="sha256:hw1"))
+    c = store.enroll(EnrollRequest(t, "lab", "node-1b", key("newer"), "h1", "sha256:hw1"))
+    assert c.status == 202 and c.node["ip"] is None and "node-1" in c.error
+    assert store.node("node-1")["state"] == "active"
+    assert [p for p, _ in store.active_peers()] == [key("k1")]
+    n = store.approve("node-1b")
+    assert n["ip"] == a.node["ip"] and n["state"] == "active"
+    assert store.node("node-1")["state"] == "revoked" and store.node("node-1")["ip"] is None
+    o = store.enroll(EnrollRequest(t, "lab", "node-1b", key("newer"), "h1", "sha256:hw1"))
+    assert o.status == 200 and o.add_peer == (key("newer"), a.node["ip"])
+    assert used(store, tid) == 2
+
+
+def test_an_approve_token_always_waits(store):
+    t, _ = store.create_token("lab", 5, 60, True)
+    store.enroll(req(t, 1))
+    store.approve("node-1")
+    own = req(t, 1, k=key("new"))
+    own.node_secret = secret_of(store.node("node-1"))
+    assert store.enroll(own).status == 202  # even with the node's own secret
 
 
 def test_revoked_node_cannot_come_back_and_token_revocation_keeps_nodes(store):

@@ -8,7 +8,8 @@ import pytest
 
 from builder.errors import UsageError
 from builder.hub import tokens as tok
-from builder.hub.api import HttpError, Metrics, parse_enroll_body, valid_pubkey
+from builder.hub.metrics import Metrics
+from builder.hub.wire import HttpError, parse_enroll_body, valid_pubkey
 
 
 def test_token_round_trip_and_hash():
