@@ -2,8 +2,9 @@
 """STAND-IN for nvidia-container-runtime (nvidia-container-toolkit-base), nodeforge fixture.
 
 Reproduces what nodeforge relies on (UPSTREAM.md, "NVIDIA"):
-- config: $XDG_CONFIG_HOME/nvidia-container-runtime/config.toml when XDG_CONFIG_HOME is
-  set, else /etc/nvidia-container-runtime/config.toml; missing -> the defaults;
+- config: $NVIDIA_CTK_CONFIG_FILE_PATH, else $XDG_CONFIG_HOME/nvidia-container-runtime/
+  config.toml when XDG_CONFIG_HOME is set, else /etc/nvidia-container-runtime/config.toml;
+  missing -> the defaults;
 - the low-level runtime: ``[nvidia-container-runtime] runtimes`` (default ["runc", "crun"]),
   first hit wins; a candidate with a "/" is taken as that path (must be an executable
   file); otherwise each directory of $PATH, then /usr/local/sbin /usr/local/bin /usr/sbin
@@ -24,7 +25,7 @@ import tomllib
 
 DEFAULT_RUNTIMES = ["runc", "crun"]
 DEFAULT_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-LOG = "/var/log/nodeforge-standins.log"
+LOG = os.environ.get("NODEFORGE_STANDIN_LOG", "/var/log/nodeforge-standins.log")
 PREFIX = "failed to create NVIDIA Container Runtime"
 
 
@@ -38,6 +39,8 @@ def log(msg: str) -> None:
 
 
 def config_path() -> str:
+    if os.environ.get("NVIDIA_CTK_CONFIG_FILE_PATH"):
+        return os.environ["NVIDIA_CTK_CONFIG_FILE_PATH"]
     base = os.environ.get("XDG_CONFIG_HOME") or "/etc"
     return os.path.join(base, "nvidia-container-runtime", "config.toml")
 

@@ -19,7 +19,7 @@ DEFAULT = {
     "nvidia-container-runtime": {"mode": "auto", "runtimes": ["runc", "crun"]},
 }
 CONFIG = "/etc/nvidia-container-runtime/config.toml"
-LOG = "/var/log/nodeforge-standins.log"
+LOG = os.environ.get("NODEFORGE_STANDIN_LOG", "/var/log/nodeforge-standins.log")
 LIST_KEYS = {"nvidia-container-runtime.runtimes"}
 
 
