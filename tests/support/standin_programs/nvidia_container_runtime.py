@@ -25,6 +25,8 @@ import tomllib
 
 DEFAULT_RUNTIMES = ["runc", "crun"]
 DEFAULT_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+# a booted test guest cannot load a stand-in nvidia.ko: this file stands for "loaded"
+STANDIN_DRIVER_FLAG = "/run/nodeforge-standin/nvidia-driver-loaded"
 LOG = os.environ.get("NODEFORGE_STANDIN_LOG", "/var/log/nodeforge-standins.log")
 PREFIX = "failed to create NVIDIA Container Runtime"
 
@@ -75,7 +77,11 @@ def locate(candidates: list[str]) -> str | None:
 
 
 def driver_loaded() -> bool:
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.isdir("/sys/module/nvidia")
+    return (
+        os.path.exists("/proc/driver/nvidia/version")
+        or os.path.isdir("/sys/module/nvidia")
+        or os.path.exists(STANDIN_DRIVER_FLAG)
+    )
 
 
 def requested_devices(argv: list[str]) -> str:
