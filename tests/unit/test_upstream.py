@@ -217,3 +217,23 @@ def test_standin_crio_ships_the_real_dropin_settings() -> None:
     assert rt["default_runtime"] == REG["crio"]["default_runtime"]
     for name, h in REG["crio"]["runtimes"].items():
         assert rt["runtimes"][name] == {**h, "monitor_path": REG["crio"]["conmon"]}
+
+
+# -- subiquity: the installed system's first boot must read the per-node seed ----------------
+def test_autoinstall_lets_the_seed_be_read() -> None:
+    tree = render.render_files(load_profile("onprem"))
+    auto = yaml.safe_load(tree["cloud-init/autoinstall.yaml"][0])
+    cmds = auto["late-commands"]
+    m = [
+        (i, re.search(r"/target(/etc/cloud/cloud\.cfg\.d/[^ ]+\.cfg)", c))
+        for i, c in enumerate(cmds)
+        if "datasource_list" in c
+    ]
+    assert m and m[0][1], cmds
+    index, found = m[0]
+    assert found is not None
+    # cloud.cfg.d is merged in lexical order: ours must sort after subiquity's file
+    assert Path(found.group(1)).name > "99-installer.cfg"
+    assert "datasource_list: [ NoCloud, None ]" in cmds[index]
+    provision = next(i for i, c in enumerate(cmds) if "provision.sh" in c)
+    assert index < provision
