@@ -93,6 +93,14 @@ def test_packer_source_ami_owner_and_name() -> None:
     assert f'"{want}"' in main
 
 
+def test_packer_ami_login_and_root_device() -> None:
+    hcl = (REPO / "packer/variables.pkr.hcl").read_text()
+    m = re.search(r'variable "ssh_username" \{[^}]*default\s*=\s*"([^"]+)"', hcl)
+    assert m and m.group(1) == REG["ubuntu"]["ami_ssh_username"]
+    main = (REPO / "packer/nodeforge.pkr.hcl").read_text()
+    assert f'device_name           = "{REG["ubuntu"]["ami_root_device"]}"' in main
+
+
 def test_packer_ami_enforces_imdsv2() -> None:
     main = (REPO / "packer/nodeforge.pkr.hcl").read_text()
     assert re.search(
