@@ -300,7 +300,7 @@ def overlay_files(
         OverlayFile(f"/usr/lib/{TOOL}/{TOOL}-enroll", _read_node_file(AGENT_SOURCE), "0755"),
         OverlayFile(f"/etc/systemd/system/{ENROLL_UNIT}", _read_node_file(UNIT_SOURCE)),
     ]
-    if profile.spec.crio.registry_mirrors:
+    if profile.spec.crio.registry_mirrors or profile.spec.crio.insecure_registries:
         files.append(
             OverlayFile(
                 f"/etc/containers/registries.conf.d/90-{TOOL}.conf",

@@ -30,7 +30,13 @@ apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 # --- cloud-init: the next boot is a first boot ----------------------------------------------
-if command -v cloud-init >/dev/null 2>&1; then
+# Not on a system subiquity just installed (ISO late-commands): it never booted, and
+# `cloud-init clean` would run subiquity's /etc/cloud/clean.d/99-installer hook, deleting the
+# installer's first-boot config (users, ssh keys, network) written before late-commands
+# (UPSTREAM.md, subiquity first boot).
+if [ -e /etc/cloud/clean.d/99-installer ]; then
+    log "installed by subiquity: its first-boot cloud-init config is kept"
+elif command -v cloud-init >/dev/null 2>&1; then
     cloud-init clean --logs --seed || log "warning: cloud-init clean failed"
 fi
 

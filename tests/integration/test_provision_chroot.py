@@ -313,6 +313,9 @@ def test_crio_config_merges_to_crun_default_with_nvidia_handler(gpu_root):
     assert f'monitor_path = "{REG["crio"]["conmon"]}"' in r.stdout
     mirrors = (root / "etc/containers/registries.conf.d/90-nodeforge.conf").read_text()
     assert mirrors.count("[[registry.mirror]]") == 2 and 'location = "mirror2.lab"' in mirrors
+    assert (
+        'prefix = "registry.lab:5000"\nlocation = "registry.lab:5000"\ninsecure = true' in mirrors
+    )
     toml = (root / REG["nvidia"]["runtime_config"].lstrip("/")).read_text()
     want = ", ".join(f'"{h["runtime_path"]}"' for h in REG["crio"]["runtimes"].values())
     assert f"runtimes = [{want}]" in toml
@@ -471,6 +474,34 @@ def test_overlay_and_identity_cleanup(gpu_root):
     assert not list((root / "var/lib/apt/lists").glob("*_Packages"))
     assert not (root / "var/lib/cloud/instance").exists()
     assert not (root / ISO_DIR.lstrip("/")).exists()
+
+
+def test_cleanup_keeps_the_installers_first_boot_config(cpu_root, trees):
+    """ISO path: subiquity wrote its cloud-init files (and a clean.d hook that deletes them)
+    before late-commands run our scripts; cleanup must not trigger that hook."""
+    root, _ = cpu_root
+    cfg = root / "etc/cloud/cloud.cfg.d/99-installer.cfg"
+    hook = root / "etc/cloud/clean.d/99-installer"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text("datasource_list: [None]\n")
+    hook.write_text(f"#!/bin/sh\nrm -f /{cfg.relative_to(root)}\n")
+    hook.chmod(0o755)
+    (root / "var/lib/cloud/instances").mkdir(parents=True, exist_ok=True)
+    dest = root / "root/nf-scripts"
+    shutil.copytree(trees["aws"] / "scripts", dest)
+    try:
+        r = chroot_run(
+            root,
+            "bash",
+            "-c",
+            "set -a; . /root/nf-scripts/provision.env; set +a; bash /root/nf-scripts/cleanup.sh",
+        )
+        assert r.returncode == 0, r.stderr
+        assert cfg.exists() and "installed by subiquity" in r.stderr
+    finally:
+        shutil.rmtree(dest)
+        hook.unlink()
+        cfg.unlink(missing_ok=True)
 
 
 def test_release_file(gpu_root):

@@ -31,7 +31,12 @@ MANAGED_DIRS = (
     "/etc/systemd/system/kubelet.service.d",
 )
 MIRRORS = "crio.registry_mirrors=['docker.io=mirror.lab:5000,mirror2.lab', quay.io=q.lab]"
-SETS = [MIRRORS, "time_sync.servers=[ntp1.example.net]", "crio.cgroup_manager=cgroupfs"]
+SETS = [
+    MIRRORS,
+    "crio.insecure_registries=[registry.lab:5000, quay.io]",
+    "time_sync.servers=[ntp1.example.net]",
+    "crio.cgroup_manager=cgroupfs",
+]
 
 
 def unit(text: str) -> configparser.ConfigParser:
@@ -111,9 +116,21 @@ def test_registry_mirrors_keep_every_registry(tree: dict[str, tuple[bytes, int]]
         tree["files/etc/containers/registries.conf.d/90-nodeforge.conf"][0].decode()
     )
     regs = {r["prefix"]: [m["location"] for m in r.get("mirror", [])] for r in data["registry"]}
-    assert regs == {"docker.io": ["mirror.lab:5000", "mirror2.lab"], "quay.io": ["q.lab"]}
+    assert regs == {
+        "docker.io": ["mirror.lab:5000", "mirror2.lab"],
+        "quay.io": ["q.lab"],
+        "registry.lab:5000": [],
+    }
+    insecure = {r["prefix"] for r in data["registry"] if r.get("insecure")}
+    assert insecure == {"registry.lab:5000", "quay.io"}  # one table per prefix
     for r in data["registry"]:
         assert r["location"] == r["prefix"]
+
+
+def test_insecure_registries_not_in_the_crio_dropin(tree: dict[str, tuple[bytes, int]]) -> None:
+    # CRI-O: "This option is deprecated and no longer effective. Use registries.conf instead."
+    text = tree["files/etc/crio/crio.conf.d/20-nodeforge.conf"][0].decode()
+    assert "insecure_registries" not in text
 
 
 # -- finding 5: unit ordering ---------------------------------------------------------------

@@ -93,6 +93,14 @@ def test_packer_source_ami_owner_and_name() -> None:
     assert f'"{want}"' in main
 
 
+def test_packer_ami_login_and_root_device() -> None:
+    hcl = (REPO / "packer/variables.pkr.hcl").read_text()
+    m = re.search(r'variable "ssh_username" \{[^}]*default\s*=\s*"([^"]+)"', hcl)
+    assert m and m.group(1) == REG["ubuntu"]["ami_ssh_username"]
+    main = (REPO / "packer/nodeforge.pkr.hcl").read_text()
+    assert f'device_name           = "{REG["ubuntu"]["ami_root_device"]}"' in main
+
+
 def test_packer_ami_enforces_imdsv2() -> None:
     main = (REPO / "packer/nodeforge.pkr.hcl").read_text()
     assert re.search(
@@ -217,3 +225,23 @@ def test_standin_crio_ships_the_real_dropin_settings() -> None:
     assert rt["default_runtime"] == REG["crio"]["default_runtime"]
     for name, h in REG["crio"]["runtimes"].items():
         assert rt["runtimes"][name] == {**h, "monitor_path": REG["crio"]["conmon"]}
+
+
+# -- subiquity: the installed system's first boot must read the per-node seed ----------------
+def test_autoinstall_lets_the_seed_be_read() -> None:
+    tree = render.render_files(load_profile("onprem"))
+    auto = yaml.safe_load(tree["cloud-init/autoinstall.yaml"][0])
+    cmds = auto["late-commands"]
+    m = [
+        (i, re.search(r"/target(/etc/cloud/cloud\.cfg\.d/[^ ]+\.cfg)", c))
+        for i, c in enumerate(cmds)
+        if "datasource_list" in c
+    ]
+    assert m and m[0][1], cmds
+    index, found = m[0]
+    assert found is not None
+    # cloud.cfg.d is merged in lexical order: ours must sort after subiquity's file
+    assert Path(found.group(1)).name > "99-installer.cfg"
+    assert "datasource_list: [ NoCloud, None ]" in cmds[index]
+    provision = next(i for i, c in enumerate(cmds) if "provision.sh" in c)
+    assert index < provision

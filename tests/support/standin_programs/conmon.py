@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-LOG = "/var/log/nodeforge-standins.log"
+LOG = os.environ.get("NODEFORGE_STANDIN_LOG", "/var/log/nodeforge-standins.log")
 
 
 def main(argv: list[str]) -> int:

@@ -28,7 +28,7 @@ import tomllib
 import uuid
 
 VERSION = "@VERSION@"
-LOG = "/var/log/nodeforge-standins.log"
+LOG = os.environ.get("NODEFORGE_STANDIN_LOG", "/var/log/nodeforge-standins.log")
 DEFAULT_CONFIG = "/etc/crio/crio.conf"
 DEFAULT_CONFIG_DIR = "/etc/crio/crio.conf.d"
 COMPILED_DEFAULT_RUNTIME = "crun"

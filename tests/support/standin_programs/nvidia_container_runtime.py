@@ -2,8 +2,9 @@
 """STAND-IN for nvidia-container-runtime (nvidia-container-toolkit-base), nodeforge fixture.
 
 Reproduces what nodeforge relies on (UPSTREAM.md, "NVIDIA"):
-- config: $XDG_CONFIG_HOME/nvidia-container-runtime/config.toml when XDG_CONFIG_HOME is
-  set, else /etc/nvidia-container-runtime/config.toml; missing -> the defaults;
+- config: $NVIDIA_CTK_CONFIG_FILE_PATH, else $XDG_CONFIG_HOME/nvidia-container-runtime/
+  config.toml when XDG_CONFIG_HOME is set, else /etc/nvidia-container-runtime/config.toml;
+  missing -> the defaults;
 - the low-level runtime: ``[nvidia-container-runtime] runtimes`` (default ["runc", "crun"]),
   first hit wins; a candidate with a "/" is taken as that path (must be an executable
   file); otherwise each directory of $PATH, then /usr/local/sbin /usr/local/bin /usr/sbin
@@ -24,7 +25,9 @@ import tomllib
 
 DEFAULT_RUNTIMES = ["runc", "crun"]
 DEFAULT_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-LOG = "/var/log/nodeforge-standins.log"
+# a booted test guest cannot load a stand-in nvidia.ko: this file stands for "loaded"
+STANDIN_DRIVER_FLAG = "/run/nodeforge-standin/nvidia-driver-loaded"
+LOG = os.environ.get("NODEFORGE_STANDIN_LOG", "/var/log/nodeforge-standins.log")
 PREFIX = "failed to create NVIDIA Container Runtime"
 
 
@@ -38,6 +41,8 @@ def log(msg: str) -> None:
 
 
 def config_path() -> str:
+    if os.environ.get("NVIDIA_CTK_CONFIG_FILE_PATH"):
+        return os.environ["NVIDIA_CTK_CONFIG_FILE_PATH"]
     base = os.environ.get("XDG_CONFIG_HOME") or "/etc"
     return os.path.join(base, "nvidia-container-runtime", "config.toml")
 
@@ -72,7 +77,11 @@ def locate(candidates: list[str]) -> str | None:
 
 
 def driver_loaded() -> bool:
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.isdir("/sys/module/nvidia")
+    return (
+        os.path.exists("/proc/driver/nvidia/version")
+        or os.path.isdir("/sys/module/nvidia")
+        or os.path.exists(STANDIN_DRIVER_FLAG)
+    )
 
 
 def requested_devices(argv: list[str]) -> str:

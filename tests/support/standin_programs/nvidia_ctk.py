@@ -19,7 +19,9 @@ DEFAULT = {
     "nvidia-container-runtime": {"mode": "auto", "runtimes": ["runc", "crun"]},
 }
 CONFIG = "/etc/nvidia-container-runtime/config.toml"
-LOG = "/var/log/nodeforge-standins.log"
+# a booted test guest cannot load a stand-in nvidia.ko: this file stands for "loaded"
+STANDIN_DRIVER_FLAG = "/run/nodeforge-standin/nvidia-driver-loaded"
+LOG = os.environ.get("NODEFORGE_STANDIN_LOG", "/var/log/nodeforge-standins.log")
 LIST_KEYS = {"nvidia-container-runtime.runtimes"}
 
 
@@ -103,7 +105,9 @@ def main(argv: list[str]) -> int:
         return config(args[1:])
     if args[:2] == ["cdi", "generate"]:
         if not (
-            os.path.exists("/proc/driver/nvidia/version") or os.path.isdir("/sys/module/nvidia")
+            os.path.exists("/proc/driver/nvidia/version")
+            or os.path.isdir("/sys/module/nvidia")
+            or os.path.exists(STANDIN_DRIVER_FLAG)
         ):
             msg = "failed to initialize NVML: driver not loaded (stand-in)"
             print(f"failed to generate CDI spec: {msg}", file=sys.stderr)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # STAND-IN for @NAME@ (@PACKAGE@ @VERSION@), nodeforge test fixture: an OCI runtime CLI
 # ([--root DIR] run|create --bundle DIR ID) that checks its bundle and reports the start.
-echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) @NAME@ $*" >>/var/log/nodeforge-standins.log 2>/dev/null || true
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) @NAME@ $*" >>"${NODEFORGE_STANDIN_LOG:-/var/log/nodeforge-standins.log}" 2>/dev/null || true
 bundle="" id="" cmd=""
 while [ $# -gt 0 ]; do
     case "$1" in
