@@ -11,39 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.errors import UsageError
-
 from . import config as hub_config
 from .pki import init_hub
 from .store import Pool, Store
 from .tokens import parse_duration
 from .wg import WgInterface
 
+
 # the profile keys `hub init --site` reads, as (init argument, profile key)
-SITE_KEYS = (
-    ("endpoint", "wireguard.hub_endpoint"),
-    ("url", "enrollment.url"),
-    ("overlay_cidr", "wireguard.overlay_cidr"),
-    ("hub_ip", "wireguard.hub_overlay_ip"),
-)
-SITE_WG_KEYS = ("mtu", "keepalive", "interface")
-
-
 def open_store(config_file: Path | None) -> tuple[hub_config.HubConfig, Store]:
     """The hub's config (``config_file``, ``$NODEFORGE_HUB_CONFIG`` or the default) and store."""
     cfg = hub_config.load(config_file)
     pool = Pool(cfg.wg.network, cfg.wg.hub_ip, cfg.wg.reserved)
     return cfg, Store(cfg.database, pool, cfg.quarantine_seconds)
-
-
-def site_settings(site: str, profiles_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The hub settings a site profile holds: (init arguments, wireguard overrides)."""
-    from builder.site.profile import load_profile
-
-    prof = load_profile(site, profiles_dir)
-    args = {name: prof.get(key) for name, key in SITE_KEYS}
-    wg = {k: prof.get(f"wireguard.{k}") for k in SITE_WG_KEYS}
-    return args, {k: v for k, v in wg.items() if v is not None}
 
 
 def init(
@@ -63,23 +43,26 @@ def init(
 
     With ``site``, also the control plane's kubeadm configuration (``control_plane``).
     """
-    given = {"endpoint": endpoint, "url": url, "overlay_cidr": overlay_cidr, "hub_ip": hub_ip}
-    wireguard: dict[str, Any] = {}
+    profile = None
     if site:
-        from_site, wireguard = site_settings(site, profiles_dir)
-        given = {k: v or from_site[k] for k, v in given.items()}
-    if not given["endpoint"] or not given["url"]:
-        raise UsageError("--endpoint and --url are required (or --site to read them)")
+        from builder.site.profile import load_profile
+
+        profile = load_profile(site, profiles_dir)
+    # DEFAULTS < the site profile < the options given here: one home, builder.hub.config
+    s = hub_config.init_settings(
+        profile, endpoint=endpoint, url=url, overlay_cidr=overlay_cidr, hub_ip=hub_ip,
+        listen=listen or None,
+    )  # fmt: skip
     res: dict[str, Any] = init_hub(
         directory,
-        endpoint=given["endpoint"],
-        url=given["url"],
-        overlay_cidr=given["overlay_cidr"] or hub_config.DEFAULTS["wireguard"]["overlay_cidr"],
-        hub_ip=given["hub_ip"],
-        listen=listen,
+        endpoint=s["endpoint"],
+        url=s["url"],
+        overlay_cidr=s["overlay_cidr"],
+        hub_ip=s["hub_ip"],
+        listen=s["listen"],
         extra_names=list(extra_names or []),
         force=force,
-        wireguard=wireguard,
+        wireguard=s["wireguard"],
     )
     if site:
         # a new cluster's control plane, set up inside the overlay (kubeadm-init.yaml + plan)

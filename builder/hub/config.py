@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from builder.errors import UsageError, ValidationError
 
@@ -298,7 +298,7 @@ def _hub_ip_of(overlay_cidr: str) -> str:
         raise UsageError(f"--overlay-cidr: {overlay_cidr!r}: {exc}") from exc
 
 
-class _Profile:
+class _Profile(Protocol):
     """What ``init_settings`` needs of a site profile: ``get("a.b")`` (builder.site's Profile)."""
 
     def get(self, key: str, default: Any = None) -> Any: ...
