@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
         "reserved": [],
         "create_interface": True,
         "apply": True,
+        # route node <-> node traffic through the hub: ip_forward + a FORWARD accept for the
+        # interface where the chain drops by default (builder.hub.routing), at every start
+        "forward": True,
     },
     "limits": {
         "per_ip_rate": 5.0,
@@ -94,6 +97,7 @@ class WireGuard:
     reserved: frozenset[ipaddress.IPv4Address]
     create_interface: bool
     apply: bool
+    forward: bool
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,7 @@ def parse(raw: dict[str, Any], p: Path) -> HubConfig:
         reserved=frozenset(reserved),
         create_interface=bool(w["create_interface"]),
         apply=bool(w["apply"]),
+        forward=bool(w["forward"]),
     )
     cfg = HubConfig(
         path=p,

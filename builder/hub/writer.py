@@ -21,6 +21,7 @@ from typing import Any
 
 from builder.errors import BuilderError
 
+from . import routing
 from .config import HubConfig
 from .config import load as load_config
 from .store import EnrollRequest, Outcome, Pool, Store
@@ -66,6 +67,9 @@ class WriterCore:
             )
             if created:
                 log.info("created interface %s", self.cfg.wg.interface)
+        if self.cfg.wg.forward:
+            for change in routing.enable_forwarding(self.cfg.wg.interface):
+                log.info("routing: %s", change)
         self.reconcile()
 
     def reconcile(self) -> None:

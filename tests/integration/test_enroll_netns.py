@@ -62,6 +62,12 @@ def hub(lab):
     return h
 
 
+def test_the_hub_turns_on_forwarding_for_node_to_node_traffic(lab, hub):
+    """Issue 13: node <-> node traffic goes through the hub. A new namespace starts with
+    forwarding off; the running hub has turned it on (builder.hub.routing)."""
+    assert lab.hx(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
+
+
 def test_two_nodes_enroll_handshake_and_join_through_the_tunnel(lab, hub):
     token = builder(
         "hub",
