@@ -154,8 +154,10 @@ def check_joined(r: dict[str, Any], e: Expect, *, max_handshake_age: float = 180
         p.append(f"nodeforge-enroll did not succeed: {en}")
     if r.get("enroll_starts_this_boot") != 1:
         p.append(f"nodeforge-enroll started {r.get('enroll_starts_this_boot')} times (want 1)")
-    if (r.get("files") or {}).get("/etc/nodeforge/enroll-token") != "0o600":
-        p.append(f"token file mode {(r.get('files') or {}).get('/etc/nodeforge/enroll-token')}")
+    # the one-time token is removed once it was traded for the node secret (issue 14)
+    token_mode = (r.get("files") or {}).get("/etc/nodeforge/enroll-token")
+    if token_mode is not None:
+        p.append(f"the used enrollment token is still on the node (mode {token_mode})")
     ci = ((r.get("cloud_init") or {}).get("v1") or {}).get("errors")
     if ci:
         p.append(f"cloud-init reported errors: {ci}")

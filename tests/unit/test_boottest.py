@@ -74,7 +74,7 @@ def report(**over):
         "join_config": JOIN,
         "enroll": {"Result": "success", "ExecMainStatus": "0"},
         "enroll_starts_this_boot": 1,
-        "files": {"/etc/nodeforge/enroll-token": "0o600"},
+        "files": {"/etc/nodeforge/enroll-token": None},
         "cloud_init": {"v1": {"errors": []}},
         "ordering_cycles": [],
     }
@@ -103,6 +103,7 @@ def test_a_good_report_passes_and_each_fault_is_named():
         "started 2 times": {"enroll_starts_this_boot": 2},
         "machine-id": {"machine_id": ""},
         "ordering cycles": {"ordering_cycles": ["Found ordering cycle on kubelet.service"]},
+        "token is still on the node": {"files": {"/etc/nodeforge/enroll-token": "0o600"}},
     }
     for needle, over in cases.items():
         problems = "\n".join(check_joined(report(**over), EXPECT))
