@@ -14,6 +14,7 @@ failed there.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,15 @@ def test_installed_root_reads_its_seed(installed: tuple[str, Path]) -> None:
     assert ud.startswith("#cloud-config\n")
     boot = yaml.safe_load(ud)["bootcmd"][0][2]
     assert "onprem-node" in boot and "/etc/machine-id" in boot  # a machine-derived name
+    # what the installer gave the first boot (the admin user and their keys, locale, our
+    # first-boot config) is kept as the seed's vendor-data: a CIDATA volume's user-data
+    # replaces the seed's user-data but not its vendor-data (NoCloud _merge_new_seed)
+    vd = (seed / "vendor-data").read_text()
+    assert vd.startswith("#cloud-config")
+    vendor = yaml.safe_load(vd)
+    assert [u["name"] for u in vendor["users"]] == ["ops"]  # profiles/base.yaml admin.username
+    assert vendor["locale"] == "C.UTF-8" and vendor["preserve_hostname"] is False
+    assert stat.S_IMODE((seed / "vendor-data").stat().st_mode) == 0o600
     if kind == "static":  # the installed network, kept as the seed's network-config
         net = yaml.safe_load((seed / "network-config").read_text())["network"]
         assert net["ethernets"]["primary"]["addresses"] == ["192.168.50.10/24"]
