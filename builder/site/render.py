@@ -27,6 +27,7 @@ import yaml
 
 from builder import TOOL, __version__, buildinfo
 from builder.errors import BuilderError
+from builder.fsutil import claim_output_dir, mark_ours
 from builder.paths import NODE_DIR, REPO_DIR, SCRIPTS_DIR, TEMPLATES_DIR
 
 from .checks import pem_to_der
@@ -454,6 +455,7 @@ def render_site(profile: Profile, out_dir: Path | None = None) -> RenderResult:
     renamed into place, so a failed render leaves the previous tree untouched.
     """
     target = Path(out_dir) if out_dir else default_build_dir(profile.site)
+    claim_output_dir(target, "-o")  # before rendering: a refused directory costs nothing
     files = render_files(profile)
     man = manifest(profile, files)
     files["manifest.json"] = (json.dumps(man, indent=2, sort_keys=True).encode() + b"\n", 0o644)
@@ -462,6 +464,8 @@ def render_site(profile: Profile, out_dir: Path | None = None) -> RenderResult:
 
 
 def write_tree(target: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
+    """Write ``files`` as the tree ``target``, replacing it only if it is ours (marker)."""
+    claim_output_dir(target, "-o")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
@@ -472,6 +476,7 @@ def write_tree(target: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.chmod(path, mode)
+        mark_ours(tmp)
         os.chmod(tmp, 0o755)
         old = None
         if target.exists():

@@ -36,7 +36,7 @@ from typing import Any
 from builder import TOOL, __version__, buildinfo
 from builder import dist as distfiles
 from builder.errors import BuilderError, UsageError
-from builder.fsutil import atomic_output, sha256_file
+from builder.fsutil import atomic_output, claim_output_dir, mark_ours, sha256_file
 from builder.site.profile import Profile, load_profile
 from builder.site.render import image_name, render_site
 
@@ -63,7 +63,9 @@ def default_dist(site: str) -> Path:
 
 @contextlib.contextmanager
 def _dist_lock(dist: Path) -> Iterator[None]:
+    claim_output_dir(dist, "--dist")
     dist.mkdir(parents=True, exist_ok=True)
+    mark_ours(dist)
     with open(dist / ".lock", "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,7 +181,7 @@ def build_iso(
     volume_id, timeout = iso_settings(profile)
     if base_iso is not None and not base_iso.is_file():
         raise UsageError(f"--base-iso: {base_iso}: no such file")
-    dist = dist or default_dist(profile.site)
+    dist = claim_output_dir(dist or default_dist(profile.site), "--dist")  # before writing
     rendered = render_site(profile, build_dir)
     tree = rendered.path / "iso"
     if not (tree / "nocloud" / "user-data").is_file():

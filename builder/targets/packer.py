@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 from builder import dist as distfiles
 from builder.errors import BuilderError, CommandFailed, UsageError
-from builder.fsutil import atomic_write, sha256_file
+from builder.fsutil import atomic_write, claim_output_dir, mark_ours, sha256_file
 from builder.paths import PACKER_DIR, cache_dir
 from builder.run import TimeoutExpired, require, run, spawn, stop, which
 
@@ -303,6 +303,9 @@ def plan_packer(
 
 def _prepare(plan: PackerPlan, version: tuple[int, ...], templates_src: Path | None) -> None:
     """Create the run dir: staged templates (Packer < 1.7), seed + key, checksums."""
+    claim_output_dir(plan.dist_dir, "--dist")
+    plan.dist_dir.mkdir(parents=True, exist_ok=True)
+    mark_ours(plan.dist_dir)
     if plan.run_dir.exists():
         shutil.rmtree(plan.run_dir)
     plan.run_dir.mkdir(parents=True)
