@@ -64,7 +64,8 @@ def profiles_dir_option(f: Any) -> Any:
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
         envvar="BUILDER_PROFILES",
-        help="Directory holding the site profiles (default: ./profiles).",
+        help="Directory holding the site profiles. Default: $BUILDER_PROFILES, else ./profiles, "
+        "else the example profiles shipped with the builder.",
     )(f)
 
 

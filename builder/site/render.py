@@ -28,7 +28,7 @@ import yaml
 from builder import TOOL, __version__, buildinfo
 from builder.errors import BuilderError
 from builder.fsutil import claim_output_dir, mark_ours
-from builder.paths import NODE_DIR, REPO_DIR, SCRIPTS_DIR, TEMPLATES_DIR
+from builder.paths import NODE_DIR, SCRIPTS_DIR, TEMPLATES_DIR
 
 from .checks import pem_to_der
 from .credentials import password_hash, protect_secrets, secret_files
@@ -415,13 +415,19 @@ def render_files(profile: Profile) -> dict[str, tuple[bytes, int]]:
 def template_inputs_hash() -> str:
     """sha256 over every template, script and node file that feeds a render."""
     h = hashlib.sha256(__version__.encode())
-    for base in (TEMPLATES_DIR, SCRIPTS_DIR, NODE_DIR):
+    # named as in the checkout, so a wheel install (builder/_data/…) hashes the same
+    for base, label in (
+        (TEMPLATES_DIR, "cloud-init"),
+        (SCRIPTS_DIR, "packer/scripts"),
+        (NODE_DIR, "builder/node"),
+    ):
         if not base.is_dir():
             continue
         for path in sorted(
             p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts
         ):
-            h.update(str(path.relative_to(REPO_DIR)).encode() + b"\0" + path.read_bytes())
+            rel = f"{label}/{path.relative_to(base).as_posix()}"
+            h.update(rel.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
