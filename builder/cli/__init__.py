@@ -2,7 +2,8 @@
 
 Commands parse options, call one library function and print its result.
 Library code raises BuilderError; ``main`` turns it into ``error: …`` / ``hint: …``
-on stderr and an exit code (1, 2 for usage/validation, 130 for Ctrl-C).
+on stderr and an exit code: the one table in builder.errors (0 ok, 1 failed, 2 bad
+input/usage, 3 refused for safety, 130 interrupted), shown by ``builder --help``.
 
 Modules: ``common`` (the group, global options, shared decorators), ``site`` (profiles,
 show, render, validate), ``image`` (image, seed), ``hub`` (the hub group), ``flash``
@@ -15,7 +16,7 @@ import sys
 
 import click
 
-from builder.errors import BuilderError
+from builder.errors import EXIT_FAILED, EXIT_INTERRUPTED, BuilderError
 
 from . import boottest, flash, hub, image, site  # noqa: F401  (each registers its commands)
 from .common import State, cli
@@ -29,12 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the Click group and map errors to messages and exit codes."""
     try:
         cli.main(args=argv, prog_name="builder", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # Click turns Ctrl-C into Abort
+        ctrl_c = isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt)
+        click.echo("interrupted" if ctrl_c else "aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -53,4 +55,4 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: re-run with --debug for a traceback and report it", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)

@@ -36,7 +36,16 @@ def setup_logging(debug: bool, verbose: int, quiet: int) -> None:
 @click.option("-q", "--quiet", count=True, help="Less output (repeatable).")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, verbose: int, quiet: int) -> None:
-    """Build bootable node images for hybrid Kubernetes clusters."""
+    """Build bootable node images for hybrid Kubernetes clusters.
+
+    \b
+    Exit codes (every command):
+      0    ok
+      1    an action failed (a tool, a build, a check on disk)
+      2    bad input or usage (options, arguments, profiles)
+      3    refused for safety (flash: not a safe target; nothing written)
+      130  interrupted (Ctrl-C)
+    """
     State.debug = debug
     setup_logging(debug, verbose, quiet)
     progress.set_quiet(quiet > 0)

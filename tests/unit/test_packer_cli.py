@@ -51,4 +51,5 @@ def test_missing_packer_is_a_clear_error(capsys, monkeypatch):
         main(["image", "aws"])
     assert exc.value.code == 1
     err = capsys.readouterr().err
-    assert "error: packer not found" in err and "hint:" in err
+    assert "error: needs packer: apt-get install --no-install-recommends packer" in err
+    assert "hint:" in err
