@@ -53,7 +53,10 @@ Where = Callable[[Iterable[Any]], str]
 
 
 def validate_data(
-    data: Mapping[str, Any], sources: Mapping[Path_, str], site_file: str
+    data: Mapping[str, Any],
+    sources: Mapping[Path_, str],
+    site_file: str,
+    layer_order: Iterable[str] = (),
 ) -> list[str]:
     """Schema + cross-field checks. Returns every problem as ``file: key.path: message``."""
     problems: list[str] = []
@@ -69,7 +72,7 @@ def validate_data(
         path = tuple(str(p) for p in err.absolute_path)
         schema_failed.add(path)
         problems.extend(_schema_messages(err, path, where))
-    ctx = Ctx(data, sources, where, schema_failed)
+    ctx = Ctx(data, sources, where, schema_failed, tuple(layer_order))
     for check in CROSS_CHECKS:
         problems.extend(check(ctx))
     return sorted(set(problems))
@@ -151,6 +154,11 @@ class Ctx:
     sources: Mapping[Path_, str]
     where: Where
     failed: set[Path_]  # key paths the schema already reported
+    layers: tuple[str, ...] = ()  # layer sources, lowest (builder defaults) first
+
+    def rank(self, source: str) -> int:
+        """How late ``source`` comes in the layering (unknown sources count as last)."""
+        return self.layers.index(source) if source in self.layers else len(self.layers)
 
     def get(self, dotted: str) -> Any:
         node: Any = self.data
@@ -307,14 +315,22 @@ def check_labels(ctx: Ctx) -> list[str]:
 
 
 def check_gpu_options(ctx: Ctx) -> list[str]:
-    """NVIDIA options only on GPU sites (the builder defaults do not count)."""
+    """NVIDIA options only on GPU sites (the builder defaults do not count).
+
+    Options inherited from a layer below the one that turned the GPU off are inert, not an
+    error: ``--set gpu.enabled=false`` makes a CPU variant of a GPU site.
+    """
     if ctx.get("gpu.enabled") is True:
         return []
+    off = ctx.rank(ctx.sources.get(("gpu", "enabled"), DEFAULTS_SOURCE))
     return [
-        f"{src}: {'.'.join(path)}: NVIDIA options are set but "
-        "gpu.enabled is false (set gpu.enabled: true or drop them)"
+        f"{src}: {'.'.join(path)}: NVIDIA options are set but gpu.enabled is false "
+        "(set gpu.enabled: true, or remove them: gpu: {nvidia: null})"
         for path, src in ctx.sources.items()
-        if path[:2] == ("gpu", "nvidia") and src != DEFAULTS_SOURCE and len(path) > 2
+        if path[:2] == ("gpu", "nvidia")
+        and src != DEFAULTS_SOURCE
+        and len(path) > 2
+        and ctx.rank(src) >= off
     ]
 
 

@@ -239,7 +239,29 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         )
     if not isinstance(data, dict):
         raise ValidationError([f"{shown}: the top level must be a mapping, not {kind(data)}"])
+    bad = list(_non_text_keys(data, ()))
+    if bad:
+        raise ValidationError(
+            [
+                f"{shown}: {'.'.join((*path, repr(key)))}: a key must be text, "
+                f"not {kind(key)} (quote it)"
+                for path, key in bad
+            ]
+        )
     return data
+
+
+def _non_text_keys(value: Any, path: Path_) -> Iterable[tuple[Path_, Any]]:
+    """Mapping keys YAML read as something other than text (``~: 1``, ``1.34: x``)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                yield path, k
+            else:
+                yield from _non_text_keys(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_text_keys(v, (*path, str(i)))
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
@@ -324,13 +346,35 @@ def collect_layers(
 
 
 def merge_layers(layers: list[Layer]) -> tuple[dict[str, Any], dict[Path_, str]]:
-    """Deep-merge mappings; scalars and lists replace. Returns data and provenance."""
+    """Deep-merge mappings; scalars and lists replace; ``null`` removes. Returns data and
+    provenance.
+
+    A ``null`` in a profile or ``--set`` removes the key (and everything under it) that the
+    layers below set, as in Helm values and kustomize patches: ``gpu: {nvidia: null}`` drops
+    an inherited NVIDIA section. A removed key the builder defaults know takes its default
+    again (source ``builder defaults``); the defaults layer's own nulls are plain values.
+    """
     data: dict[str, Any] = {}
     sources: dict[Path_, str] = {}
     for layer in layers:
         _merge_into(data, layer.data, (), layer.source, sources)
+    for layer in layers:
+        if layer.source == DEFAULTS_SOURCE:
+            _fill_missing(data, layer.data, (), sources)
     data.pop("extends", None)
     return data, sources
+
+
+def _fill_missing(
+    dst: dict[str, Any], defaults: Mapping[str, Any], prefix: Path_, sources: dict[Path_, str]
+) -> None:
+    for key, value in defaults.items():
+        path = (*prefix, str(key))
+        if key not in dst:
+            dst[key] = copy.deepcopy(value)
+            _record(value, path, DEFAULTS_SOURCE, sources)
+        elif isinstance(value, Mapping) and isinstance(dst[key], dict):
+            _fill_missing(dst[key], value, path, sources)
 
 
 def _merge_into(
@@ -342,6 +386,11 @@ def _merge_into(
 ) -> None:
     for key, value in src.items():
         path = (*prefix, str(key))
+        if value is None and source != DEFAULTS_SOURCE:  # null removes what was inherited
+            dst.pop(key, None)
+            for p in [p for p in sources if p[: len(path)] == path]:
+                del sources[p]
+            continue
         if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
             _merge_into(dst[key], value, path, source, sources)
             sources[path] = source
@@ -372,7 +421,7 @@ def load_profile(
     data, sources = merge_layers(layers)
     site_file = layers[-2].source if layers[-1].source == SET_SOURCE else layers[-1].source
     base_dirs = {layer.source: layer.base_dir for layer in layers}
-    problems = validate_data(data, sources, site_file)
+    problems = validate_data(data, sources, site_file, [layer.source for layer in layers])
     problems += check_ca_pin(data, sources, base_dirs, site)
     if problems:
         raise ValidationError(problems, hint="fix the keys above; nothing was written")
