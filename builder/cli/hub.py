@@ -101,13 +101,36 @@ def hub_token() -> None:
 @click.option("--ttl", default="72h", show_default=True, help="Lifetime: 15m, 72h, 7d, …")
 @click.option("--approve", is_flag=True, help="Enrollments wait for `builder hub approve`.")
 @click.option("--description", default="")
+@profiles_dir_option
+@click.option(
+    "--new-site", is_flag=True, help="The site has no profile here and no tokens yet: accept it."
+)
 def hub_token_create(
-    config_file: Path | None, site: str, uses: int, ttl: str, approve: bool, description: str
+    config_file: Path | None,
+    site: str,
+    uses: int,
+    ttl: str,
+    approve: bool,
+    description: str,
+    profiles_dir: Path | None,
+    new_site: bool,
 ) -> None:
-    """Mint a token; it is printed once (only its hash is stored)."""
+    """Mint a token; it is printed once (only its hash is stored).
+
+    SITE must have a profile (--profiles) or already have tokens or nodes on this hub.
+    """
     from builder.hub import admin
 
-    token, tid = admin.create_token(config_file, site, uses, ttl, approve, description)
+    token, tid = admin.create_token(
+        config_file,
+        site,
+        uses,
+        ttl,
+        approve,
+        description,
+        require_known_site=not new_site,
+        profiles_dir=profiles_dir,
+    )
     click.echo(f"token id {tid}: site={site} uses={uses} ttl={ttl} approve={approve}", err=True)
     click.echo(token)
 

@@ -82,7 +82,7 @@ def image_cmd(
 @site_argument
 @set_option
 @profiles_dir_option
-@click.option("--hostname", default=None, help="The node's host name.")
+@click.option("--hostname", required=True, help="The node's host name (e.g. gpu-01).")
 @click.option("--ip", default=None, metavar="CIDR", help="Static address, e.g. 192.168.50.10/24.")
 @click.option("--gateway", default=None, help="Default gateway (with --ip).")
 @click.option("--dns", multiple=True, help="DNS server (with --ip); repeatable.")
@@ -103,7 +103,7 @@ def seed_cmd(
     site: str,
     overrides: tuple[str, ...],
     profiles_dir: Path | None,
-    hostname: str | None,
+    hostname: str,
     ip: str | None,
     gateway: str | None,
     dns: tuple[str, ...],
@@ -112,6 +112,7 @@ def seed_cmd(
 ) -> None:
     """Write a NoCloud CIDATA seed ISO with per-node data (second USB stick or VM disk)."""
     from builder.errors import UsageError
+    from builder.hub.tokens import parse_token
     from builder.site.profile import load_profile
     from builder.targets.seed import node_seed, write_seed
 
@@ -122,6 +123,12 @@ def seed_cmd(
             token = token_file.read_text()
         except OSError as exc:
             raise UsageError(f"--token-file: {token_file}: {exc.strerror}") from None
+        if parse_token(token) is None:
+            raise UsageError(
+                f"--token-file: {token_file}: not an enrollment token",
+                hint="the file holds one token as `builder hub token create` prints it "
+                "(nf1.<id>.<secret>)",
+            )
     files = node_seed(
         site=profile.site,
         hostname=hostname,
@@ -129,5 +136,6 @@ def seed_cmd(
         gateway=gateway,
         dns=list(dns),
         token=token,
+        site_lan=profile.spec.network.site_lan,
     )
     click.echo(write_seed(output, files))

@@ -81,12 +81,46 @@ def init(
 
 
 def create_token(
-    config_file: Path | None, site: str, uses: int, ttl: str, approve: bool, description: str
+    config_file: Path | None,
+    site: str,
+    uses: int,
+    ttl: str,
+    approve: bool,
+    description: str,
+    *,
+    require_known_site: bool = False,
+    profiles_dir: Path | None = None,
 ) -> tuple[str, str]:
-    """Mint a token: (the token, shown once; its id)."""
+    """Mint a token: (the token, shown once; its id).
+
+    ``require_known_site``: the site must have a profile (``profiles_dir``, else
+    $BUILDER_PROFILES, ./profiles, the shipped examples) or already be known to this hub
+    (it has tokens or nodes of that site); else UsageError with did-you-mean.
+    """
     seconds = parse_duration(ttl)
     _, store = open_store(config_file)
+    if require_known_site:
+        check_site(site, store, profiles_dir)
     return store.create_token(site, uses, seconds, approve, description)
+
+
+def check_site(site: str, store: Store, profiles_dir: Path | None) -> None:
+    from builder.site.common import did_you_mean, display_path
+    from builder.site.profile import default_profiles_dir
+
+    pdir = profiles_dir or default_profiles_dir()
+    profiles = {p.stem for p in pdir.glob("*.yaml") if p.stem != "base"} if pdir.is_dir() else set()
+    on_hub = {r["site"] for r in store.list_tokens()} | {r["site"] for r in store.list_nodes()}
+    known = sorted(profiles | on_hub)
+    if site in known:
+        return
+    raise UsageError(
+        f"--site: no site {site!r}: no profile in {display_path(pdir)} and no token or node "
+        "of that site on this hub",
+        hint=(did_you_mean(site, known) or f"known sites: {', '.join(known) or 'none'}")
+        + "; --profiles DIR names where the site profiles are, --new-site mints the first "
+        "token of a site without a profile here",
+    )
 
 
 def token_status(row: dict[str, Any], now: float | None = None) -> str:

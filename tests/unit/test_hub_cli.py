@@ -116,6 +116,7 @@ def test_token_lifecycle_and_nodes(hubdir, capsys):
         conf,
         "--site",
         "lab",
+        "--new-site",
         "--uses",
         "3",
         "--ttl",
@@ -210,3 +211,39 @@ def test_init_from_a_site_profile(workdir, capsys):
     assert cfg["wireguard"]["mtu"] == prof.get("wireguard.mtu")
     code, _, err = run_cli(capsys, "hub", "init", str(workdir / "h2"))
     assert code == 2 and "--endpoint" in err
+
+
+# --- issue 15 item 8: `hub token create --site` checks the site exists -----------------------
+
+
+def test_token_create_checks_the_site_exists(hubdir, workdir, capsys):
+    d, _ = hubdir
+    conf = str(d / "hub.json")
+    code, out, err = run_cli(capsys, "hub", "token", "create", "--config", conf, "--site", "onprme")
+    assert code == 2
+    assert out == ""
+    assert "error: --site: no site 'onprme'" in err
+    assert "did you mean 'onprem'?" in err
+    code, out, err = run_cli(capsys, "hub", "token", "create", "--config", conf, "--site", "onprem")
+    assert code == 0, err
+    assert out.startswith("nf1.")
+    # a site the hub already serves (its tokens) is known without a profile
+    code, _, err = run_cli(
+        capsys, "hub", "token", "create", "--config", conf, "--site", "lab", "--new-site"
+    )
+    assert code == 0, err
+    empty = workdir / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(
+        capsys,
+        "hub",
+        "token",
+        "create",
+        "--config",
+        conf,
+        "--site",
+        "lab",
+        "--profiles",
+        str(empty),
+    )
+    assert code == 0, err
