@@ -25,7 +25,20 @@ from .common import cli, profiles_dir_option, set_option, site_argument
     default=None,
     help="Use this local base ISO instead of downloading iso.base.url.",
 )
-@click.option("--no-verify", is_flag=True, help="Do not check --base-iso's sha256.")
+@click.option(
+    "--base-sha256",
+    default=None,
+    metavar="HEX",
+    help="With --base-iso: its expected sha256 (offline; no SHA256SUMS download).",
+)
+@click.option(
+    "--base-sha256sums",
+    "base_sums",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="With --base-iso: a local SHA256SUMS listing it (default: SHA256SUMS beside the ISO).",
+)
+@click.option("--no-verify", is_flag=True, help="With --base-iso: do not check its sha256.")
 @click.option("--force", is_flag=True, help="Rebuild even when the inputs are unchanged.")
 @click.option(
     "--dry-run", is_flag=True, help="ami/qcow2: render, then print the exact packer command."
@@ -49,6 +62,8 @@ def image_cmd(
     profiles_dir: Path | None,
     target: str | None,
     base_iso: Path | None,
+    base_sha256: str | None,
+    base_sums: Path | None,
     no_verify: bool,
     force: bool,
     dry_run: bool,
@@ -73,6 +88,8 @@ def image_cmd(
         force=force,
         dry_run=dry_run,
         base_image=base_image,
+        base_sha256=base_sha256,
+        base_sums=base_sums,
     )
     for line in image.result_lines(result):
         click.echo(line)

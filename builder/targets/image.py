@@ -105,8 +105,92 @@ def iso_settings(profile: Profile) -> tuple[str, int]:
     return volume_id, settings.grub_timeout
 
 
+@dataclass(frozen=True)
+class LocalBase:
+    """``--base-iso`` and how to check it, from the command line.
+
+    The expected sha256, first match wins: ``sha256`` (``--base-sha256``), ``sums``
+    (``--base-sha256sums FILE``), the profile's pinned ``iso.base.sha256``, a ``SHA256SUMS``
+    file beside the ISO, the profile's ``iso.base.sha256sums_url`` (fetched). ``verify=False``
+    (``--no-verify``) skips the check.
+    """
+
+    path: Path
+    sha256: str | None = None
+    sums: Path | None = None
+    verify: bool = True
+
+
+def check_base_options(
+    base_iso: Path | None, verify: bool, base_sha256: str | None, base_sums: Path | None
+) -> None:
+    """Reject option combinations that would be silently ignored."""
+    if base_iso is None:
+        given = [
+            opt
+            for opt, on in (
+                ("--no-verify", not verify),
+                ("--base-sha256", base_sha256),
+                ("--base-sha256sums", base_sums),
+            )
+            if on
+        ]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)}: only with --base-iso (they say how to check a local ISO)",
+                hint="a downloaded ISO is always checked against the profile's iso.base",
+            )
+        return
+    if not verify and (base_sha256 or base_sums):
+        raise UsageError("--no-verify and --base-sha256/--base-sha256sums contradict each other")
+    if base_sha256 and base_sums:
+        raise UsageError("give --base-sha256 or --base-sha256sums, not both")
+    if base_sha256 and not fetch.is_sha256(base_sha256):
+        raise UsageError(f"--base-sha256: not a sha256 hex digest: {base_sha256!r}")
+
+
+def _local_sha256(profile: Profile, local: LocalBase, cache: Path | None) -> str:
+    url = profile.spec.iso.base.url
+    pinned = profile.spec.iso.base.sha256
+    names = list(dict.fromkeys([fetch.file_name(url) if url else local.path.name, local.path.name]))
+    if local.sha256:
+        given = local.sha256.lower().removeprefix("sha256:")
+        if pinned and pinned.lower().removeprefix("sha256:") != given:
+            raise UsageError(
+                f"--base-sha256: {given} differs from {profile.where('iso.base.sha256')} "
+                f"({pinned})",
+                hint="the profile pins the base; drop --base-sha256 or --set iso.base.sha256=…",
+            )
+        return given
+    sums = local.sums
+    if sums is None and not pinned:
+        beside = local.path.parent / "SHA256SUMS"
+        sums = beside if beside.is_file() else None
+    if sums is not None:
+        try:
+            text = sums.read_text(errors="replace")
+        except OSError as exc:
+            raise UsageError(f"--base-sha256sums: {sums}: {exc.strerror}") from None
+        for name in names:
+            digest = fetch.parse_sha256sums(text, name)
+            if digest:
+                log.info("expected sha256 of %s from %s", name, sums)
+                return digest
+        raise UsageError(f"{sums}: no sha256 listed for {' or '.join(names)}")
+    try:
+        return fetch.resolve_sha256(
+            pinned, profile.spec.iso.base.sha256sums_url, names[0], cache=cache
+        )
+    except BuilderError as exc:
+        raise BuilderError(
+            exc.message,
+            hint="offline: give the checksum with --base-sha256 HEX, or put the release's "
+            "SHA256SUMS beside the ISO (or --base-sha256sums FILE)",
+        ) from exc
+
+
 def _base(
-    profile: Profile, base_iso: Path | None, verify: bool, cache: Path | None
+    profile: Profile, local: LocalBase | None, cache: Path | None
 ) -> tuple[Path, str, dict[str, Any]]:
     url = profile.spec.iso.base.url
     pinned = profile.spec.iso.base.sha256
@@ -114,17 +198,12 @@ def _base(
     info: dict[str, Any] = {"url": url}
     if sums:
         info["sha256sums_url"] = sums
-    if base_iso is not None:
+    if local is not None:
+        base_iso = local.path
         if not base_iso.is_file():
             raise UsageError(f"--base-iso: {base_iso}: no such file")
-        if verify:
-            name = fetch.file_name(url) if url else base_iso.name
-            try:
-                want = fetch.resolve_sha256(pinned, sums, name, cache=cache)
-            except BuilderError as exc:
-                raise BuilderError(
-                    exc.message, hint="--no-verify uses the local ISO without checking it"
-                ) from exc
+        if local.verify:
+            want = _local_sha256(profile, local, cache)
             log.info("verifying %s", base_iso)
             fetch.verify_file(base_iso, want)
             digest = want
@@ -176,17 +255,21 @@ def build_iso(
     verify: bool = True,
     force: bool = False,
     cache: Path | None = None,
+    base_sha256: str | None = None,
+    base_sums: Path | None = None,
 ) -> ImageResult:
     """Build (or reuse) ``dist/<site>/<image name>.iso``; see the module docstring."""
     volume_id, timeout = iso_settings(profile)
+    check_base_options(base_iso, verify, base_sha256, base_sums)
     if base_iso is not None and not base_iso.is_file():
         raise UsageError(f"--base-iso: {base_iso}: no such file")
+    local = LocalBase(base_iso, base_sha256, base_sums, verify) if base_iso else None
     dist = claim_output_dir(dist or default_dist(profile.site), "--dist")  # before writing
     rendered = render_site(profile, build_dir)
     tree = rendered.path / "iso"
     if not (tree / "nocloud" / "user-data").is_file():
         raise BuilderError(f"{tree}: the rendered tree has no nocloud/user-data")
-    base, base_sha, base_info = _base(profile, base_iso, verify, cache)
+    base, base_sha, base_info = _base(profile, local, cache)
     epoch = buildinfo.source_date_epoch()
     key = _cache_key(base_sha, tree, volume_id, timeout, epoch)
     name = f"{image_name(profile)}.iso"
@@ -238,6 +321,8 @@ def build_image(
     base_iso: Path | None = None,
     verify: bool = True,
     force: bool = False,
+    base_sha256: str | None = None,
+    base_sums: Path | None = None,
 ) -> ImageResult:
     """Load ``site`` and build its image; this module builds the ``iso`` target."""
     profile = load_profile(site, profiles_dir, overrides)
@@ -247,7 +332,15 @@ def build_image(
             f"{profile.where('target')}: target {kind!r} is not an ISO "
             "(ami/qcow2 images are built by Packer)"
         )
-    return build_iso(profile, dist=dist, base_iso=base_iso, verify=verify, force=force)
+    return build_iso(
+        profile,
+        dist=dist,
+        base_iso=base_iso,
+        verify=verify,
+        force=force,
+        base_sha256=base_sha256,
+        base_sums=base_sums,
+    )
 
 
 def build(
@@ -262,6 +355,8 @@ def build(
     force: bool = False,
     dry_run: bool = False,
     base_image: Path | None = None,
+    base_sha256: str | None = None,
+    base_sums: Path | None = None,
 ) -> ImageResult | PackerResult | PackerPlan:
     """The one target dispatch: build ``site``'s image, the target its profile names.
 
@@ -270,6 +365,18 @@ def build(
     """
     kind = target or load_profile(site, profiles_dir, overrides).get("target")
     if kind in packer.TARGETS:
+        iso_only = [
+            opt
+            for opt, on in (
+                ("--base-iso", base_iso),
+                ("--no-verify", not verify),
+                ("--base-sha256", base_sha256),
+                ("--base-sha256sums", base_sums),
+            )
+            if on
+        ]
+        if iso_only:
+            raise UsageError(f"{', '.join(iso_only)}: only for the iso target (this is {kind})")
         return packer.build_site_image(
             site,
             kind,
@@ -290,6 +397,8 @@ def build(
         base_iso=base_iso,
         verify=verify,
         force=force,
+        base_sha256=base_sha256,
+        base_sums=base_sums,
     )
 
 
