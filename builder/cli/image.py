@@ -93,6 +93,7 @@ def image_cmd(
     )
     for line in image.result_lines(result):
         click.echo(line)
+    image.dry_run_report(result)
 
 
 @cli.command("seed")

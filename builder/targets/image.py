@@ -402,6 +402,23 @@ def build(
     )
 
 
+def dry_run_report(result: ImageResult | PackerResult | PackerPlan) -> None:
+    """For a dry run: log what the real run prepares first (stderr), and raise listing every
+    problem the real run would stop at (exit 1) — a dry run that exits 0 would really run."""
+    if not isinstance(result, PackerPlan):
+        return
+    for note in result.prepared:
+        log.info("dry run: the build first creates %s", note)
+    if result.problems:
+        raise BuilderError(
+            "\n".join(
+                ["the real build would stop before Packer runs:"]
+                + [f"  - {p.message}" for p in result.problems]
+            ),
+            hint=next((p.hint for p in result.problems if p.hint), None),
+        )
+
+
 def result_lines(result: ImageResult | PackerResult | PackerPlan) -> list[str]:
     """What ``builder image`` prints on stdout: the ISO path, AMI ids, image paths or the
     planned Packer command."""

@@ -108,7 +108,8 @@ def test_image_dispatches_ami_to_packer_dry_run(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run_cli(capsys, "-q", "image", "aws", "--dry-run")
-    assert code == 0, err
+    # exit 1 when this machine could not really build it (tests/unit/test_dry_run.py)
+    assert code == 0 or "the real build would stop before Packer runs" in err, err
     assert out.startswith("packer build ")
     assert "-only=amazon-ebs." in out
     assert f"-var-file={workdir}/build/aws/packer/site.auto.pkrvars.json" in out
