@@ -6,7 +6,7 @@ The one exit-code table (every command; README "Exit codes"):
 0    ok
 1    an action failed (a tool or a build failed, a check found a problem on disk)
 2    bad input or usage (options, arguments, profiles: ``file: key.path: message``)
-3    refused for safety (flash: the target is not a safe stick; nothing was written)
+3    refused for safety (flash: not a safe stick; image: the demo hub credentials); nothing written
 130  interrupted (Ctrl-C); whatever was half-written is removed
 ==== ==========================================================================
 

@@ -43,7 +43,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: int) -> None:
       0    ok
       1    an action failed (a tool, a build, a check on disk)
       2    bad input or usage (options, arguments, profiles)
-      3    refused for safety (flash: not a safe target; nothing written)
+      3    refused for safety (flash: not a safe target; image: demo hub credentials)
       130  interrupted (Ctrl-C)
     """
     State.debug = debug

@@ -41,6 +41,11 @@ from .common import cli, profiles_dir_option, set_option, site_argument
 @click.option("--no-verify", is_flag=True, help="With --base-iso: do not check its sha256.")
 @click.option("--force", is_flag=True, help="Rebuild even when the inputs are unchanged.")
 @click.option(
+    "--allow-demo",
+    is_flag=True,
+    help="Build even though the profile still has the example profiles' demo hub credentials.",
+)
+@click.option(
     "--dry-run", is_flag=True, help="ami/qcow2: render, then print the exact packer command."
 )
 @click.option(
@@ -66,6 +71,7 @@ def image_cmd(
     base_sums: Path | None,
     no_verify: bool,
     force: bool,
+    allow_demo: bool,
     dry_run: bool,
     base_image: Path | None,
     dist: Path | None,
@@ -90,6 +96,7 @@ def image_cmd(
         base_image=base_image,
         base_sha256=base_sha256,
         base_sums=base_sums,
+        allow_demo=allow_demo,
     )
     for line in image.result_lines(result):
         click.echo(line)

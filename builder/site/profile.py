@@ -179,6 +179,12 @@ class Profile:
         except OSError as exc:
             raise UsageError(f"{self.where(dotted)}: cannot read {path}: {exc.strerror}") from None
 
+    def demo_credentials(self) -> list[str]:
+        """The demo hub credentials of the example profiles this profile still carries."""
+        from .demo import demo_credentials
+
+        return demo_credentials(self.spec.enrollment.ca_pin, self.spec.wireguard.hub_public_key)
+
     def masked(self) -> dict[str, Any]:
         """The merged profile as plain data, secret references masked."""
         data = thaw(self.data)

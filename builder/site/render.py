@@ -30,6 +30,7 @@ from builder.errors import BuilderError
 from builder.fsutil import claim_output_dir, mark_ours
 from builder.paths import NODE_DIR, SCRIPTS_DIR, TEMPLATES_DIR
 
+from . import demo
 from .checks import pem_to_der
 from .credentials import password_hash, protect_secrets, secret_files
 from .model import Taint
@@ -463,6 +464,7 @@ def render_site(profile: Profile, out_dir: Path | None = None) -> RenderResult:
     target = Path(out_dir) if out_dir else default_build_dir(profile.site)
     claim_output_dir(target, "-o")  # before rendering: a refused directory costs nothing
     files = render_files(profile)
+    demo.warn(profile.site, profile.demo_credentials())
     man = manifest(profile, files)
     files["manifest.json"] = (json.dumps(man, indent=2, sort_keys=True).encode() + b"\n", 0o644)
     write_tree(target, files)

@@ -35,8 +35,9 @@ from typing import Any
 
 from builder import TOOL, __version__, buildinfo
 from builder import dist as distfiles
-from builder.errors import BuilderError, UsageError
+from builder.errors import BuilderError, Refused, UsageError
 from builder.fsutil import atomic_output, claim_output_dir, mark_ours, sha256_file
+from builder.site import demo
 from builder.site.profile import Profile, load_profile
 from builder.site.render import image_name, render_site
 
@@ -357,13 +358,18 @@ def build(
     base_image: Path | None = None,
     base_sha256: str | None = None,
     base_sums: Path | None = None,
+    allow_demo: bool = False,
 ) -> ImageResult | PackerResult | PackerPlan:
     """The one target dispatch: build ``site``'s image, the target its profile names.
 
     ``iso`` is remastered here; ``ami`` and ``qcow2`` are Packer builds (``dry_run`` plans
     the Packer command without running it, ``base_image`` is a local qcow2 base).
     """
-    kind = target or load_profile(site, profiles_dir, overrides).get("target")
+    profile = load_profile(site, profiles_dir, overrides)
+    kind = target or profile.spec.target
+    demo_refusal = None if allow_demo else _demo_refusal(profile)
+    if demo_refusal is not None and not dry_run:
+        raise demo_refusal
     if kind in packer.TARGETS:
         iso_only = [
             opt
@@ -377,7 +383,7 @@ def build(
         ]
         if iso_only:
             raise UsageError(f"{', '.join(iso_only)}: only for the iso target (this is {kind})")
-        return packer.build_site_image(
+        result = packer.build_site_image(
             site,
             kind,
             dry_run,
@@ -386,6 +392,9 @@ def build(
             dist=dist,
             base_image=base_image,
         )
+        if isinstance(result, PackerPlan) and demo_refusal is not None:
+            result.problems.append(demo_refusal)
+        return result
     if dry_run or base_image:
         raise UsageError("--dry-run and --base-image are for ami/qcow2 targets")
     return build_image(
@@ -399,6 +408,18 @@ def build(
         force=force,
         base_sha256=base_sha256,
         base_sums=base_sums,
+    )
+
+
+def _demo_refusal(profile: Profile) -> Refused | None:
+    """An image must not silently carry the example profiles' demo hub credentials."""
+    found = profile.demo_credentials()
+    if not found:
+        return None
+    return Refused(
+        f"{profile.site}: refusing to build an image with the demo hub credentials: "
+        + "; ".join(found),
+        hint=f"{demo.HINT}; --allow-demo builds it anyway (tests, labs)",
     )
 
 

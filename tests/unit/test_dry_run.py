@@ -55,7 +55,7 @@ def test_a_clean_dry_run_exits_0(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     machine(monkeypatch, (1, 11, 2))
-    code, out, err = run_cli(capsys, "image", "aws", "--dry-run")
+    code, out, err = run_cli(capsys, "image", "aws", "--dry-run", "--allow-demo")
     assert code == 0, err
     assert out.rstrip().endswith(str(packer.packer_dir()))  # no staging for a current Packer
 

@@ -80,7 +80,7 @@ def test_missing_packer_is_1(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    code, _, err = run_cli(capsys, "image", "aws")
+    code, _, err = run_cli(capsys, "image", "aws", "--allow-demo")
     assert code == 1
     assert "error: needs packer: apt-get install --no-install-recommends packer" in err
 

@@ -55,6 +55,7 @@ def test_checksum_on_the_command_line(offline: Path, capsys: pytest.CaptureFixtu
         "-q",
         "image",
         "onprem",
+        "--allow-demo",
         "--base-iso",
         str(offline),
         "--base-sha256",
@@ -66,7 +67,9 @@ def test_checksum_on_the_command_line(offline: Path, capsys: pytest.CaptureFixtu
 
 def test_sha256sums_beside_the_iso(offline: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (offline.parent / "SHA256SUMS").write_text(f"{digest(offline)} *{RELEASE_NAME}\n")
-    code, out, err = run_cli(capsys, "-q", "image", "onprem", "--base-iso", str(offline))
+    code, out, err = run_cli(
+        capsys, "-q", "image", "onprem", "--allow-demo", "--base-iso", str(offline)
+    )
     assert code == 0, err
 
 
@@ -74,14 +77,29 @@ def test_sha256sums_file_given(offline: Path, capsys: pytest.CaptureFixture[str]
     sums = offline.parent.parent / "sums.txt"
     sums.write_text(f"{'0' * 64}  other.iso\n{digest(offline)}  ubuntu.iso\n")
     code, _, err = run_cli(
-        capsys, "-q", "image", "onprem", "--base-iso", str(offline), "--base-sha256sums", str(sums)
+        capsys,
+        "-q",
+        "image",
+        "onprem",
+        "--allow-demo",
+        "--base-iso",
+        str(offline),
+        "--base-sha256sums",
+        str(sums),
     )
     assert code == 0, err
 
 
 def test_wrong_checksum_fails(offline: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(
-        capsys, "image", "onprem", "--base-iso", str(offline), "--base-sha256", "ab" * 32
+        capsys,
+        "image",
+        "onprem",
+        "--allow-demo",
+        "--base-iso",
+        str(offline),
+        "--base-sha256",
+        "ab" * 32,
     )
     assert code == 1
     assert "sha256 mismatch" in err
@@ -95,7 +113,7 @@ def test_no_checksum_offline_hints_the_offline_options(
         raise requests.ConnectionError("no route to host")
 
     monkeypatch.setattr(requests.Session, "request", unreachable)
-    code, _, err = run_cli(capsys, "image", "onprem", "--base-iso", str(offline))
+    code, _, err = run_cli(capsys, "image", "onprem", "--allow-demo", "--base-iso", str(offline))
     assert code == 1
     hint = [line for line in err.splitlines() if line.startswith("hint:")]
     assert hint and "--base-sha256" in hint[0] and "SHA256SUMS" in hint[0]
@@ -118,7 +136,7 @@ def test_meaningless_combinations_are_rejected(
     offline: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     args = [str(offline) if a == "ISO" else a for a in args]
-    code, out, err = run_cli(capsys, "image", *args)
+    code, out, err = run_cli(capsys, "image", "--allow-demo", *args)
     assert code == 2, err
     assert message in err
     assert not (offline.parent.parent / "dist").exists()

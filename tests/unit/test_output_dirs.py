@@ -83,7 +83,9 @@ def test_image_refuses_a_users_dist_before_writing(
     mine.mkdir()
     (mine / "photo.jpg").write_bytes(b"\xff\xd8")
     (workdir / "x.iso").write_bytes(b"not really")
-    code, _, err = run_cli(capsys, "image", "onprem", "--base-iso", "x.iso", "-o", "mine")
+    code, _, err = run_cli(
+        capsys, "image", "onprem", "--allow-demo", "--base-iso", "x.iso", "-o", "mine"
+    )
     assert code == 2, err
     assert "--dist: mine: is not empty and was not created by nodeforge" in err
     assert [p.name for p in mine.iterdir()] == ["photo.jpg"]
