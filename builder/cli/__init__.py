@@ -19,11 +19,13 @@ import click
 from builder.errors import EXIT_FAILED, EXIT_INTERRUPTED, BuilderError
 
 from . import boottest, flash, hub, image, site  # noqa: F401  (each registers its commands)
-from .common import State, cli
+from .common import State, cli, install_global_options
 from .common import complete_site as _complete_site
 from .hub import hub_store as _hub_store
 
 __all__ = ["_complete_site", "_hub_store", "cli", "main"]
+
+install_global_options(cli)  # --debug/-v/-q after the subcommand too
 
 
 def main(argv: list[str] | None = None) -> None:

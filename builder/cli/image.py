@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import cli, profiles_dir_option, set_option, site_argument
+from .common import cli, echo_json, json_option, profiles_dir_option, set_option, site_argument
 
 
 @cli.command("image")
@@ -61,6 +61,7 @@ from .common import cli, profiles_dir_option, set_option, site_argument
     default=None,
     help="Output directory (default: dist/SITE).",
 )
+@json_option
 def image_cmd(
     site: str,
     overrides: tuple[str, ...],
@@ -75,6 +76,7 @@ def image_cmd(
     dry_run: bool,
     base_image: Path | None,
     dist: Path | None,
+    as_json: bool,
 ) -> None:
     """Build SITE's image: the target its profile names (or --target).
 
@@ -98,8 +100,11 @@ def image_cmd(
         base_sums=base_sums,
         allow_demo=allow_demo,
     )
-    for line in image.result_lines(result):
-        click.echo(line)
+    if as_json:
+        echo_json(image.result_json(result))
+    else:
+        for line in image.result_lines(result):
+            click.echo(line)
     image.dry_run_report(result)
 
 
@@ -124,6 +129,7 @@ def image_cmd(
     required=True,
     help="Where to write the seed ISO (0600).",
 )
+@json_option
 def seed_cmd(
     site: str,
     overrides: tuple[str, ...],
@@ -134,6 +140,7 @@ def seed_cmd(
     dns: tuple[str, ...],
     token_file: Path | None,
     output: Path,
+    as_json: bool,
 ) -> None:
     """Write a NoCloud CIDATA seed ISO with per-node data (second USB stick or VM disk)."""
     from builder.errors import UsageError
@@ -163,4 +170,16 @@ def seed_cmd(
         token=token,
         site_lan=profile.spec.network.site_lan,
     )
-    click.echo(write_seed(output, files))
+    path = write_seed(output, files)
+    if as_json:
+        echo_json(
+            {
+                "site": profile.site,
+                "path": str(path),
+                "hostname": hostname,
+                "files": sorted(files),
+                "token": token is not None,  # never the token itself
+            }
+        )
+        return
+    click.echo(path)

@@ -80,6 +80,26 @@ def init(
     )
 
 
+def profile_snippet(res: dict[str, str]) -> dict[str, Any]:
+    """The site-profile settings for nodes of a new hub (absolute ``file:`` path: a relative
+    one would resolve from the profile's own directory)."""
+    return {
+        "enrollment": {
+            "ca_cert": f"file:{Path(res['ca_cert']).resolve()}",
+            "ca_pin": res["ca_pin"],
+        },
+        "wireguard": {"hub_public_key": res["hub_public_key"]},
+    }
+
+
+def profile_snippet_yaml(snippet: dict[str, Any]) -> str:
+    """``profile_snippet`` as YAML to paste into ``profiles/<site>.yaml``."""
+    import yaml
+
+    body = yaml.safe_dump(snippet, sort_keys=False, default_flow_style=False)
+    return "# paste into your site profile (profiles/<site>.yaml):\n" + body
+
+
 def create_token(
     config_file: Path | None,
     site: str,
@@ -146,9 +166,58 @@ def token_id(token_or_id: str) -> str:
     return token_or_id.split(".")[1] if token_or_id.startswith("nf1.") else token_or_id
 
 
-def revoke_token(config_file: Path | None, token_or_id: str) -> None:
+def revoke_token(config_file: Path | None, token_or_id: str) -> float | None:
+    """Revoke a token; returns when it was revoked before (then nothing changes), else None."""
     _, store = open_store(config_file)
-    store.revoke_token(token_id(token_or_id))
+    tid = token_id(token_or_id)
+    before = next((r for r in store.list_tokens() if r["id"] == tid), None)
+    if before is not None and before["revoked_at"] is not None:
+        return float(before["revoked_at"])
+    store.revoke_token(tid)
+    return None
+
+
+def iso_time(ts: float | None) -> str | None:
+    """A stored epoch time as ISO 8601 UTC (``2026-11-30T02:50:00Z``)."""
+    if ts is None:
+        return None
+    import datetime
+
+    return (
+        datetime.datetime.fromtimestamp(ts, datetime.UTC)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z")
+    )
+
+
+def token_rows(rows: list[dict[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
+    """Tokens for output: ISO 8601 times, booleans, the status; never a secret."""
+    return [
+        {
+            "id": r["id"],
+            "site": r["site"],
+            "used": r["used"],
+            "max_uses": r["max_uses"],
+            "approve": bool(r["approve"]),
+            "status": token_status(r, now),
+            "created_at": iso_time(r["created_at"]),
+            "expires_at": iso_time(r["expires_at"]),
+            "revoked_at": iso_time(r["revoked_at"]),
+            "description": r.get("description") or "",
+        }
+        for r in rows
+    ]
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns as wide as their widest cell (the last one is not padded)."""
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 def list_nodes(config_file: Path | None) -> list[dict[str, Any]]:

@@ -440,6 +440,36 @@ def dry_run_report(result: ImageResult | PackerResult | PackerPlan) -> None:
         )
 
 
+def result_json(result: ImageResult | PackerResult | PackerPlan) -> dict[str, Any]:
+    """``builder image --json``: the artifact(s), or for a dry run the plan and its problems."""
+    if isinstance(result, ImageResult):
+        return {
+            "target": "iso",
+            "path": str(result.path),
+            "manifest": str(result.manifest),
+            "sha256": result.sha256,
+            "size": result.size,
+            "cached": result.cached,
+        }
+    if isinstance(result, PackerPlan):
+        return {
+            "target": result.target,
+            "dry_run": True,
+            "command": result.command(),
+            "argv": list(result.argv),
+            "prepared": list(result.prepared),
+            "problems": [p.message for p in result.problems],
+        }
+    return {
+        "target": result.plan.target,
+        "manifest": str(result.manifest),
+        "artifacts": [
+            {**a, "path": str(result.plan.dist_dir / a["name"])} if "name" in a else dict(a)
+            for a in result.artifacts
+        ],
+    }
+
+
 def result_lines(result: ImageResult | PackerResult | PackerPlan) -> list[str]:
     """What ``builder image`` prints on stdout: the ISO path, AMI ids, image paths or the
     planned Packer command."""

@@ -7,6 +7,7 @@ profile with its own hub (from a real ``builder hub init``) builds without a wor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 def own_hub(workdir: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
     """--set options pointing onprem at a hub made by the real `builder hub init`."""
-    code, out, err = run_cli(capsys, "hub", "init", "--site", "onprem", "hub")
+    code, out, err = run_cli(capsys, "hub", "init", "--site", "onprem", "hub", "--json")
     assert code == 0, err
-    values = dict(line.split(": ", 1) for line in out.splitlines())
+    values = json.loads(out)
     return [
         "--set", f"enrollment.ca_cert=file:{workdir / 'hub' / 'ca.pem'}",
-        "--set", f"enrollment.ca_pin={values['enrollment.ca_pin']}",
-        "--set", f"wireguard.hub_public_key={values['wireguard.hub_public_key']}",
+        "--set", f"enrollment.ca_pin={values['ca_pin']}",
+        "--set", f"wireguard.hub_public_key={values['hub_public_key']}",
     ]  # fmt: skip
 
 
