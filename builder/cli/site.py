@@ -10,6 +10,7 @@ import click
 from .common import (
     CheckName,
     cli,
+    complete_site,
     echo_json,
     json_option,
     profiles_dir_option,
@@ -40,15 +41,33 @@ def profiles_cmd(profiles_dir: Path | None, as_json: bool) -> None:
 @set_option
 @profiles_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@click.option(
+    "--origin",
+    is_flag=True,
+    help="Which layer (builder defaults, base, the site, --set) set each value.",
+)
 def show_cmd(
-    site: str, overrides: tuple[str, ...], profiles_dir: Path | None, as_json: bool
+    site: str, overrides: tuple[str, ...], profiles_dir: Path | None, as_json: bool, origin: bool
 ) -> None:
     """Print the merged, validated profile for SITE (secrets masked)."""
+    import json
+
     import yaml
 
     from builder.site.profile import load_profile
 
-    data = load_profile(site, profiles_dir, overrides).masked()
+    profile = load_profile(site, profiles_dir, overrides)
+    if origin:
+        rows = profile.origins()
+        if as_json:
+            echo_json([{"key": k, "value": v, "origin": src} for k, v, src in rows])
+            return
+        width = max(len(k) for k, _, _ in rows)
+        for key, value, src in rows:
+            shown = json.dumps(value, sort_keys=True, default=str)
+            click.echo(f"{key:<{width}}  {shown}  # {src}")
+        return
+    data = profile.masked()
     if as_json:
         echo_json(data)
     else:
@@ -128,3 +147,16 @@ def validate_cmd(
         return
     log.info("%s: ok (%s)", site, ", ".join(checks))
     click.echo(f"{site}: valid")
+
+
+@cli.command("init")
+@click.argument("new")
+@click.option(
+    "--from", "from_site", required=True, shell_complete=complete_site, help="The site to copy."
+)
+@profiles_dir_option
+def init_cmd(new: str, from_site: str, profiles_dir: Path | None) -> None:
+    """Scaffold a commented site profile NEW from SITE's settings (profiles/NEW.yaml)."""
+    from builder.site.scaffold import scaffold
+
+    click.echo(scaffold(new, from_site, profiles_dir))

@@ -18,7 +18,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -79,6 +79,7 @@ class Layer:
     source: str  # shown in messages: a file path, "builder defaults" or "--set"
     data: Mapping[str, Any]
     base_dir: Path  # where file: references in this layer resolve
+    lines: Mapping[Path_, int] = field(default_factory=dict)  # key path -> line in the file
 
 
 def _minor(version: str) -> str:
@@ -179,6 +180,23 @@ class Profile:
         except OSError as exc:
             raise UsageError(f"{self.where(dotted)}: cannot read {path}: {exc.strerror}") from None
 
+    def origins(self) -> list[tuple[str, Any, str]]:
+        """(dotted key, value (secrets masked), the layer that set it) for every leaf value,
+        in key order: ``builder show SITE --origin``."""
+        out: list[tuple[str, Any, str]] = []
+
+        def walk(node: Any, path: tuple[str, ...]) -> None:
+            if isinstance(node, Mapping) and node:
+                for k in sorted(node):
+                    walk(node[k], (*path, str(k)))
+            else:
+                dotted = ".".join(path)
+                src = "builder" if path == ("site",) else self.source_of(dotted)
+                out.append((dotted, node, src))
+
+        walk(self.masked(), ())
+        return out
+
     def demo_credentials(self) -> list[str]:
         """The demo hub credentials of the example profiles this profile still carries."""
         from .demo import demo_credentials
@@ -218,7 +236,8 @@ def list_sites(profiles_dir: Path | None = None) -> list[tuple[str, str, str]]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
+    """The profile file's data and the line of each key path."""
     shown = display_path(path)
     try:
         text = yamlload.read_text(path)
@@ -254,7 +273,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
                 for path, key in bad
             ]
         )
-    return data
+    return data, yamlload.key_lines(text)
 
 
 def _non_text_keys(value: Any, path: Path_) -> Iterable[tuple[Path_, Any]]:
@@ -322,8 +341,8 @@ def collect_layers(
             cycle = " -> ".join([*seen, current.stem])
             raise ValidationError([f"{display_path(current)}: extends: cycle: {cycle}"])
         seen.append(current.stem)
-        data = _read_yaml(current)
-        chain.append(Layer(display_path(current), data, current.parent))
+        data, lines = _read_yaml(current)
+        chain.append(Layer(display_path(current), data, current.parent, MappingProxyType(lines)))
         parent = data.get("extends")
         if parent is None:
             # base.yaml sits under every site that does not name its own parent chain to it
@@ -427,7 +446,13 @@ def load_profile(
     data, sources = merge_layers(layers)
     site_file = layers[-2].source if layers[-1].source == SET_SOURCE else layers[-1].source
     base_dirs = {layer.source: layer.base_dir for layer in layers}
-    problems = validate_data(data, sources, site_file, [layer.source for layer in layers])
+    problems = validate_data(
+        data,
+        sources,
+        site_file,
+        [layer.source for layer in layers],
+        {layer.source: layer.lines for layer in layers},
+    )
     problems += check_ca_pin(data, sources, base_dirs, site)
     if problems:
         raise ValidationError(problems, hint="fix the keys above; nothing was written")
