@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import TOOL, __version__, buildinfo
+from builder import TOOL, __version__, buildinfo, progress
 from builder import dist as distfiles
 from builder.errors import BuilderError, Refused, UsageError
 from builder.fsutil import atomic_output, claim_output_dir, mark_ours, sha256_file
@@ -293,7 +293,10 @@ def build_iso(
                 log.info("cache hit: %s is up to date (--force rebuilds)", hit.path)
                 return hit
         target = dist / name
-        with atomic_output(target, mode=mode) as tmp:
+        with (
+            atomic_output(target, mode=mode) as tmp,
+            progress.watch_file(tmp, base.stat().st_size, f"remaster {name}"),
+        ):
             iso.remaster(base, tmp, tree, volume_id=volume_id, grub_timeout=timeout, epoch=epoch)
             digest = sha256_file(tmp)
             size = tmp.stat().st_size
