@@ -12,6 +12,7 @@ BUILDER := $(VENV)/bin/builder
 PYTEST  := $(VENV)/bin/pytest
 ARGS   ?=	# extra options for the command, e.g. ARGS='--base-iso ubuntu.iso'
 SET    ?=	# profile overrides for render/validate/image, e.g. SET='--set gpu.enabled=true'
+DEVICE ?=	# the stick `make flash` writes, e.g. DEVICE=/dev/sdX (see `make devices`)
 
 # System tools (Debian/Ubuntu package names). Always installed with --no-install-recommends:
 # wireguard-tools' recommends would pull in a kernel.
@@ -47,7 +48,7 @@ $(VENV)/.installed: pyproject.toml
 ##@ Build
 
 .PHONY: profiles render validate image ami
-profiles: deps ## List the site profiles
+profiles: $(VENV)/.installed ## List the site profiles (reads only: no apt check)
 	$(BUILDER) profiles
 
 render: deps ## Render the build tree for SITE into build/SITE
@@ -68,7 +69,7 @@ ami: deps ## Alias: build the AMI for SITE (default aws)
 flash: deps ## Write the newest dist/SITE ISO to a USB stick, verified (make flash SITE=onprem DEVICE=/dev/sdX)
 	$(BUILDER) flash --site $(SITE) $(DEVICE) $(ARGS)
 
-devices: deps ## List USB sticks / removable disks and which are safe to flash
+devices: $(VENV)/.installed ## List USB sticks / removable disks and which are safe to flash
 	$(BUILDER) devices $(ARGS)
 
 bench-flash: deps ## Benchmark flash throughput vs dd bs=4M conv=fsync (loop device + file)
@@ -76,12 +77,15 @@ bench-flash: deps ## Benchmark flash throughput vs dd bs=4M conv=fsync (loop dev
 
 ##@ Test
 
-.PHONY: test test-unit test-integration lint bench bench-packer
+.PHONY: test test-unit test-integration lint bench bench-hub bench-render bench-remaster bench-packer
 test: deps lint ## Lint, then every test lane (unit, integration, boot)
 	$(PYTEST) -q --durations=15 tests $(ARGS)
 
 test-unit: deps ## Unit tests only (no tools, no network, no root)
 	$(PYTEST) -q tests/unit $(ARGS)
+
+test-integration: deps ## Integration tests (real tools; some need root)
+	$(PYTEST) -q tests/integration $(ARGS)
 
 lint: deps ## ruff (format check + lint), mypy, the import layering contract, module sizes
 	$(VENV)/bin/ruff format --check builder tests
@@ -133,10 +137,19 @@ bench-boot: deps ## Benchmark: bare cloud-init boot of the base vs our first boo
 ##@ Help
 
 .PHONY: help clean
-help: ## Show this help
-	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target> [SITE=name]\n"} \
-	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
-	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+help: ## Show this help (colour only on a terminal and without NO_COLOR)
+	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then c=$$'\033[36m' b=$$'\033[1m' r=$$'\033[0m'; \
+	else c= b= r=; fi; \
+	awk -v c="$$c" -v b="$$b" -v r="$$r" 'BEGIN {FS = ":.*##"; \
+	    printf "Usage: make <target> [SITE=name] [SET=\x27--set k=v\x27] [ARGS=\x27...\x27] [DEVICE=/dev/sdX]\n"} \
+	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  %s%-18s%s %s\n", c, $$1, r, $$2 } \
+	  /^##@/ { printf "\n%s%s%s\n", b, substr($$0, 5), r }' $(MAKEFILE_LIST); \
+	printf '\n%sVariables%s\n' "$$b" "$$r"; \
+	printf '  %s%-18s%s %s\n' "$$c" "SITE=name" "$$r" "the site profile (default onprem); see make profiles" \
+	  "$$c" "SET='--set k=v'" "$$r" "profile overrides for render, validate, image (repeat --set)" \
+	  "$$c" "ARGS='...'" "$$r" "extra options for the command, e.g. ARGS='--base-iso ubuntu.iso'" \
+	  "$$c" "DEVICE=/dev/sdX" "$$r" "the stick make flash writes (see make devices)" \
+	  "$$c" "NO_COLOR=1" "$$r" "no colour in make help (none when piped either)"
 
 clean: ## Remove build/ and dist/ (keeps caches and the venv)
 	rm -rf build dist

@@ -7,15 +7,19 @@ import os
 
 from . import __version__
 from .errors import BuilderError
-from .paths import REPO_DIR
+from .paths import DATA_DIR, REPO_DIR
 from .run import run, which
 
 
 @functools.cache
 def builder_commit() -> str:
-    """The git commit of the builder checkout, or "unknown" outside a checkout."""
+    """The git commit of the builder checkout; an installed wheel's recorded commit (written
+    at build time into builder/_data/commit); else "unknown"."""
     if not (REPO_DIR / ".git").exists() or which("git") is None:
-        return "unknown"
+        try:
+            return (DATA_DIR / "commit").read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
     try:
         out = run(["git", "-C", str(REPO_DIR), "rev-parse", "--short=12", "HEAD"]).stdout
     except BuilderError:

@@ -12,10 +12,22 @@ REPO_DIR = PACKAGE_DIR.parent
 SITE_DIR = PACKAGE_DIR / "site"
 SCHEMA_DIR = SITE_DIR / "schema"
 NODE_DIR = PACKAGE_DIR / "node"
-TEMPLATES_DIR = REPO_DIR / "cloud-init"
-PACKER_DIR = REPO_DIR / "packer"
+# The top-level cloud-init/, packer/ and profiles/ of the checkout. An installed wheel carries
+# copies in builder/_data/ (setup.py copies them at build time); an editable install or a run
+# from the checkout reads the top-level directories themselves.
+DATA_DIR = PACKAGE_DIR / "_data"
+
+
+def _shipped(name: str) -> Path:
+    packaged = DATA_DIR / name
+    return packaged if packaged.is_dir() else REPO_DIR / name
+
+
+TEMPLATES_DIR = _shipped("cloud-init")
+PACKER_DIR = _shipped("packer")
 SCRIPTS_DIR = PACKER_DIR / "scripts"
-PROFILES_DIR = REPO_DIR / "profiles"
+# the example profiles: used when neither --profiles, $BUILDER_PROFILES nor ./profiles is given
+PROFILES_DIR = _shipped("profiles")
 
 
 def cache_dir() -> Path:

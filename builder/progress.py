@@ -1,4 +1,5 @@
-"""The one progress reporter for long work (downloads, hashing, flash write and verify).
+"""The one progress reporter for long work (downloads, hashing, flash write and verify,
+the ISO remaster, a boot).
 
 ``Progress(label, total)`` writes to stderr (stdout carries results only):
 
@@ -10,15 +11,22 @@
 - nothing at all when quiet: ``builder -q`` calls ``set_quiet(True)``.
 
 A line reads ``label [#######-----]  42%  1.2 GiB / 2.8 GiB  35.2 MiB/s  ETA 0:47``
-(without a known total: ``label  1.2 GiB  35.2 MiB/s``).
+(without a known total: ``label  1.2 GiB  35.2 MiB/s``). Work measured in time (a boot
+waiting for its node, ``unit="s"``) reads ``label [###------]  12%  0:42 / 6:00``.
+
+Work done by another program is shown with ``watch_file`` (a file it writes, e.g. the
+remastered ISO xorriso writes) or ``ticker`` (elapsed time against a timeout, e.g. a boot).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Protocol
 
 INTERVAL = 5.0  # seconds between plain lines when stderr is not a terminal
@@ -72,8 +80,10 @@ class Progress:
         quiet: bool | None = None,
         interval: float = INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        unit: str = "B",
     ) -> None:
         self.label = label
+        self.unit = unit  # "B": bytes, "s": seconds
         self.total = total
         self.done = self.start = start
         self.stream = stream if stream is not None else sys.stderr
@@ -88,6 +98,15 @@ class Progress:
         self._closed = False
 
     def line(self) -> str:
+        if self.unit == "s":
+            if not self.total:
+                return f"{self.label}  {duration(self.done)}"
+            frac = min(self.done / self.total, 1.0)
+            bar = "#" * int(frac * BAR)
+            return (
+                f"{self.label} [{bar:<{BAR}}] {frac * 100:3.0f}%  "
+                f"{duration(self.done)} / {duration(self.total)}"
+            )
         elapsed = max(self.clock() - self.t0, 1e-6)
         rate = (self.done - self.start) / elapsed
         speed = f"{human_size(int(rate))}/s"
@@ -152,3 +171,75 @@ class NoProgress:
 def stderr_progress(label: str, total: int) -> ProgressLike:
     """A ``Progress`` on stderr: the default factory for callers that take one."""
     return Progress(label, total)
+
+
+@contextlib.contextmanager
+def watch_file(
+    path: str | os.PathLike[str],
+    total: int | None,
+    label: str,
+    *,
+    poll: float = 0.5,
+    stream: IO[str] | None = None,
+) -> Iterator[Progress]:
+    """Show the growth of ``path`` (written by another program) while the block runs."""
+    prog = Progress(label, total, stream)
+    stop = threading.Event()
+
+    def size() -> int:
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            return 0
+
+    def run() -> None:
+        while not stop.wait(poll):
+            grown = size() - prog.done
+            if grown > 0:
+                prog.update(grown)
+
+    thread = threading.Thread(target=run, name=f"progress {label}", daemon=True)
+    thread.start()
+    try:
+        yield prog
+        grown = size() - prog.done
+        if grown > 0:
+            prog.update(grown)
+    finally:
+        stop.set()
+        thread.join()
+        prog.close()
+
+
+@contextlib.contextmanager
+def ticker(
+    label: str,
+    timeout: float | None,
+    *,
+    poll: float = 1.0,
+    stream: IO[str] | None = None,
+) -> Iterator[Progress]:
+    """Show elapsed time (against ``timeout``) while the block waits on something else."""
+    total = int(timeout) if timeout else None
+    prog = Progress(label, total, stream, unit="s")
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def tick() -> None:
+        elapsed = int(time.monotonic() - t0)
+        if elapsed > prog.done:
+            prog.update(elapsed - prog.done)
+
+    def run() -> None:
+        while not stop.wait(poll):
+            tick()
+
+    thread = threading.Thread(target=run, name=f"progress {label}", daemon=True)
+    thread.start()
+    try:
+        yield prog
+        tick()
+    finally:
+        stop.set()
+        thread.join()
+        prog.close()

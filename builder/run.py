@@ -56,15 +56,18 @@ def which(tool: str) -> str | None:
     return shutil.which(tool)
 
 
+def missing_message(tool: str) -> str:
+    """The one message for a missing program: ``needs packer: apt-get install … packer``."""
+    return f"needs {tool}: apt-get install --no-install-recommends {PACKAGES.get(tool, tool)}"
+
+
 def require(tool: str) -> str:
     """Return the path of ``tool`` or raise ToolMissing with an install hint."""
     path = shutil.which(tool)
     if path is None:
-        pkg = PACKAGES.get(tool, tool)
         raise ToolMissing(
-            f"{tool} not found",
-            hint=f"is {tool} installed? (apt-get install --no-install-recommends {pkg}, "
-            "or run `make deps`)",
+            missing_message(tool),
+            hint=f"{tool} not found on PATH; `make deps` installs every tool the builder uses",
         )
     return path
 

@@ -76,10 +76,10 @@ def hub_identity(overlay_cidr: str, hub_ip: str) -> HubIdentity:
         "--url", f"https://{HUB_HOST}:{HUB_PORT}",
         "--overlay-cidr", overlay_cidr,
         "--hub-ip", hub_ip,
-        "--listen", f"0.0.0.0:{HUB_PORT}",
+        "--listen", f"0.0.0.0:{HUB_PORT}", "--json",
     )  # fmt: skip
-    info = dict(line.split(": ", 1) for line in out.strip().splitlines() if ": " in line)
-    ident = {"ca_pin": info["enrollment.ca_pin"], "public_key": info["wireguard.hub_public_key"]}
+    info = json.loads(out)
+    ident = {"ca_pin": info["ca_pin"], "public_key": info["hub_public_key"]}
     atomic_write(tmp / "identity.json", json.dumps(ident, indent=1) + "\n")
     shutil.rmtree(d, ignore_errors=True)
     os.replace(tmp, d)
@@ -187,6 +187,7 @@ class Lab:
             "hub", "token", "create", "--config", str(self.config),
             "--site", site, "--uses", str(uses), "--ttl", ttl,
             "--description", "boot test",
+            "--new-site",  # the lab's own hub: the site was checked when the image was rendered
         )  # fmt: skip
         return out.strip().splitlines()[-1].strip()
 

@@ -2,7 +2,8 @@
 
 Commands parse options, call one library function and print its result.
 Library code raises BuilderError; ``main`` turns it into ``error: …`` / ``hint: …``
-on stderr and an exit code (1, 2 for usage/validation, 130 for Ctrl-C).
+on stderr and an exit code: the one table in builder.errors (0 ok, 1 failed, 2 bad
+input/usage, 3 refused for safety, 130 interrupted), shown by ``builder --help``.
 
 Modules: ``common`` (the group, global options, shared decorators), ``site`` (profiles,
 show, render, validate), ``image`` (image, seed), ``hub`` (the hub group), ``flash``
@@ -15,14 +16,16 @@ import sys
 
 import click
 
-from builder.errors import BuilderError
+from builder.errors import EXIT_FAILED, EXIT_INTERRUPTED, BuilderError
 
 from . import boottest, flash, hub, image, site  # noqa: F401  (each registers its commands)
-from .common import State, cli
+from .common import State, cli, install_global_options
 from .common import complete_site as _complete_site
 from .hub import hub_store as _hub_store
 
 __all__ = ["_complete_site", "_hub_store", "cli", "main"]
+
+install_global_options(cli)  # --debug/-v/-q after the subcommand too
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,12 +35,13 @@ def main(argv: list[str] | None = None) -> None:
         # without standalone mode, click returns ctx.exit(code)'s code instead of exiting
         if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
             sys.exit(rc)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # Click turns Ctrl-C into Abort
+        ctrl_c = isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt)
+        click.echo("interrupted" if ctrl_c else "aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -56,4 +60,4 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: re-run with --debug for a traceback and report it", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)

@@ -58,7 +58,7 @@ def devices(as_json: bool, show_all: bool, sys_root: Path, mountinfo: Path, swap
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, metavar="[IMAGE] DEVICE")
+@click.argument("paths", nargs=-1, metavar="[IMAGE] DEVICE", type=click.Path())
 @click.option("--site", help="Flash the newest ISO in DIST/SITE/ instead of IMAGE.")
 @click.option(
     "--dist",

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .common import cli, echo_json, profiles_dir_option
+from .common import State, cli, echo_json, json_option, profiles_dir_option
 
 
 def hub_config_option(f: Any) -> Any:
@@ -33,6 +33,13 @@ def hub() -> None:
     """Enrollment hub: the service nodes enroll with on first boot."""
 
 
+def _quiet_audit() -> None:
+    """Admin commands print their result; the audit record goes to the hub's database
+    (its audit log), not as raw JSON on the terminal (shown with -v)."""
+    if State.verbose == 0:
+        logging.getLogger("nodeforge.hub.audit").setLevel(logging.WARNING)
+
+
 @hub.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--site", default=None, help="Take endpoint, URL, overlay, MTU from this profile.")
@@ -48,6 +55,7 @@ def hub() -> None:
 @click.option("--listen", default="", help="HOST:PORT to listen on (default 0.0.0.0:<url port>).")
 @click.option("--san", "sans", multiple=True, help="Extra DNS name/IP for the server cert.")
 @click.option("--force", is_flag=True, help="Replace an existing hub.json.")
+@json_option
 def hub_init(
     directory: Path,
     site: str | None,
@@ -59,8 +67,14 @@ def hub_init(
     listen: str,
     sans: tuple[str, ...],
     force: bool,
+    as_json: bool,
 ) -> None:
-    """Create a CA, a server cert, WireGuard and secret keys and DIR/hub.json."""
+    """Create a CA, a server cert, WireGuard and secret keys and DIR/hub.json.
+
+    Prints the profile settings for nodes of this hub as YAML to paste into the site
+    profile (enrollment.ca_cert, enrollment.ca_pin, wireguard.hub_public_key); --json
+    prints them with the paths as an object.
+    """
     from builder.hub import admin
 
     res = admin.init(
@@ -75,15 +89,20 @@ def hub_init(
         extra_names=list(sans),
         force=force,
     )
-    click.echo(f"config: {res['config']}")
-    click.echo(f"ca_cert: {res['ca_cert']}")
-    click.echo(f"enrollment.ca_pin: {res['ca_pin']}")
-    click.echo(f"wireguard.hub_public_key: {res['hub_public_key']}")
+    snippet = admin.profile_snippet(res)
+    if as_json:
+        echo_json({**res, "profile": snippet})
+        return
+    click.echo(
+        f"hub config: {res['config']} (start it with: builder hub serve --config …)", err=True
+    )
+    click.echo(admin.profile_snippet_yaml(snippet), nl=False)
     if "control_plane" in res:
         from builder.hub import kubeadm
 
-        click.echo("")
-        click.echo(kubeadm.format_plan(res["control_plane"]))
+        # a new cluster's control plane inside the overlay: the config written, what to run
+        click.echo("", err=True)
+        click.echo(kubeadm.format_plan(res["control_plane"]), err=True)
 
 
 @hub.command("serve")
@@ -110,13 +129,43 @@ def hub_token() -> None:
 @click.option("--ttl", default="72h", show_default=True, help="Lifetime: 15m, 72h, 7d, …")
 @click.option("--approve", is_flag=True, help="Enrollments wait for `builder hub approve`.")
 @click.option("--description", default="")
+@profiles_dir_option
+@click.option(
+    "--new-site", is_flag=True, help="The site has no profile here and no tokens yet: accept it."
+)
+@json_option
 def hub_token_create(
-    config_file: Path | None, site: str, uses: int, ttl: str, approve: bool, description: str
+    config_file: Path | None,
+    site: str,
+    uses: int,
+    ttl: str,
+    approve: bool,
+    description: str,
+    profiles_dir: Path | None,
+    new_site: bool,
+    as_json: bool,
 ) -> None:
-    """Mint a token; it is printed once (only its hash is stored)."""
+    """Mint a token; it is printed once (only its hash is stored).
+
+    SITE must have a profile (--profiles) or already have tokens or nodes on this hub.
+    """
     from builder.hub import admin
 
-    token, tid = admin.create_token(config_file, site, uses, ttl, approve, description)
+    _quiet_audit()
+    token, tid = admin.create_token(
+        config_file,
+        site,
+        uses,
+        ttl,
+        approve,
+        description,
+        require_known_site=not new_site,
+        profiles_dir=profiles_dir,
+    )
+    if as_json:
+        (row,) = [r for r in admin.token_rows(admin.list_tokens(config_file)) if r["id"] == tid]
+        echo_json({**row, "token": token, "uses": uses, "ttl": ttl})
+        return
     click.echo(f"token id {tid}: site={site} uses={uses} ttl={ttl} approve={approve}", err=True)
     click.echo(token)
 
@@ -125,19 +174,27 @@ def hub_token_create(
 @hub_config_option
 @click.option("--json", "as_json", is_flag=True)
 def hub_token_list(config_file: Path | None, as_json: bool) -> None:
-    """List tokens (never their secrets)."""
+    """List tokens (never their secrets); --json has ISO 8601 times and booleans."""
     from builder.hub import admin
 
-    rows = admin.list_tokens(config_file)
+    rows = admin.token_rows(admin.list_tokens(config_file))
     if as_json:
         echo_json(rows)
         return
-    click.echo(f"{'ID':16}  {'SITE':12} {'USED':>9}  {'APPROVE':7}  STATUS")
-    for r in rows:
-        click.echo(
-            f"{r['id']:16}  {r['site']:12} {r['used']:>4}/{r['max_uses']:<4}  "
-            f"{'yes' if r['approve'] else 'no':7}  {admin.token_status(r)}"
-        )
+    header = ["ID", "SITE", "USED", "APPROVE", "EXPIRES", "STATUS", "DESCRIPTION"]
+    cells = [
+        [
+            r["id"],
+            r["site"],
+            f"{r['used']}/{r['max_uses']}",
+            "yes" if r["approve"] else "no",
+            r["expires_at"] or "-",
+            r["status"],
+            r["description"] or "-",
+        ]
+        for r in rows
+    ]
+    click.echo(admin.table(header, cells))
 
 
 @hub_token.command("revoke")
@@ -147,8 +204,13 @@ def hub_token_revoke(config_file: Path | None, token_id: str) -> None:
     """Revoke a token (enrolled nodes stay connected)."""
     from builder.hub import admin
 
-    admin.revoke_token(config_file, token_id)
-    click.echo(f"revoked token {token_id[:20]}", err=True)
+    _quiet_audit()
+    tid = admin.token_id(token_id)
+    before = admin.revoke_token(config_file, token_id)
+    if before is not None:
+        click.echo(f"token {tid}: already revoked ({admin.iso_time(before)})")
+    else:
+        click.echo(f"token {tid}: revoked")
 
 
 @hub.command("nodes")
@@ -183,6 +245,7 @@ def hub_approve(config_file: Path | None, node_id: str) -> None:
     poll). A node claiming another node's hardware takes over that node's address."""
     from builder.hub import admin
 
+    _quiet_audit()
     n = admin.approve_node(config_file, node_id)
     click.echo(f"{n['node_id']} {n['ip']}")
 
@@ -194,6 +257,7 @@ def hub_revoke(config_file: Path | None, node_id: str) -> None:
     """Revoke a node: peer removed, secret invalid, address quarantined."""
     from builder.hub import admin
 
+    _quiet_audit()
     res = admin.revoke_node(config_file, node_id)
     if res.peer_removed:
         click.echo(f"removed peer {res.pubkey} from {res.interface}", err=True)

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from .common import cli, echo_json, profiles_dir_option, set_option, site_argument
+from .common import (
+    CheckName,
+    cli,
+    complete_site,
+    echo_json,
+    json_option,
+    profiles_dir_option,
+    set_option,
+    site_argument,
+)
 
 log = logging.getLogger("builder")
 
@@ -32,15 +41,33 @@ def profiles_cmd(profiles_dir: Path | None, as_json: bool) -> None:
 @set_option
 @profiles_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@click.option(
+    "--origin",
+    is_flag=True,
+    help="Which layer (builder defaults, base, the site, --set) set each value.",
+)
 def show_cmd(
-    site: str, overrides: tuple[str, ...], profiles_dir: Path | None, as_json: bool
+    site: str, overrides: tuple[str, ...], profiles_dir: Path | None, as_json: bool, origin: bool
 ) -> None:
     """Print the merged, validated profile for SITE (secrets masked)."""
+    import json
+
     import yaml
 
     from builder.site.profile import load_profile
 
-    data = load_profile(site, profiles_dir, overrides).masked()
+    profile = load_profile(site, profiles_dir, overrides)
+    if origin:
+        rows = profile.origins()
+        if as_json:
+            echo_json([{"key": k, "value": v, "origin": src} for k, v, src in rows])
+            return
+        width = max(len(k) for k, _, _ in rows)
+        for key, value, src in rows:
+            shown = json.dumps(value, sort_keys=True, default=str)
+            click.echo(f"{key:<{width}}  {shown}  # {src}")
+        return
+    data = profile.masked()
     if as_json:
         echo_json(data)
     else:
@@ -57,14 +84,30 @@ def show_cmd(
     type=click.Path(file_okay=False, path_type=Path),
     help="Output directory (default: build/SITE).",
 )
+@json_option
 def render_cmd(
-    site: str, overrides: tuple[str, ...], profiles_dir: Path | None, output: Path | None
+    site: str,
+    overrides: tuple[str, ...],
+    profiles_dir: Path | None,
+    output: Path | None,
+    as_json: bool,
 ) -> None:
     """Render the build tree for SITE (cloud-init, autoinstall, Packer vars, scripts)."""
     from builder.site.profile import load_profile
     from builder.site.render import render_site
 
     result = render_site(load_profile(site, profiles_dir, overrides), output)
+    if as_json:
+        echo_json(
+            {
+                "site": site,
+                "path": str(result.path),
+                "input_hash": result.input_hash,
+                "files": dict(result.files),
+                "secret_files": sorted(result.secret_files),
+            }
+        )
+        return
     log.info("rendered %d files for %s (input %s)", len(result.files), site, result.input_hash[:12])
     click.echo(str(result.path))
 
@@ -76,12 +119,17 @@ def render_cmd(
 @click.option(
     "--skip",
     multiple=True,
-    metavar="CHECK",
+    type=CheckName(),
     help="Leave out a validator (autoinstall-schema, cloud-init-schema, shellcheck, "
-    "systemd-analyze, packer-validate).",
+    "systemd-analyze, packer-validate); repeatable.",
 )
+@json_option
 def validate_cmd(
-    site: str, overrides: tuple[str, ...], profiles_dir: Path | None, skip: tuple[str, ...]
+    site: str,
+    overrides: tuple[str, ...],
+    profiles_dir: Path | None,
+    skip: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Validate SITE: profile schema and checks, then the rendered tree with real validators.
 
@@ -93,5 +141,22 @@ def validate_cmd(
 
     profile = load_profile(site, profiles_dir, overrides)
     ran = validate_site(lambda out: render_site(profile, out), tuple(skip))
-    log.info("%s: ok (%s)", site, ", ".join(["profile-schema", *ran]))
+    checks = ["profile-schema", *ran]
+    if as_json:
+        echo_json({"site": site, "valid": True, "checks": checks, "skipped": sorted(set(skip))})
+        return
+    log.info("%s: ok (%s)", site, ", ".join(checks))
     click.echo(f"{site}: valid")
+
+
+@cli.command("init")
+@click.argument("new")
+@click.option(
+    "--from", "from_site", required=True, shell_complete=complete_site, help="The site to copy."
+)
+@profiles_dir_option
+def init_cmd(new: str, from_site: str, profiles_dir: Path | None) -> None:
+    """Scaffold a commented site profile NEW from SITE's settings (profiles/NEW.yaml)."""
+    from builder.site.scaffold import scaffold
+
+    click.echo(scaffold(new, from_site, profiles_dir))

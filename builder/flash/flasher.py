@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import dist as dist_manifest
-from builder.errors import BuilderError, UsageError
+from builder.errors import BuilderError, Interrupted, Refused, UsageError
 from builder.fsutil import atomic_output
 from builder.progress import NoProgress, Progress, ProgressLike, stderr_progress
 
@@ -71,10 +71,8 @@ __all__ = [
 log = logging.getLogger("builder.flash")
 
 
-class FlashInterrupted(BuilderError):
+class FlashInterrupted(Interrupted):
     """Ctrl-C while writing or verifying: exit 130 like any interrupted command."""
-
-    exit_code = 130
 
 
 class _Counted:
@@ -220,7 +218,7 @@ def check_target(target: Target, *, force: bool) -> list[Problem]:
             hint = "--force cannot override: " + "; ".join(p.message for p in hard)
         else:
             hint = "check `builder devices`; --force overrides this if you are sure"
-        raise BuilderError("\n".join(lines), hint=hint)
+        raise Refused("\n".join(lines), hint=hint)
     return probs
 
 
@@ -316,7 +314,7 @@ def flash(
         raise UsageError(f"{device}: is the image itself")
     overridden = check_target(target, force=force)
     if target.kind == "block" and not view.is_host:
-        raise BuilderError(
+        raise Refused(
             f"refusing to write {target.path}: the device view ({view.sys_root}, "
             f"{view.mountinfo}) is not this machine's"
         )

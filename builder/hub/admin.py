@@ -89,13 +89,67 @@ def control_plane(
     return kubeadm.prepare(directory, cp, init_result, force=force)
 
 
+def profile_snippet(res: dict[str, str]) -> dict[str, Any]:
+    """The site-profile settings for nodes of a new hub (absolute ``file:`` path: a relative
+    one would resolve from the profile's own directory)."""
+    return {
+        "enrollment": {
+            "ca_cert": f"file:{Path(res['ca_cert']).resolve()}",
+            "ca_pin": res["ca_pin"],
+        },
+        "wireguard": {"hub_public_key": res["hub_public_key"]},
+    }
+
+
+def profile_snippet_yaml(snippet: dict[str, Any]) -> str:
+    """``profile_snippet`` as YAML to paste into ``profiles/<site>.yaml``."""
+    import yaml
+
+    body = yaml.safe_dump(snippet, sort_keys=False, default_flow_style=False)
+    return "# paste into your site profile (profiles/<site>.yaml):\n" + body
+
+
 def create_token(
-    config_file: Path | None, site: str, uses: int, ttl: str, approve: bool, description: str
+    config_file: Path | None,
+    site: str,
+    uses: int,
+    ttl: str,
+    approve: bool,
+    description: str,
+    *,
+    require_known_site: bool = False,
+    profiles_dir: Path | None = None,
 ) -> tuple[str, str]:
-    """Mint a token: (the token, shown once; its id)."""
+    """Mint a token: (the token, shown once; its id).
+
+    ``require_known_site``: the site must have a profile (``profiles_dir``, else
+    $BUILDER_PROFILES, ./profiles, the shipped examples) or already be known to this hub
+    (it has tokens or nodes of that site); else UsageError with did-you-mean.
+    """
     seconds = parse_duration(ttl)
     _, store = open_store(config_file)
+    if require_known_site:
+        check_site(site, store, profiles_dir)
     return store.create_token(site, uses, seconds, approve, description)
+
+
+def check_site(site: str, store: Store, profiles_dir: Path | None) -> None:
+    from builder.site.common import did_you_mean, display_path
+    from builder.site.profile import default_profiles_dir
+
+    pdir = profiles_dir or default_profiles_dir()
+    profiles = {p.stem for p in pdir.glob("*.yaml") if p.stem != "base"} if pdir.is_dir() else set()
+    on_hub = {r["site"] for r in store.list_tokens()} | {r["site"] for r in store.list_nodes()}
+    known = sorted(profiles | on_hub)
+    if site in known:
+        return
+    raise UsageError(
+        f"--site: no site {site!r}: no profile in {display_path(pdir)} and no token or node "
+        "of that site on this hub",
+        hint=(did_you_mean(site, known) or f"known sites: {', '.join(known) or 'none'}")
+        + "; --profiles DIR names where the site profiles are, --new-site mints the first "
+        "token of a site without a profile here",
+    )
 
 
 def token_status(row: dict[str, Any], now: float | None = None) -> str:
@@ -121,9 +175,58 @@ def token_id(token_or_id: str) -> str:
     return token_or_id.split(".")[1] if token_or_id.startswith("nf1.") else token_or_id
 
 
-def revoke_token(config_file: Path | None, token_or_id: str) -> None:
+def revoke_token(config_file: Path | None, token_or_id: str) -> float | None:
+    """Revoke a token; returns when it was revoked before (then nothing changes), else None."""
     _, store = open_store(config_file)
-    store.revoke_token(token_id(token_or_id))
+    tid = token_id(token_or_id)
+    before = next((r for r in store.list_tokens() if r["id"] == tid), None)
+    if before is not None and before["revoked_at"] is not None:
+        return float(before["revoked_at"])
+    store.revoke_token(tid)
+    return None
+
+
+def iso_time(ts: float | None) -> str | None:
+    """A stored epoch time as ISO 8601 UTC (``2026-11-30T02:50:00Z``)."""
+    if ts is None:
+        return None
+    import datetime
+
+    return (
+        datetime.datetime.fromtimestamp(ts, datetime.UTC)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z")
+    )
+
+
+def token_rows(rows: list[dict[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
+    """Tokens for output: ISO 8601 times, booleans, the status; never a secret."""
+    return [
+        {
+            "id": r["id"],
+            "site": r["site"],
+            "used": r["used"],
+            "max_uses": r["max_uses"],
+            "approve": bool(r["approve"]),
+            "status": token_status(r, now),
+            "created_at": iso_time(r["created_at"]),
+            "expires_at": iso_time(r["expires_at"]),
+            "revoked_at": iso_time(r["revoked_at"]),
+            "description": r.get("description") or "",
+        }
+        for r in rows
+    ]
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns as wide as their widest cell (the last one is not padded)."""
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 def list_nodes(config_file: Path | None) -> list[dict[str, Any]]:

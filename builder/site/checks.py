@@ -53,15 +53,22 @@ Where = Callable[[Iterable[Any]], str]
 
 
 def validate_data(
-    data: Mapping[str, Any], sources: Mapping[Path_, str], site_file: str
+    data: Mapping[str, Any],
+    sources: Mapping[Path_, str],
+    site_file: str,
+    layer_order: Iterable[str] = (),
+    lines: Mapping[str, Mapping[Path_, int]] | None = None,
 ) -> list[str]:
-    """Schema + cross-field checks. Returns every problem as ``file: key.path: message``."""
+    """Schema + cross-field checks. Returns every problem as ``file: key.path: message``
+    (``file: line N: key.path: message`` where the layer's YAML has the key or a parent)."""
     problems: list[str] = []
 
     def where(path: Iterable[Any]) -> str:
         path = tuple(str(p) for p in path)
         dotted = ".".join(path) or "(top level)"
-        return f"{source_for(sources, path, site_file)}: {dotted}"
+        src = source_for(sources, path, site_file)
+        line = _line_of((lines or {}).get(src, {}), path)
+        return f"{src}: line {line}: {dotted}" if line else f"{src}: {dotted}"
 
     validator = jsonschema.Draft202012Validator(load_schema())
     schema_failed: set[Path_] = set()
@@ -69,10 +76,18 @@ def validate_data(
         path = tuple(str(p) for p in err.absolute_path)
         schema_failed.add(path)
         problems.extend(_schema_messages(err, path, where))
-    ctx = Ctx(data, sources, where, schema_failed)
+    ctx = Ctx(data, sources, where, schema_failed, tuple(layer_order))
     for check in CROSS_CHECKS:
         problems.extend(check(ctx))
     return sorted(set(problems))
+
+
+def _line_of(lines: Mapping[Path_, int], path: Path_) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return None
 
 
 def load_schema() -> dict[str, Any]:
@@ -98,7 +113,8 @@ def _schema_messages(err: jsonschema.ValidationError, path: Path_, where: Where)
         missing = err.message.split("'")[1] if "'" in err.message else err.message
         return [f"{where((*path, missing))}: required key is missing"]
     if err.validator == "pattern":
-        return [f"{where(path)}: {err.instance!r} is not in the expected form{_pattern_hint(path)}"]
+        form = _pattern_hint(path) or f" (the form: {err.validator_value})"
+        return [f"{where(path)}: {err.instance!r} is not in the expected form{form}"]
     if err.validator in ("anyOf", "oneOf"):
         if path and path[-1] in {k.rsplit(".", 1)[-1] for k in SECRET_KEYS}:
             return [
@@ -112,7 +128,13 @@ def _schema_messages(err: jsonschema.ValidationError, path: Path_, where: Where)
             else [f"{where(path)}: {err.message}"]
         )
     if err.validator == "type":
-        return [f"{where(path)}: expected {err.validator_value}, got {kind(err.instance)}"]
+        msg = f"{where(path)}: expected {err.validator_value}, got {kind(err.instance)}"
+        wanted = err.validator_value
+        wants_text = wanted == "string" or (isinstance(wanted, list) and "string" in wanted)
+        number = isinstance(err.instance, int | float) and not isinstance(err.instance, bool)
+        if wants_text and number:  # `version: 1.34` is a float to YAML
+            msg += f'; YAML read {err.instance!r} as a number: quote it ("{err.instance}")'
+        return [msg]
     if err.validator == "enum":
         opts = ", ".join(repr(v) for v in err.validator_value)
         return [f"{where(path)}: {err.instance!r} is not one of {opts}"]
@@ -128,6 +150,10 @@ _PATTERN_HINTS = {
     "hub_endpoint": " (host:port)",
     "release": " (like 24.04)",
     "username": " (lower-case letters, digits, _ and -)",
+    "interface": " (an interface name: 1-15 of A-Z a-z 0-9 _ = + . -)",
+    "driver_branch": ' (the 3-digit NVIDIA driver branch, like "570")',
+    "container_toolkit_version": ' (like "1.17.8")',
+    "sha256": " (64 lower-case hex digits)",
 }
 
 
@@ -151,6 +177,11 @@ class Ctx:
     sources: Mapping[Path_, str]
     where: Where
     failed: set[Path_]  # key paths the schema already reported
+    layers: tuple[str, ...] = ()  # layer sources, lowest (builder defaults) first
+
+    def rank(self, source: str) -> int:
+        """How late ``source`` comes in the layering (unknown sources count as last)."""
+        return self.layers.index(source) if source in self.layers else len(self.layers)
 
     def get(self, dotted: str) -> Any:
         node: Any = self.data
@@ -307,14 +338,22 @@ def check_labels(ctx: Ctx) -> list[str]:
 
 
 def check_gpu_options(ctx: Ctx) -> list[str]:
-    """NVIDIA options only on GPU sites (the builder defaults do not count)."""
+    """NVIDIA options only on GPU sites (the builder defaults do not count).
+
+    Options inherited from a layer below the one that turned the GPU off are inert, not an
+    error: ``--set gpu.enabled=false`` makes a CPU variant of a GPU site.
+    """
     if ctx.get("gpu.enabled") is True:
         return []
+    off = ctx.rank(ctx.sources.get(("gpu", "enabled"), DEFAULTS_SOURCE))
     return [
-        f"{src}: {'.'.join(path)}: NVIDIA options are set but "
-        "gpu.enabled is false (set gpu.enabled: true or drop them)"
+        f"{src}: {'.'.join(path)}: NVIDIA options are set but gpu.enabled is false "
+        "(set gpu.enabled: true, or remove them: gpu: {nvidia: null})"
         for path, src in ctx.sources.items()
-        if path[:2] == ("gpu", "nvidia") and src != DEFAULTS_SOURCE and len(path) > 2
+        if path[:2] == ("gpu", "nvidia")
+        and src != DEFAULTS_SOURCE
+        and len(path) > 2
+        and ctx.rank(src) >= off
     ]
 
 

@@ -18,7 +18,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -79,6 +79,7 @@ class Layer:
     source: str  # shown in messages: a file path, "builder defaults" or "--set"
     data: Mapping[str, Any]
     base_dir: Path  # where file: references in this layer resolve
+    lines: Mapping[Path_, int] = field(default_factory=dict)  # key path -> line in the file
 
 
 def _minor(version: str) -> str:
@@ -179,6 +180,29 @@ class Profile:
         except OSError as exc:
             raise UsageError(f"{self.where(dotted)}: cannot read {path}: {exc.strerror}") from None
 
+    def origins(self) -> list[tuple[str, Any, str]]:
+        """(dotted key, value (secrets masked), the layer that set it) for every leaf value,
+        in key order: ``builder show SITE --origin``."""
+        out: list[tuple[str, Any, str]] = []
+
+        def walk(node: Any, path: tuple[str, ...]) -> None:
+            if isinstance(node, Mapping) and node:
+                for k in sorted(node):
+                    walk(node[k], (*path, str(k)))
+            else:
+                dotted = ".".join(path)
+                src = "builder" if path == ("site",) else self.source_of(dotted)
+                out.append((dotted, node, src))
+
+        walk(self.masked(), ())
+        return out
+
+    def demo_credentials(self) -> list[str]:
+        """The demo hub credentials of the example profiles this profile still carries."""
+        from .demo import demo_credentials
+
+        return demo_credentials(self.spec.enrollment.ca_pin, self.spec.wireguard.hub_public_key)
+
     def masked(self) -> dict[str, Any]:
         """The merged profile as plain data, secret references masked."""
         data = thaw(self.data)
@@ -212,7 +236,8 @@ def list_sites(profiles_dir: Path | None = None) -> list[tuple[str, str, str]]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
+    """The profile file's data and the line of each key path."""
     shown = display_path(path)
     try:
         text = yamlload.read_text(path)
@@ -239,7 +264,29 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         )
     if not isinstance(data, dict):
         raise ValidationError([f"{shown}: the top level must be a mapping, not {kind(data)}"])
-    return data
+    bad = list(_non_text_keys(data, ()))
+    if bad:
+        raise ValidationError(
+            [
+                f"{shown}: {'.'.join((*path, repr(key)))}: a key must be text, "
+                f"not {kind(key)} (quote it)"
+                for path, key in bad
+            ]
+        )
+    return data, yamlload.key_lines(text)
+
+
+def _non_text_keys(value: Any, path: Path_) -> Iterable[tuple[Path_, Any]]:
+    """Mapping keys YAML read as something other than text (``~: 1``, ``1.34: x``)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                yield path, k
+            else:
+                yield from _non_text_keys(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_text_keys(v, (*path, str(i)))
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
@@ -294,8 +341,8 @@ def collect_layers(
             cycle = " -> ".join([*seen, current.stem])
             raise ValidationError([f"{display_path(current)}: extends: cycle: {cycle}"])
         seen.append(current.stem)
-        data = _read_yaml(current)
-        chain.append(Layer(display_path(current), data, current.parent))
+        data, lines = _read_yaml(current)
+        chain.append(Layer(display_path(current), data, current.parent, MappingProxyType(lines)))
         parent = data.get("extends")
         if parent is None:
             # base.yaml sits under every site that does not name its own parent chain to it
@@ -324,13 +371,35 @@ def collect_layers(
 
 
 def merge_layers(layers: list[Layer]) -> tuple[dict[str, Any], dict[Path_, str]]:
-    """Deep-merge mappings; scalars and lists replace. Returns data and provenance."""
+    """Deep-merge mappings; scalars and lists replace; ``null`` removes. Returns data and
+    provenance.
+
+    A ``null`` in a profile or ``--set`` removes the key (and everything under it) that the
+    layers below set, as in Helm values and kustomize patches: ``gpu: {nvidia: null}`` drops
+    an inherited NVIDIA section. A removed key the builder defaults know takes its default
+    again (source ``builder defaults``); the defaults layer's own nulls are plain values.
+    """
     data: dict[str, Any] = {}
     sources: dict[Path_, str] = {}
     for layer in layers:
         _merge_into(data, layer.data, (), layer.source, sources)
+    for layer in layers:
+        if layer.source == DEFAULTS_SOURCE:
+            _fill_missing(data, layer.data, (), sources)
     data.pop("extends", None)
     return data, sources
+
+
+def _fill_missing(
+    dst: dict[str, Any], defaults: Mapping[str, Any], prefix: Path_, sources: dict[Path_, str]
+) -> None:
+    for key, value in defaults.items():
+        path = (*prefix, str(key))
+        if key not in dst:
+            dst[key] = copy.deepcopy(value)
+            _record(value, path, DEFAULTS_SOURCE, sources)
+        elif isinstance(value, Mapping) and isinstance(dst[key], dict):
+            _fill_missing(dst[key], value, path, sources)
 
 
 def _merge_into(
@@ -342,6 +411,11 @@ def _merge_into(
 ) -> None:
     for key, value in src.items():
         path = (*prefix, str(key))
+        if value is None and source != DEFAULTS_SOURCE:  # null removes what was inherited
+            dst.pop(key, None)
+            for p in [p for p in sources if p[: len(path)] == path]:
+                del sources[p]
+            continue
         if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
             _merge_into(dst[key], value, path, source, sources)
             sources[path] = source
@@ -372,7 +446,13 @@ def load_profile(
     data, sources = merge_layers(layers)
     site_file = layers[-2].source if layers[-1].source == SET_SOURCE else layers[-1].source
     base_dirs = {layer.source: layer.base_dir for layer in layers}
-    problems = validate_data(data, sources, site_file)
+    problems = validate_data(
+        data,
+        sources,
+        site_file,
+        [layer.source for layer in layers],
+        {layer.source: layer.lines for layer in layers},
+    )
     problems += check_ca_pin(data, sources, base_dirs, site)
     if problems:
         raise ValidationError(problems, hint="fix the keys above; nothing was written")

@@ -27,8 +27,10 @@ import yaml
 
 from builder import TOOL, __version__, buildinfo
 from builder.errors import BuilderError
-from builder.paths import NODE_DIR, REPO_DIR, SCRIPTS_DIR, TEMPLATES_DIR
+from builder.fsutil import claim_output_dir, mark_ours
+from builder.paths import NODE_DIR, SCRIPTS_DIR, TEMPLATES_DIR
 
+from . import demo
 from .checks import pem_to_der
 from .credentials import password_hash, protect_secrets, secret_files
 from .model import Taint
@@ -455,13 +457,19 @@ def render_files(profile: Profile) -> dict[str, tuple[bytes, int]]:
 def template_inputs_hash() -> str:
     """sha256 over every template, script and node file that feeds a render."""
     h = hashlib.sha256(__version__.encode())
-    for base in (TEMPLATES_DIR, SCRIPTS_DIR, NODE_DIR):
+    # named as in the checkout, so a wheel install (builder/_data/…) hashes the same
+    for base, label in (
+        (TEMPLATES_DIR, "cloud-init"),
+        (SCRIPTS_DIR, "packer/scripts"),
+        (NODE_DIR, "builder/node"),
+    ):
         if not base.is_dir():
             continue
         for path in sorted(
             p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts
         ):
-            h.update(str(path.relative_to(REPO_DIR)).encode() + b"\0" + path.read_bytes())
+            rel = f"{label}/{path.relative_to(base).as_posix()}"
+            h.update(rel.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
@@ -495,7 +503,9 @@ def render_site(profile: Profile, out_dir: Path | None = None) -> RenderResult:
     renamed into place, so a failed render leaves the previous tree untouched.
     """
     target = Path(out_dir) if out_dir else default_build_dir(profile.site)
+    claim_output_dir(target, "-o")  # before rendering: a refused directory costs nothing
     files = render_files(profile)
+    demo.warn(profile.site, profile.demo_credentials())
     man = manifest(profile, files)
     files["manifest.json"] = (json.dumps(man, indent=2, sort_keys=True).encode() + b"\n", 0o644)
     write_tree(target, files)
@@ -503,6 +513,8 @@ def render_site(profile: Profile, out_dir: Path | None = None) -> RenderResult:
 
 
 def write_tree(target: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
+    """Write ``files`` as the tree ``target``, replacing it only if it is ours (marker)."""
+    claim_output_dir(target, "-o")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
@@ -513,6 +525,7 @@ def write_tree(target: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.chmod(path, mode)
+        mark_ours(tmp)
         os.chmod(tmp, 0o755)
         old = None
         if target.exists():

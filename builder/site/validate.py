@@ -23,9 +23,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from builder.errors import ValidationError
+from builder.errors import ToolMissing, ValidationError
 from builder.paths import SCHEMA_DIR
-from builder.run import run, which
+from builder.run import missing_message, run, which
 
 from .common import display_path
 
@@ -141,13 +141,16 @@ def validate_tree(
     """
     problems: list[str] = []
     ran = []
+    # a missing program is not a problem of the tree: say what to install (exit 1)
+    missing = [c for c in checks if c.name not in skip and c.tool and which(c.tool) is None]
+    if missing:
+        raise ToolMissing(
+            "\n".join(missing_message(c.tool) for c in missing if c.tool),
+            hint="`make deps` installs them; or leave the check out with "
+            + " ".join(f"--skip {c.name}" for c in missing),
+        )
     for check in checks:
         if check.name in skip:
-            continue
-        if check.tool and which(check.tool) is None:
-            problems.append(
-                f"{check.name}: {check.tool} not found (run `make deps`, or --skip {check.name})"
-            )
             continue
         problems += check.func(tree)
         ran.append(check.name)

@@ -112,3 +112,29 @@ def load(text: str) -> Any:
     """Check the bounds, then load with unique keys (safe types only)."""
     check_bounds(text)
     return yaml.load(text, Loader=UniqueKeyLoader)
+
+
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """1-based line of every key path in a (bounds-checked, loadable) YAML document: the
+    line of the key for mapping entries, of the item for sequence entries. Best effort: an
+    unparsable document gives {}."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, str(key.value))
+                out.setdefault(sub, key.start_mark.line + 1)
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                sub = (*path, str(i))
+                out.setdefault(sub, item.start_mark.line + 1)
+                walk(item, sub)
+
+    walk(root, ())
+    return out

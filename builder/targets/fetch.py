@@ -42,6 +42,11 @@ def cache_dir() -> Path:
     return paths.cache_dir() / "downloads"
 
 
+def is_sha256(text: str) -> bool:
+    """``text`` is a sha256 hex digest (optionally ``sha256:``-prefixed)."""
+    return bool(_HEX64.match(text.lower().removeprefix("sha256:")))
+
+
 def file_name(url: str) -> str:
     name = Path(urlsplit(url).path).name
     if not name:

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import TOOL, __version__, buildinfo
+from builder import TOOL, __version__, buildinfo, progress
 from builder import dist as distfiles
-from builder.errors import BuilderError, UsageError
-from builder.fsutil import atomic_output, sha256_file
+from builder.errors import BuilderError, Refused, UsageError
+from builder.fsutil import atomic_output, claim_output_dir, mark_ours, sha256_file
+from builder.site import demo
 from builder.site.profile import Profile, load_profile
 from builder.site.render import image_name, render_site
 
@@ -63,7 +64,9 @@ def default_dist(site: str) -> Path:
 
 @contextlib.contextmanager
 def _dist_lock(dist: Path) -> Iterator[None]:
+    claim_output_dir(dist, "--dist")
     dist.mkdir(parents=True, exist_ok=True)
+    mark_ours(dist)
     with open(dist / ".lock", "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -103,8 +106,92 @@ def iso_settings(profile: Profile) -> tuple[str, int]:
     return volume_id, settings.grub_timeout
 
 
+@dataclass(frozen=True)
+class LocalBase:
+    """``--base-iso`` and how to check it, from the command line.
+
+    The expected sha256, first match wins: ``sha256`` (``--base-sha256``), ``sums``
+    (``--base-sha256sums FILE``), the profile's pinned ``iso.base.sha256``, a ``SHA256SUMS``
+    file beside the ISO, the profile's ``iso.base.sha256sums_url`` (fetched). ``verify=False``
+    (``--no-verify``) skips the check.
+    """
+
+    path: Path
+    sha256: str | None = None
+    sums: Path | None = None
+    verify: bool = True
+
+
+def check_base_options(
+    base_iso: Path | None, verify: bool, base_sha256: str | None, base_sums: Path | None
+) -> None:
+    """Reject option combinations that would be silently ignored."""
+    if base_iso is None:
+        given = [
+            opt
+            for opt, on in (
+                ("--no-verify", not verify),
+                ("--base-sha256", base_sha256),
+                ("--base-sha256sums", base_sums),
+            )
+            if on
+        ]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)}: only with --base-iso (they say how to check a local ISO)",
+                hint="a downloaded ISO is always checked against the profile's iso.base",
+            )
+        return
+    if not verify and (base_sha256 or base_sums):
+        raise UsageError("--no-verify and --base-sha256/--base-sha256sums contradict each other")
+    if base_sha256 and base_sums:
+        raise UsageError("give --base-sha256 or --base-sha256sums, not both")
+    if base_sha256 and not fetch.is_sha256(base_sha256):
+        raise UsageError(f"--base-sha256: not a sha256 hex digest: {base_sha256!r}")
+
+
+def _local_sha256(profile: Profile, local: LocalBase, cache: Path | None) -> str:
+    url = profile.spec.iso.base.url
+    pinned = profile.spec.iso.base.sha256
+    names = list(dict.fromkeys([fetch.file_name(url) if url else local.path.name, local.path.name]))
+    if local.sha256:
+        given = local.sha256.lower().removeprefix("sha256:")
+        if pinned and pinned.lower().removeprefix("sha256:") != given:
+            raise UsageError(
+                f"--base-sha256: {given} differs from {profile.where('iso.base.sha256')} "
+                f"({pinned})",
+                hint="the profile pins the base; drop --base-sha256 or --set iso.base.sha256=…",
+            )
+        return given
+    sums = local.sums
+    if sums is None and not pinned:
+        beside = local.path.parent / "SHA256SUMS"
+        sums = beside if beside.is_file() else None
+    if sums is not None:
+        try:
+            text = sums.read_text(errors="replace")
+        except OSError as exc:
+            raise UsageError(f"--base-sha256sums: {sums}: {exc.strerror}") from None
+        for name in names:
+            digest = fetch.parse_sha256sums(text, name)
+            if digest:
+                log.info("expected sha256 of %s from %s", name, sums)
+                return digest
+        raise UsageError(f"{sums}: no sha256 listed for {' or '.join(names)}")
+    try:
+        return fetch.resolve_sha256(
+            pinned, profile.spec.iso.base.sha256sums_url, names[0], cache=cache
+        )
+    except BuilderError as exc:
+        raise BuilderError(
+            exc.message,
+            hint="offline: give the checksum with --base-sha256 HEX, or put the release's "
+            "SHA256SUMS beside the ISO (or --base-sha256sums FILE)",
+        ) from exc
+
+
 def _base(
-    profile: Profile, base_iso: Path | None, verify: bool, cache: Path | None
+    profile: Profile, local: LocalBase | None, cache: Path | None
 ) -> tuple[Path, str, dict[str, Any]]:
     url = profile.spec.iso.base.url
     pinned = profile.spec.iso.base.sha256
@@ -112,17 +199,12 @@ def _base(
     info: dict[str, Any] = {"url": url}
     if sums:
         info["sha256sums_url"] = sums
-    if base_iso is not None:
+    if local is not None:
+        base_iso = local.path
         if not base_iso.is_file():
             raise UsageError(f"--base-iso: {base_iso}: no such file")
-        if verify:
-            name = fetch.file_name(url) if url else base_iso.name
-            try:
-                want = fetch.resolve_sha256(pinned, sums, name, cache=cache)
-            except BuilderError as exc:
-                raise BuilderError(
-                    exc.message, hint="--no-verify uses the local ISO without checking it"
-                ) from exc
+        if local.verify:
+            want = _local_sha256(profile, local, cache)
             log.info("verifying %s", base_iso)
             fetch.verify_file(base_iso, want)
             digest = want
@@ -174,17 +256,21 @@ def build_iso(
     verify: bool = True,
     force: bool = False,
     cache: Path | None = None,
+    base_sha256: str | None = None,
+    base_sums: Path | None = None,
 ) -> ImageResult:
     """Build (or reuse) ``dist/<site>/<image name>.iso``; see the module docstring."""
     volume_id, timeout = iso_settings(profile)
+    check_base_options(base_iso, verify, base_sha256, base_sums)
     if base_iso is not None and not base_iso.is_file():
         raise UsageError(f"--base-iso: {base_iso}: no such file")
-    dist = dist or default_dist(profile.site)
+    local = LocalBase(base_iso, base_sha256, base_sums, verify) if base_iso else None
+    dist = claim_output_dir(dist or default_dist(profile.site), "--dist")  # before writing
     rendered = render_site(profile, build_dir)
     tree = rendered.path / "iso"
     if not (tree / "nocloud" / "user-data").is_file():
         raise BuilderError(f"{tree}: the rendered tree has no nocloud/user-data")
-    base, base_sha, base_info = _base(profile, base_iso, verify, cache)
+    base, base_sha, base_info = _base(profile, local, cache)
     epoch = buildinfo.source_date_epoch()
     key = _cache_key(base_sha, tree, volume_id, timeout, epoch)
     name = f"{image_name(profile)}.iso"
@@ -207,7 +293,10 @@ def build_iso(
                 log.info("cache hit: %s is up to date (--force rebuilds)", hit.path)
                 return hit
         target = dist / name
-        with atomic_output(target, mode=mode) as tmp:
+        with (
+            atomic_output(target, mode=mode) as tmp,
+            progress.watch_file(tmp, base.stat().st_size, f"remaster {name}"),
+        ):
             iso.remaster(base, tmp, tree, volume_id=volume_id, grub_timeout=timeout, epoch=epoch)
             digest = sha256_file(tmp)
             size = tmp.stat().st_size
@@ -236,6 +325,8 @@ def build_image(
     base_iso: Path | None = None,
     verify: bool = True,
     force: bool = False,
+    base_sha256: str | None = None,
+    base_sums: Path | None = None,
 ) -> ImageResult:
     """Load ``site`` and build its image; this module builds the ``iso`` target."""
     profile = load_profile(site, profiles_dir, overrides)
@@ -245,7 +336,15 @@ def build_image(
             f"{profile.where('target')}: target {kind!r} is not an ISO "
             "(ami/qcow2 images are built by Packer)"
         )
-    return build_iso(profile, dist=dist, base_iso=base_iso, verify=verify, force=force)
+    return build_iso(
+        profile,
+        dist=dist,
+        base_iso=base_iso,
+        verify=verify,
+        force=force,
+        base_sha256=base_sha256,
+        base_sums=base_sums,
+    )
 
 
 def build(
@@ -260,15 +359,34 @@ def build(
     force: bool = False,
     dry_run: bool = False,
     base_image: Path | None = None,
+    base_sha256: str | None = None,
+    base_sums: Path | None = None,
+    allow_demo: bool = False,
 ) -> ImageResult | PackerResult | PackerPlan:
     """The one target dispatch: build ``site``'s image, the target its profile names.
 
     ``iso`` is remastered here; ``ami`` and ``qcow2`` are Packer builds (``dry_run`` plans
     the Packer command without running it, ``base_image`` is a local qcow2 base).
     """
-    kind = target or load_profile(site, profiles_dir, overrides).get("target")
+    profile = load_profile(site, profiles_dir, overrides)
+    kind = target or profile.spec.target
+    demo_refusal = None if allow_demo else _demo_refusal(profile)
+    if demo_refusal is not None and not dry_run:
+        raise demo_refusal
     if kind in packer.TARGETS:
-        return packer.build_site_image(
+        iso_only = [
+            opt
+            for opt, on in (
+                ("--base-iso", base_iso),
+                ("--no-verify", not verify),
+                ("--base-sha256", base_sha256),
+                ("--base-sha256sums", base_sums),
+            )
+            if on
+        ]
+        if iso_only:
+            raise UsageError(f"{', '.join(iso_only)}: only for the iso target (this is {kind})")
+        result = packer.build_site_image(
             site,
             kind,
             dry_run,
@@ -277,6 +395,9 @@ def build(
             dist=dist,
             base_image=base_image,
         )
+        if isinstance(result, PackerPlan) and demo_refusal is not None:
+            result.problems.append(demo_refusal)
+        return result
     if dry_run or base_image:
         raise UsageError("--dry-run and --base-image are for ami/qcow2 targets")
     return build_image(
@@ -288,7 +409,68 @@ def build(
         base_iso=base_iso,
         verify=verify,
         force=force,
+        base_sha256=base_sha256,
+        base_sums=base_sums,
     )
+
+
+def _demo_refusal(profile: Profile) -> Refused | None:
+    """An image must not silently carry the example profiles' demo hub credentials."""
+    found = profile.demo_credentials()
+    if not found:
+        return None
+    return Refused(
+        f"{profile.site}: refusing to build an image with the demo hub credentials: "
+        + "; ".join(found),
+        hint=f"{demo.HINT}; --allow-demo builds it anyway (tests, labs)",
+    )
+
+
+def dry_run_report(result: ImageResult | PackerResult | PackerPlan) -> None:
+    """For a dry run: log what the real run prepares first (stderr), and raise listing every
+    problem the real run would stop at (exit 1) — a dry run that exits 0 would really run."""
+    if not isinstance(result, PackerPlan):
+        return
+    for note in result.prepared:
+        log.info("dry run: the build first creates %s", note)
+    if result.problems:
+        raise BuilderError(
+            "\n".join(
+                ["the real build would stop before Packer runs:"]
+                + [f"  - {p.message}" for p in result.problems]
+            ),
+            hint=next((p.hint for p in result.problems if p.hint), None),
+        )
+
+
+def result_json(result: ImageResult | PackerResult | PackerPlan) -> dict[str, Any]:
+    """``builder image --json``: the artifact(s), or for a dry run the plan and its problems."""
+    if isinstance(result, ImageResult):
+        return {
+            "target": "iso",
+            "path": str(result.path),
+            "manifest": str(result.manifest),
+            "sha256": result.sha256,
+            "size": result.size,
+            "cached": result.cached,
+        }
+    if isinstance(result, PackerPlan):
+        return {
+            "target": result.target,
+            "dry_run": True,
+            "command": result.command(),
+            "argv": list(result.argv),
+            "prepared": list(result.prepared),
+            "problems": [p.message for p in result.problems],
+        }
+    return {
+        "target": result.plan.target,
+        "manifest": str(result.manifest),
+        "artifacts": [
+            {**a, "path": str(result.plan.dist_dir / a["name"])} if "name" in a else dict(a)
+            for a in result.artifacts
+        ],
+    }
 
 
 def result_lines(result: ImageResult | PackerResult | PackerPlan) -> list[str]:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shlex
 import shutil
 import signal
@@ -32,10 +31,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 from builder import dist as distfiles
-from builder.errors import BuilderError, CommandFailed, UsageError
-from builder.fsutil import atomic_write, sha256_file
+from builder.errors import BuilderError, CommandFailed, ToolMissing, UsageError
+from builder.fsutil import atomic_write, claim_output_dir, mark_ours, sha256_file
 from builder.paths import PACKER_DIR, cache_dir
-from builder.run import TimeoutExpired, require, run, spawn, stop, which
+from builder.run import TimeoutExpired, missing_message, require, run, spawn, stop, which
+
+from .buildseed import write_build_seed
 
 log = logging.getLogger("builder.packer")
 
@@ -93,51 +94,6 @@ def stage_templates(dest: Path, version: tuple[int, ...], src: Path | None = Non
     for f in sorted(src.glob("*.pkr.hcl")):
         atomic_write(dest / f.name, strip_for_packer16(f.read_text()))
     return dest
-
-
-# --- the per-build NoCloud seed with a throwaway SSH key -------------------------------------
-
-
-def write_build_seed(seed_dir: Path, ssh_username: str) -> Path:
-    """Write user-data/meta-data with a fresh ed25519 key; return the private key path (0600)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(seed_dir, 0o700)
-    key_path = atomic_write(seed_dir / "build_key", private, mode=0o600)
-    atomic_write(
-        seed_dir / "user-data",
-        "#cloud-config\n"
-        "# build-time only: Packer's SSH access; the key is deleted after the build and\n"
-        "# cleanup.sh resets cloud-init so instances start from a clean first boot\n"
-        "locale: C.UTF-8\n"
-        "ssh_pwauth: false\n"
-        "users:\n"
-        f"  - name: {ssh_username}\n"
-        "    shell: /bin/bash\n"
-        "    lock_passwd: true\n"
-        '    sudo: "ALL=(ALL) NOPASSWD:ALL"\n'
-        "    ssh_authorized_keys:\n"
-        f"      - {public} nodeforge-packer-build\n",
-    )
-    atomic_write(
-        seed_dir / "meta-data",
-        # hostname "localhost": resolvable for sudo without touching /etc/hosts in the image
-        f"instance-id: nodeforge-build-{secrets.token_hex(4)}\nlocal-hostname: localhost\n",
-    )
-    return key_path
 
 
 # --- checks ----------------------------------------------------------------------------------
@@ -202,35 +158,46 @@ def _resolves(host: str) -> bool:
 
 def preflight(target: str, pkrvars: Mapping[str, Any], version: tuple[int, ...]) -> None:
     """Fail early with a hint: no credentials, no network, too old a Packer."""
+    problems = preflight_problems(target, pkrvars, version)
+    if problems:
+        raise problems[0]
+
+
+def preflight_problems(
+    target: str, pkrvars: Mapping[str, Any], version: tuple[int, ...]
+) -> list[BuilderError]:
+    """Every problem a real run would stop at before Packer starts (the dry run lists them)."""
+    out: list[BuilderError] = []
     if target == "ami":
         if version < (1, 7):
-            raise BuilderError(
+            out.append(BuilderError(
                 f"packer {'.'.join(map(str, version))} cannot build the AMI: it lacks the "
                 "amazon-ebs metadata_options block and imds_support (IMDSv2 required)",
                 hint="install Packer >= 1.7 from HashiCorp and run `packer init packer/plugins`",
-            )
+            ))  # fmt: skip
         if not aws_credentials_present():
-            raise BuilderError(
+            out.append(BuilderError(
                 "no AWS credentials found for the AMI build",
                 hint="set AWS_PROFILE (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), or "
                 "BUILDER_AWS_INSTANCE_ROLE=1 on an EC2 instance with an instance profile",
-            )
+            ))  # fmt: skip
         region = str(pkrvars.get("aws_region", "eu-central-1"))
         host = f"ec2.{region}.amazonaws.com"
         if not _resolves(host):
-            raise BuilderError(
+            out.append(BuilderError(
                 f"cannot resolve {host}: no network to AWS",
                 hint="run the AMI build where the EC2 API is reachable (or via a proxy: "
                 "HTTPS_PROXY)",
-            )
+            ))  # fmt: skip
     else:
         base = str(pkrvars.get("qemu_base_image_url") or "")
         base_host = urlparse(base).hostname if "://" in base else None
         if base_host and not _resolves(base_host):
-            raise BuilderError(
+            out.append(BuilderError(
                 f"cannot resolve {base_host} to download the base cloud image {base}",
                 hint="no network? set qcow2.base_image.url in the profile to a local mirror",
-            )
+            ))  # fmt: skip
+    return out
 
 
 # --- command -----------------------------------------------------------------------------------
@@ -248,6 +215,9 @@ class PackerPlan:
     argv: list[str]
     pkrvars: dict[str, Any]
     runtime_vars: dict[str, str] = field(default_factory=dict)
+    # dry run: what the real run creates before it starts Packer, and where it would stop
+    prepared: list[str] = field(default_factory=list)
+    problems: list[BuilderError] = field(default_factory=list)
 
     @property
     def manifest_path(self) -> Path:
@@ -304,6 +274,9 @@ def plan_packer(
 
 def _prepare(plan: PackerPlan, version: tuple[int, ...], templates_src: Path | None) -> None:
     """Create the run dir: staged templates (Packer < 1.7), seed + key, checksums."""
+    claim_output_dir(plan.dist_dir, "--dist")
+    plan.dist_dir.mkdir(parents=True, exist_ok=True)
+    mark_ours(plan.dist_dir)
     if plan.run_dir.exists():
         shutil.rmtree(plan.run_dir)
     plan.run_dir.mkdir(parents=True)
@@ -383,10 +356,7 @@ def build_packer_image(
         extra_vars=extra_vars,
     )
     if dry_run:
-        # the same template directory a real run would use (a staged copy for Packer < 1.7)
-        if which("packer") and packer_version() < (1, 7):
-            plan.argv[-1] = str(plan.run_dir / "templates")
-        return plan
+        return _dry_run(plan)
     version = packer_version()
     preflight(target, {**plan.pkrvars, **plan.runtime_vars}, version)
     _prepare(plan, version, templates)
@@ -397,6 +367,44 @@ def build_packer_image(
     finally:
         shutil.rmtree(plan.run_dir, ignore_errors=True)
     return result
+
+
+def _dry_run(plan: PackerPlan) -> PackerPlan:
+    """Fill in what the real run would do first and every problem it would stop at."""
+    version: tuple[int, ...] | None = None
+    if which("packer") is None:
+        plan.problems.append(ToolMissing(missing_message("packer")))
+    else:
+        version = packer_version()
+    run_dir = plan.run_dir
+    plan.prepared.append(f"{run_dir} (0700, removed after the build)")
+    if version is not None and version < (1, 7):
+        # the same template directory a real run uses: a staged copy for Packer < 1.7
+        plan.argv[-1] = str(run_dir / "templates")
+        plan.prepared.append(
+            f"{run_dir / 'templates'}: the templates without the blocks Packer "
+            f"{'.'.join(map(str, version))} does not know"
+        )
+    if plan.target == "qcow2":
+        plan.prepared.append(
+            f"{run_dir / 'seed'}: NoCloud seed with a throwaway SSH key (build_key)"
+        )
+    if version is not None:
+        plan.problems += preflight_problems(
+            plan.target, {**plan.pkrvars, **plan.runtime_vars}, version
+        )
+    claim_problem = _claim_problem(plan.dist_dir)
+    if claim_problem:
+        plan.problems.append(claim_problem)
+    return plan
+
+
+def _claim_problem(dist_dir: Path) -> BuilderError | None:
+    try:
+        claim_output_dir(dist_dir, "--dist")
+    except BuilderError as exc:
+        return exc
+    return None
 
 
 def _stream(argv: list[str], timeout: float | None) -> None:
@@ -566,7 +574,7 @@ def build_site_image(
 def result_lines(result: PackerResult | PackerPlan) -> list[str]:
     """What the CLI prints on stdout: the command (dry run), AMI ids, or image paths."""
     if isinstance(result, PackerPlan):
-        return [result.command()]
+        return [result.command()]  # notes and problems: see dry_run_report
     out = []
     for art in result.artifacts:
         if art["type"] == "ami":

@@ -137,8 +137,12 @@ def node_seed(
     dns: list[str] | None = None,
     token: str | None = None,
     interface_match: str = "en*",
+    site_lan: str | None = None,
 ) -> dict[str, bytes]:
-    """Per-node NoCloud files: meta-data, user-data (hostname, token) and network-config."""
+    """Per-node NoCloud files: meta-data, user-data (hostname, token) and network-config.
+
+    ``site_lan`` (the profile's ``network.site_lan``): a static ``ip`` must lie in it.
+    """
     problems: list[str] = []
     iface = None
     if hostname is not None and not _valid_hostname(hostname):
@@ -150,6 +154,12 @@ def node_seed(
                 problems.append(f"--ip: {ip!r} needs a prefix length, e.g. 192.168.50.10/24")
         except ValueError:
             problems.append(f"--ip: {ip!r} is not an address with prefix (CIDR)")
+        if iface is not None and site_lan:
+            lan = ipaddress.ip_network(site_lan, strict=False)
+            if iface.ip not in lan:
+                problems.append(f"--ip: {iface.ip} is not in the site LAN {lan} (network.site_lan)")
+            elif iface.ip in (lan.network_address, lan.broadcast_address) and lan.prefixlen < 31:
+                problems.append(f"--ip: {iface.ip} is the network or broadcast address of {lan}")
     if gateway is not None:
         if ip is None:
             problems.append("--gateway: needs --ip")

@@ -113,6 +113,7 @@ def run_case(
             str(d / "hub.json"),
             "--site",
             "lab",
+            "--new-site",
             "--uses",
             str(n),
         ],

@@ -177,8 +177,9 @@ def hub_setup(
         cidr,
         "--san",
         "127.0.0.1",
+        "--json",
     ).stdout
-    info = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    info = json.loads(out)
     cfg = json.loads((d / "hub.json").read_text())
     cfg["wireguard"]["interface"] = f"nf{name[0]}{tag}w"[:15]
     hub_kubeadm = standin("kubeadm_hub.py", d / "standin-bin")
@@ -202,8 +203,8 @@ def hub_setup(
         "dir": d,
         "config": d / "hub.json",
         "ca": d / "ca.pem",
-        "pin": info["enrollment.ca_pin"],
-        "pubkey": info["wireguard.hub_public_key"],
+        "pin": info["ca_pin"],
+        "pubkey": info["hub_public_key"],
         "iface": cfg["wireguard"]["interface"],
         "url": f"https://192.168.77.1:{port}",
         "record": d / "hub-kubeadm.jsonl",

@@ -77,6 +77,7 @@ def test_two_nodes_enroll_handshake_and_join_through_the_tunnel(lab, hub):
         str(hub["config"]),
         "--site",
         "lab",
+        "--new-site",  # no profile named lab: a lab-only site
         "--uses",
         "2",
         "--ttl",
@@ -251,7 +252,17 @@ def test_two_nodes_enroll_handshake_and_join_through_the_tunnel(lab, hub):
 def test_approval_then_reinstall_keeps_the_address(lab, hub):
     conf = str(hub["config"])
     token = builder(
-        "hub", "token", "create", "--config", conf, "--site", "lab", "--uses", "2", "--approve"
+        "hub",
+        "token",
+        "create",
+        "--config",
+        conf,
+        "--site",
+        "lab",
+        "--new-site",
+        "--uses",
+        "2",
+        "--approve",
     ).stdout.strip()
     lab.add_node("c", 4)
     path, cfg = node_config(lab, hub, "c", token)
@@ -413,7 +424,7 @@ def _req(lab, hub, *args):
 def test_abuse_gets_the_right_status_and_writes_nothing(lab, hub):
     cfgp = str(hub["config"])
     good = builder(
-        "hub", "token", "create", "--config", cfgp, "--site", "lab", "--uses", "1"
+        "hub", "token", "create", "--config", cfgp, "--site", "lab", "--new-site", "--uses", "1"
     ).stdout.strip()
     before = len(db_nodes(hub))
     body = json.dumps(
@@ -436,12 +447,14 @@ def test_abuse_gets_the_right_status_and_writes_nothing(lab, hub):
     r = _req(lab, hub, "--path", f"/v1/enroll?token={good}", "--body-raw", valid)
     assert r["status"] == 400 and "Authorization" in r["body"]["error"]
     expired = builder(
-        "hub", "token", "create", "--config", cfgp, "--site", "lab", "--ttl", "1s"
+        "hub", "token", "create", "--config", cfgp, "--site", "lab", "--new-site", "--ttl", "1s"
     ).stdout.strip()
-    revoked = builder("hub", "token", "create", "--config", cfgp, "--site", "lab").stdout.strip()
+    revoked = builder(
+        "hub", "token", "create", "--config", cfgp, "--site", "lab", "--new-site"
+    ).stdout.strip()
     builder("hub", "token", "revoke", "--config", cfgp, revoked.split(".")[1])
     other_site = builder(
-        "hub", "token", "create", "--config", cfgp, "--site", "other"
+        "hub", "token", "create", "--config", cfgp, "--site", "other", "--new-site"
     ).stdout.strip()
     time.sleep(1.2)
     assert _req(lab, hub, "--token", expired, "--body-raw", valid)["status"] == 403
@@ -486,7 +499,16 @@ def test_kill_9_during_a_burst_loses_nothing_and_duplicates_nothing(lab):
     lab.wait_healthy(h["url"], h["ca"], proc, h["log"])
     n = 300
     token = builder(
-        "hub", "token", "create", "--config", str(h["config"]), "--site", "lab", "--uses", str(n)
+        "hub",
+        "token",
+        "create",
+        "--config",
+        str(h["config"]),
+        "--site",
+        "lab",
+        "--new-site",
+        "--uses",
+        str(n),
     ).stdout.strip()
     out = lab.tmp / "burst.jsonl"
     burst = subprocess.Popen(

@@ -96,7 +96,7 @@ def test_flash_a_loop_device_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     image = make_image(tmp_path / "node.iso", 8 * MiB + 2048)  # ISO-sized: 2 KiB multiple
     backing = tmp_path / "stick.raw"
     with loop_device(backing, 16 * MiB) as dev:
-        assert exit_code(["flash", "--yes", str(image), str(dev)]) == 1
+        assert exit_code(["flash", "--yes", str(image), str(dev)]) == 3  # refused for safety
         err = capsys.readouterr().err
         assert f"refusing to flash {dev}" in err
         assert "not removable and not on USB (transport: loop)" in err

@@ -178,18 +178,21 @@ def test_cli_image_and_errors(base: Path, env: Path) -> None:
     builder = [BUILDER]
     sets = [a for o in fixture_overrides(base) for a in ("--set", o)]
     ok = subprocess.run(
-        [*builder, "image", "onprem", *sets, "--base-iso", str(base), "-o", "out"],
+        [*builder, "image", "onprem", "--allow-demo", *sets, "--base-iso", str(base), "-o", "out"],
         capture_output=True, text=True, cwd=env,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip().endswith("out/onprem-ubuntu24.04-k8s1.35.0.iso")
     bad = subprocess.run(
-        [*builder, "image", "onprem", *sets, "--base-iso", str(env / "nope.iso")],
+        [*builder, "image", "onprem", "--allow-demo", *sets, "--base-iso", str(env / "nope.iso")],
         capture_output=True, text=True, cwd=env,
     )  # fmt: skip
     assert bad.returncode == 2 and "--base-iso" in bad.stderr and "Traceback" not in bad.stderr
     ami = subprocess.run(
-        [*builder, "image", "aws", "--target", "iso"], capture_output=True, text=True, cwd=env
+        [*builder, "image", "aws", "--allow-demo", "--target", "iso"],
+        capture_output=True,
+        text=True,
+        cwd=env,
     )
     assert ami.returncode in (1, 2) and "Traceback" not in ami.stderr
 
@@ -200,7 +203,7 @@ def test_sigkilled_build_leaves_no_iso_and_next_run_succeeds(
     big_dir = tmp_path_factory.mktemp("big")
     big = pad_copy(base, big_dir / "big.iso", 400 << 20)  # slow enough to kill mid-write
     sets = [a for o in fixture_overrides(big) for a in ("--set", o)]
-    argv = [BUILDER, "image", "onprem", *sets,
+    argv = [BUILDER, "image", "onprem", "--allow-demo", *sets,
             "--base-iso", str(big), "-o", "dist"]  # fmt: skip
     dist = env / "dist"
     proc = subprocess.Popen(argv, cwd=env, start_new_session=True,

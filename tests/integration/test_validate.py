@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from builder import targets
-from builder.errors import ValidationError
+from builder.errors import ToolMissing, ValidationError
 from builder.site import validate
 from builder.site.profile import load_profile
 from builder.site.render import render_site
@@ -83,8 +83,8 @@ def test_validate_tree_reports_everything(tree: Path) -> None:
 def test_missing_tool_is_reported(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = shutil.which
     monkeypatch.setattr(validate, "which", lambda t: None if t == "packer" else real(t))
-    with pytest.raises(ValidationError) as exc:
+    with pytest.raises(ToolMissing) as exc:  # not "the rendered tree failed validation"
         validate.validate_tree(tree, checks=targets.CHECKS)
-    assert exc.value.problems == [
-        "packer-validate: packer not found (run `make deps`, or --skip packer-validate)"
-    ]
+    assert exc.value.message == "needs packer: apt-get install --no-install-recommends packer"
+    assert exc.value.hint is not None and "--skip packer-validate" in exc.value.hint
+    assert exc.value.exit_code == 1

@@ -107,8 +107,9 @@ def test_completion_lists_sites(workdir: Path) -> None:
 def test_image_dispatches_ami_to_packer_dry_run(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run_cli(capsys, "-q", "image", "aws", "--dry-run")
-    assert code == 0, err
+    code, out, err = run_cli(capsys, "-q", "image", "aws", "--allow-demo", "--dry-run")
+    # exit 1 when this machine could not really build it (tests/unit/test_dry_run.py)
+    assert code == 0 or "the real build would stop before Packer runs" in err, err
     assert out.startswith("packer build ")
     assert "-only=amazon-ebs." in out
     assert f"-var-file={workdir}/build/aws/packer/site.auto.pkrvars.json" in out
@@ -117,6 +118,6 @@ def test_image_dispatches_ami_to_packer_dry_run(
 def test_image_iso_rejects_packer_options(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_cli(capsys, "image", "onprem", "--dry-run")
+    code, _, err = run_cli(capsys, "image", "onprem", "--allow-demo", "--dry-run")
     assert code == 2
     assert "--dry-run and --base-image are for ami/qcow2 targets" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import ssl
@@ -9,6 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 
 from builder import cli
@@ -50,10 +52,16 @@ def hubdir(tmp_path, capsys):
 
 def test_init_writes_keys_privately_and_prints_the_pins(hubdir):
     d, out = hubdir
-    lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    # issue 15 item 9: paste-ready profile YAML (an absolute file: path to the CA)
+    pasted = yaml.safe_load(out)
     der = ssl.PEM_cert_to_DER_cert((d / "ca.pem").read_text())
-    assert lines["enrollment.ca_pin"] == "sha256:" + hashlib.sha256(der).hexdigest()
-    assert lines["wireguard.hub_public_key"] == wg_public_key((d / "wg.key").read_text().strip())
+    assert pasted == {
+        "enrollment": {
+            "ca_cert": f"file:{(d / 'ca.pem').resolve()}",
+            "ca_pin": "sha256:" + hashlib.sha256(der).hexdigest(),
+        },
+        "wireguard": {"hub_public_key": wg_public_key((d / "wg.key").read_text().strip())},
+    }
     for name in ("ca.key", "server.key", "wg.key", "secret.key", "hub.json"):
         assert stat.S_IMODE((d / name).stat().st_mode) == 0o600, name
     cert = x509.load_pem_x509_certificate((d / "server.pem").read_bytes())
@@ -116,6 +124,7 @@ def test_token_lifecycle_and_nodes(hubdir, capsys):
         conf,
         "--site",
         "lab",
+        "--new-site",
         "--uses",
         "3",
         "--ttl",
@@ -226,7 +235,7 @@ def test_init_for_a_site_writes_the_control_planes_kubeadm_config(workdir, capsy
     ]
     assert cluster["controlPlaneEndpoint"] == "10.200.0.1:6443"
     assert {"10.200.0.1", "hub.example.com"} <= set(cluster["apiServer"]["certSANs"])
-    assert "kubeadm init --config" in out and "builder hub doctor" in out
+    assert "kubeadm init --config" in err and "builder hub doctor" in err  # next steps
 
 
 def test_the_hub_defaults_agree_with_base_yaml(tmp_path):
@@ -283,3 +292,91 @@ def test_a_request_that_gave_up_does_not_stop_the_writer_link(hubdir, monkeypatc
         assert link.alive()
     finally:
         link.stop()
+
+
+# --- issue 15 item 8: `hub token create --site` checks the site exists -----------------------
+
+
+def test_token_create_checks_the_site_exists(hubdir, workdir, capsys):
+    d, _ = hubdir
+    conf = str(d / "hub.json")
+    code, out, err = run_cli(capsys, "hub", "token", "create", "--config", conf, "--site", "onprme")
+    assert code == 2
+    assert out == ""
+    assert "error: --site: no site 'onprme'" in err
+    assert "did you mean 'onprem'?" in err
+    code, out, err = run_cli(capsys, "hub", "token", "create", "--config", conf, "--site", "onprem")
+    assert code == 0, err
+    assert out.startswith("nf1.")
+    # a site the hub already serves (its tokens) is known without a profile
+    code, _, err = run_cli(
+        capsys, "hub", "token", "create", "--config", conf, "--site", "lab", "--new-site"
+    )
+    assert code == 0, err
+    empty = workdir / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(
+        capsys,
+        "hub",
+        "token",
+        "create",
+        "--config",
+        conf,
+        "--site",
+        "lab",
+        "--profiles",
+        str(empty),
+    )
+    assert code == 0, err
+
+
+def test_init_json_and_the_pasted_yaml_makes_a_valid_profile(workdir, capsys):
+    code, out, err = run_cli(capsys, "hub", "init", "--site", "onprem", "--json", "h")
+    assert code == 0, err
+    info = json.loads(out)
+    assert set(info) >= {"config", "ca_cert", "ca_pin", "hub_public_key", "profile"}
+    code, text, err = run_cli(capsys, "hub", "init", "--site", "onprem", "h2")
+    assert code == 0, err
+    site = yaml.safe_load(text)
+    site.update({"extends": "onprem"})
+    (workdir / "profiles" / "mine.yaml").write_text(yaml.safe_dump(site))
+    code, shown, err = run_cli(capsys, "show", "mine", "--json")
+    assert code == 0, err  # the pin matches the CA it names: the check_ca_pin check passed
+    assert json.loads(shown)["enrollment"]["ca_pin"] == site["enrollment"]["ca_pin"]
+
+
+# --- issue 15 item 9: admin output --------------------------------------------------------------
+
+
+def test_token_list_columns_json_and_revoke_twice(hubdir, capsys):
+    d, _ = hubdir
+    conf = str(d / "hub.json")
+    code, out, err = run_cli(
+        capsys, "hub", "token", "create", "--config", conf, "--site", "lab", "--new-site",
+        "--ttl", "2h", "--description", "rack 7",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "{" not in err  # no raw audit JSON on the terminal (it is in the hub's audit log)
+    tid = out.strip().split(".")[1]
+    code, out, _ = run_cli(capsys, "hub", "token", "list", "--config", conf)
+    header, row = out.splitlines()
+    assert header.split() == ["ID", "SITE", "USED", "APPROVE", "EXPIRES", "STATUS", "DESCRIPTION"]
+    assert row.split()[:4] == [tid, "lab", "0/1", "no"] and row.split()[-3:] == [
+        "valid",
+        "rack",
+        "7",
+    ]
+    for col in ("SITE", "USED", "EXPIRES", "STATUS", "DESCRIPTION"):  # aligned columns
+        start = header.index(col)
+        assert row[start - 2 : start] == "  " and row[start] != " "
+    code, out, _ = run_cli(capsys, "hub", "token", "list", "--config", conf, "--json")
+    (rec,) = json.loads(out)
+    assert rec["approve"] is False and rec["status"] == "valid"
+    assert rec["revoked_at"] is None and rec["description"] == "rack 7"
+    created = datetime.datetime.fromisoformat(rec["created_at"])
+    expires = datetime.datetime.fromisoformat(rec["expires_at"])
+    assert expires - created == datetime.timedelta(hours=2)
+    code, out, err = run_cli(capsys, "hub", "token", "revoke", "--config", conf, tid)
+    assert code == 0 and out.strip() == f"token {tid}: revoked" and "{" not in err
+    code, out, _ = run_cli(capsys, "hub", "token", "revoke", "--config", conf, tid)
+    assert code == 0 and out.startswith(f"token {tid}: already revoked (")

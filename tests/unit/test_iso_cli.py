@@ -13,7 +13,7 @@ def test_cli_image_bad_base_iso_exit_2_nothing_written(
     from builder.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["image", "onprem", "--base-iso", "missing.iso"])
+        main(["image", "onprem", "--allow-demo", "--base-iso", "missing.iso"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "error: --base-iso: missing.iso: no such file" in err
@@ -27,7 +27,7 @@ def test_cli_image_bad_volume_id_names_the_key(
     from builder.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["image", "onprem", "--set", "iso.volume_id=" + "X" * 40])
+        main(["image", "onprem", "--allow-demo", "--set", "iso.volume_id=" + "X" * 40])
     assert exc.value.code == 2
     assert "iso.volume_id" in capsys.readouterr().err
     assert not (workdir / "build").exists() and not (workdir / "dist").exists()

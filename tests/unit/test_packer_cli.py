@@ -21,8 +21,10 @@ def _no_tools(monkeypatch, tmp_path):
 
 
 def test_ami_dry_run_prints_the_command_only():
-    r = CliRunner().invoke(cli, ["image", "aws", "--dry-run"])
-    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["image", "aws", "--allow-demo", "--dry-run"])
+    # no packer here: the dry run still prints the command, then says the run would stop
+    assert r.exit_code == 1, r.output
+    assert "needs packer" in str(r.exception)
     [line] = r.stdout.splitlines()
     assert line.startswith("packer build -color=false -on-error=cleanup -only=amazon-ebs.node ")
     assert "/build/aws/packer/site.auto.pkrvars.json" in line
@@ -31,14 +33,14 @@ def test_ami_dry_run_prints_the_command_only():
 
 
 def test_qcow2_dry_run_via_target_override():
-    r = CliRunner().invoke(cli, ["image", "aws", "--target", "qcow2", "--dry-run"])
-    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["image", "aws", "--allow-demo", "--target", "qcow2", "--dry-run"])
+    assert r.exit_code == 1 and "needs packer" in str(r.exception), r.output
     assert "-only=qemu.node" in r.stdout and "-var=qemu_accelerator=" in r.stdout
 
 
 def test_iso_site_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["image", "onprem", "--target", "iso", "--dry-run"])
+        main(["image", "onprem", "--allow-demo", "--target", "iso", "--dry-run"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--dry-run and --base-image are for ami/qcow2 targets" in err
@@ -48,7 +50,8 @@ def test_iso_site_is_a_usage_error(capsys):
 def test_missing_packer_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SystemExit) as exc:
-        main(["image", "aws"])
+        main(["image", "aws", "--allow-demo"])
     assert exc.value.code == 1
     err = capsys.readouterr().err
-    assert "error: packer not found" in err and "hint:" in err
+    assert "error: needs packer: apt-get install --no-install-recommends packer" in err
+    assert "hint:" in err

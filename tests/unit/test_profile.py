@@ -9,6 +9,8 @@ import pytest
 from builder.errors import UsageError, ValidationError
 from builder.site.profile import list_sites, load_profile, parse_overrides
 
+REPO_PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+
 
 def problems_of(site: str, *overrides: str, pdir: Path | None = None) -> list[str]:
     with pytest.raises(ValidationError) as exc:
@@ -78,13 +80,21 @@ def test_required_modules_and_sysctls_always_present(workdir: Path) -> None:
     assert profile.sysctls["vm.overcommit_memory"] == "1"
 
 
+# problems name the line where the layer's YAML has the key (issue 15 item 6)
+BASE_SERVICE_CIDR_LINE = next(
+    n
+    for n, line in enumerate((REPO_PROFILES / "base.yaml").read_text().splitlines(), 1)
+    if line.strip().startswith("service_cidr:")
+)
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
         (
             "wireguard.overlay_cidr=10.96.0.0/16",
-            "profiles/base.yaml: kubernetes.service_cidr: 10.96.0.0/12 overlaps "
-            "wireguard.overlay_cidr",
+            f"profiles/base.yaml: line {BASE_SERVICE_CIDR_LINE}: kubernetes.service_cidr: "
+            "10.96.0.0/12 overlaps wireguard.overlay_cidr",
         ),
         (
             "kubernetes.pod_cidr=10.200.0.0/24",
@@ -151,9 +161,10 @@ def test_every_problem_reported_at_once_and_sorted(workdir: Path) -> None:
 
 def test_unknown_key_in_file_names_the_file(workdir: Path) -> None:
     path = workdir / "profiles/aws.yaml"
+    line = len(path.read_text().splitlines()) + 1
     write(path, path.read_text() + "wiregaurd: {mtu: 1400}\n")
     assert problems_of("aws") == [
-        "profiles/aws.yaml: wiregaurd: unknown key (did you mean 'wireguard'?)"
+        f"profiles/aws.yaml: line {line}: wiregaurd: unknown key (did you mean 'wireguard'?)"
     ]
 
 

@@ -6,7 +6,7 @@ import string
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from builder.errors import BuilderError
@@ -111,6 +111,8 @@ def test_random_profile_files_never_crash(workdir: Path, doc: object) -> None:
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.binary(max_size=200))
+@example(b"~: 1\n")  # a null key: TypeError (issue 18 item 8); now "a key must be text"
+@example(b"extends: base\nkubernetes:\n  labels:\n    ~: 1\n    a: b\n")
 def test_garbage_bytes_never_crash(workdir: Path, blob: bytes) -> None:
     (workdir / "profiles" / "fuzz.yaml").write_bytes(blob)
     try:

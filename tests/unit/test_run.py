@@ -111,7 +111,7 @@ def test_spawn_leaves_a_finished_child_alone() -> None:
 
 
 def test_spawn_reports_a_missing_program() -> None:
-    with pytest.raises(BuilderError, match="not found"), spawn(["no-such-program-x"]):
+    with pytest.raises(BuilderError, match="needs no-such-program-x"), spawn(["no-such-program-x"]):
         pass
 
 

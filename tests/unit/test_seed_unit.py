@@ -103,8 +103,11 @@ def test_unknown_nocloud_file_rejected() -> None:
         seed.seed_bytes({"user-data": b"", "meta-data": b"", "vendor": b""})
 
 
+TOKEN = "nf1.0123456789abcdef." + "A" * 43  # the form `builder hub token create` prints
+
+
 def test_cli_seed_writes_0600_and_prints_path(workdir: Path) -> None:
-    (workdir / "token").write_text("tok-123\n")
+    (workdir / "token").write_text(TOKEN + "\n")
     res = CliRunner().invoke(
         cli,
         [
@@ -119,15 +122,15 @@ def test_cli_seed_writes_0600_and_prints_path(workdir: Path) -> None:
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     label, files = seed.read_seed(out)
     assert label == "CIDATA"
-    assert files["user-data"] == _files()["user-data"]
-    assert b"tok-123" not in res.output.encode()
+    assert yaml.safe_load(files["user-data"])["write_files"][0]["content"] == TOKEN + "\n"
+    assert TOKEN not in res.output
 
 
 def test_cli_seed_bad_ip_exit_2_nothing_written(workdir: Path) -> None:
     from builder.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["seed", "onprem", "--ip", "300.1.1.1/24", "-o", "seed.iso"])
+        main(["seed", "onprem", "--hostname", "n1", "--ip", "300.1.1.1/24", "-o", "seed.iso"])
     assert exc.value.code == 2
     assert not (workdir / "seed.iso").exists()
     assert not list(workdir.glob(".seed.iso.*"))
@@ -137,7 +140,56 @@ def test_cli_seed_missing_token_file_exit_2(workdir: Path, capsys: pytest.Captur
     from builder.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["seed", "onprem", "--token-file", "nope", "-o", "seed.iso"])
+        main(["seed", "onprem", "--hostname", "n1", "--token-file", "nope", "-o", "seed.iso"])
     assert exc.value.code == 2
     assert "--token-file: nope" in capsys.readouterr().err
     assert not (workdir / "seed.iso").exists()
+
+
+# --- issue 15 item 8: seed validates its input (exit 2, nothing written) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--hostname", "n1", "--token-file", "token"],
+            "--token-file: token: not an enrollment token",
+        ),
+        (
+            ["--hostname", "n1", "--token-file", "empty"],
+            "--token-file: empty: not an enrollment token",
+        ),
+        (
+            ["--hostname", "n1", "--ip", "10.9.8.7/24"],
+            "--ip: 10.9.8.7 is not in the site LAN 192.168.50.0/24",
+        ),
+        (["--hostname", "n1", "--ip", "192.168.50.255/24"], "broadcast address"),
+        ([], "Missing option '--hostname'"),
+    ],
+    ids=["malformed-token", "empty-token", "ip-outside-site-lan", "broadcast", "no-hostname"],
+)
+def test_cli_seed_rejects_bad_node_input(
+    workdir: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    from builder.cli import main
+
+    (workdir / "token").write_text("tok-123\n")
+    (workdir / "empty").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main(["seed", "onprem", *args, "-o", "seed.iso"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (workdir / "seed.iso").exists()
+
+
+def test_cli_seed_ip_inside_the_site_lan_is_fine(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from builder.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["seed", "onprem", "--hostname", "n1", "--ip", "192.168.50.10/24", "-o", "s.iso"])
+        raise SystemExit(0)
+    assert exc.value.code == 0, capsys.readouterr().err
+    assert (workdir / "s.iso").is_file()
