@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.errors import UsageError
+
 from . import config as hub_config
 from .pki import init_hub
 from .store import Pool, Store
