@@ -331,9 +331,11 @@ def test_a_token_holder_cannot_take_over_an_active_node(lab, hub):
     """Issue 14 finding 1, with the real agent: a site token, an active node's node_id (or
     just its fingerprint) gave its address, a new secret, and removed its peer."""
     conf = str(hub["config"])
-    own = builder("hub", "token", "create", "--config", conf, "--site", "lab").stdout.strip()
+    own = builder(
+        "hub", "token", "create", "--config", conf, "--site", "lab", "--new-site"
+    ).stdout.strip()
     site = builder(
-        "hub", "token", "create", "--config", conf, "--site", "lab", "--uses", "5"
+        "hub", "token", "create", "--config", conf, "--site", "lab", "--new-site", "--uses", "5"
     ).stdout.strip()
     lab.add_node("v", 5)
     vpath, vcfg = node_config(lab, hub, "v", own)
@@ -664,7 +666,16 @@ def test_hostile_clients_do_not_lock_out_nodes(lab):
     proc = lab.start_hub(h["config"], h["log"], {"NF_STANDIN_RECORD": str(h["record"])})
     lab.wait_healthy(h["url"], h["ca"], proc, h["log"])
     token = builder(
-        "hub", "token", "create", "--config", str(h["config"]), "--site", "lab", "--uses", "1000"
+        "hub",
+        "token",
+        "create",
+        "--config",
+        str(h["config"]),
+        "--site",
+        "lab",
+        "--new-site",
+        "--uses",
+        "1000",
     ).stdout.strip()
     bad = [f"192.168.77.{i}" for i in range(100, 106)]  # 6 hostile addresses
     idle = [f"192.168.77.{i}" for i in range(10, 74)]  # 64 x 32 = 2,048 idle connections

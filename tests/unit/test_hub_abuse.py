@@ -104,7 +104,16 @@ class LiveHub:
             conn.close()
 
     def token(self, uses: int = 10, approve: bool = False) -> str:
-        argv = ["hub", "token", "create", "--config", str(self.config), "--site", "lab"]
+        argv = [
+            "hub",
+            "token",
+            "create",
+            "--config",
+            str(self.config),
+            "--site",
+            "lab",
+            "--new-site",
+        ]
         argv += ["--uses", str(uses)] + (["--approve"] if approve else [])
         p = subprocess.run(
             [sys.executable, "-c", "from builder.cli import main; main()", *argv],
