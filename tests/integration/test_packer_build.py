@@ -160,6 +160,11 @@ def test_real_qemu_build_from_standin_base(tmp_path, http_repo, monkeypatch):
     status = cat("/var/lib/dpkg/status")
     for pkg in ("kubeadm", "kubelet", "kubectl", "cri-o"):
         assert f"Package: {pkg}\nStatus: hold ok installed" in status
+    # not in the (stand-in) base image: installed by provisioning, as on every target
+    assert "Package: wireguard-tools\nStatus: install ok installed" in status
+    # the overlay's CRI-O drop-in beside the package's own (one renderer per node file)
+    crio_dir = run(["debugfs", "-R", "ls /etc/crio/crio.conf.d", raw]).stdout
+    assert "10-crio.conf" in crio_dir and "20-nodeforge.conf" in crio_dir
     wants = run(["debugfs", "-R", "ls /etc/systemd/system/multi-user.target.wants", raw]).stdout
     for unit in ("nodeforge-enroll.service", "crio.service", "kubelet.service"):
         assert unit in wants
