@@ -241,3 +241,15 @@ def test_hfsplus_base_falls_back(env: Path) -> None:
     assert "boot/grub/grub.cfg" in changed
     report = _xorriso("-indev", str(out), "-report_el_torito", "plain")
     assert "BIOS" in report and "UEFI" in report
+
+
+def test_the_base_is_grown_not_rewritten(base: Path, env: Path) -> None:
+    """Growing mode (issue 17): past the system area and the volume descriptors xorriso
+    rewrites in place (the first 48 blocks), every byte of the base is where it was, and the
+    new session follows it. A silent fall back to rewriting the whole image fails here."""
+    res = _build(base, env)
+    old, new = base.read_bytes(), res.path.read_bytes()
+    start = 48 * 2048
+    assert len(new) > len(old)
+    assert new[start : len(old)] == old[start:]
+    assert new[:start] != old[:start]
