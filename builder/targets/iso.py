@@ -207,6 +207,7 @@ def copy_base(base: Path, out: Path) -> None:
             if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
             shutil.copyfileobj(src, dst, 1 << 20)  # continues from the current offsets
+            left = os.fstat(src.fileno()).st_size - dst.tell()
         if left > 0:
             raise BuilderError(f"{base}: shrank while being copied")
 

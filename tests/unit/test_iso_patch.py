@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 
 import pytest
 
@@ -178,3 +180,22 @@ def test_growing_argv_works_on_the_copy_and_reappends_the_esp(tmp_path) -> None:
     assert f"-dev {tmp_path}/o.iso" in joined and "-indev" not in argv
     assert f"-boot_image any replay -append_partition 2 {grow[0][1]} {esp}" in joined
     assert f"-map {stage}/nocloud/user-data /nocloud/user-data" in joined
+
+
+@pytest.mark.parametrize("refuse", [None, errno.EXDEV, errno.ENOSYS])
+def test_copy_base_copies_every_byte_with_or_without_copy_file_range(
+    tmp_path,
+    monkeypatch,
+    refuse,  # type: ignore[no-untyped-def]
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    src, dst = tmp_path / "base.iso", tmp_path / "out.iso"
+    src.write_bytes(data)
+    if refuse is not None:
+
+        def no_cfr(*a, **k):  # type: ignore[no-untyped-def]
+            raise OSError(refuse, os.strerror(refuse))
+
+        monkeypatch.setattr(iso.os, "copy_file_range", no_cfr)
+    iso.copy_base(src, dst)
+    assert dst.read_bytes() == data
