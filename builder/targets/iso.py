@@ -157,7 +157,7 @@ def _inspect(base: Path, paths: Iterable[str], dest: Path) -> tuple[dict[str, by
     wanted = list(paths)
     dest.mkdir(parents=True, exist_ok=True)
     argv: list[str | os.PathLike[str]] = [
-        "xorriso", "-abort_on", "NEVER", "-osirrox", "on", "-indev", base,
+        "xorriso", "-abort_on", "NEVER", "-osirrox", "on", "-indev", drive(base),
         "-report_system_area", "cmd",
     ]  # fmt: skip
     for i, p in enumerate(wanted):
@@ -220,6 +220,12 @@ def _extract_range(base: Path, start: int, length: int, dest: Path) -> None:
         dst.write(data)
 
 
+def drive(path: Path) -> str:
+    """A file as an xorriso drive address: ``stdio:`` says it is a file, not an optical
+    drive (xorriso refuses addresses under /dev without it, e.g. /dev/shm/…)."""
+    return f"stdio:{os.fspath(path)}"
+
+
 def _tail(text: str | None, n: int = 8) -> str:
     return "\n".join((text or "").strip().splitlines()[-n:])
 
@@ -275,9 +281,9 @@ def remaster_argv(
     """xorriso's argv: modifying mode (``-indev base -outdev out``: the whole image is
     written), or with ``grow`` (appended partitions: number, type, file) growing mode on
     ``out``, a copy of the base (``-dev out``: one session appended)."""
-    dev: list[str | os.PathLike[str]] = ["-indev", base, "-outdev", out]
+    dev: list[str | os.PathLike[str]] = ["-indev", drive(base), "-outdev", drive(out)]
     if grow is not None:
-        dev = ["-dev", out]
+        dev = ["-dev", drive(out)]
     argv: list[str | os.PathLike[str]] = [
         "xorriso",
         "-report_about", "WARNING",

@@ -177,7 +177,7 @@ def test_growing_argv_works_on_the_copy_and_reappends_the_esp(tmp_path) -> None:
         )
     ]
     joined = " ".join(argv)
-    assert f"-dev {tmp_path}/o.iso" in joined and "-indev" not in argv
+    assert f"-dev stdio:{tmp_path}/o.iso" in joined and "-indev" not in argv
     assert f"-boot_image any replay -append_partition 2 {grow[0][1]} {esp}" in joined
     assert f"-map {stage}/nocloud/user-data /nocloud/user-data" in joined
 
