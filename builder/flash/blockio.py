@@ -2,8 +2,9 @@
 
 - ``write_image`` copies an image to an open target in large page-aligned blocks with
   ``O_DIRECT`` while the target takes it (else buffered, transparently: the unaligned tail,
-  or a filesystem that refuses it), the image read and hashed in a second thread so that
-  reading, hashing and writing overlap; ``fsync`` at the end;
+  or a filesystem that refuses it): the image is read in one thread, hashed in a second,
+  and written by two more, so reading, hashing and two writes are in flight together;
+  ``fsync`` at the end;
 - ``read_back_sha256`` hashes the start of a target as the medium holds it: ``O_DIRECT``,
   or buffered after dropping the page cache;
 - ``hash_file`` hashes an image through the same pipeline.
@@ -21,12 +22,13 @@ import logging
 import mmap
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from builder.errors import BuilderError
 from builder.progress import ProgressLike, human_size
@@ -113,33 +115,36 @@ def _readinto_full(fh: IO[bytes], buf: memoryview) -> int:
 
 
 class _Writer:
-    """Sequential writes to ``fd``; O_DIRECT while possible, buffered for the rest."""
+    """Positional writes to ``fd`` from several threads; O_DIRECT while the target takes
+    it, buffered after (the unaligned tail is kept for ``finish``, after the others)."""
 
     def __init__(self, fd: int, direct: bool) -> None:
         self.fd = fd
         self.direct = direct
         self.written = 0
         self.direct_bytes = 0
+        self.lock = threading.Lock()
+        self.tail: tuple[int, bytes] | None = None
 
     def _buffered(self) -> None:
-        if self.direct:
-            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~O_DIRECT)
-            self.direct = False
+        with self.lock:
+            if self.direct:
+                flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~O_DIRECT)
+                self.direct = False
 
-    def write(self, data: memoryview) -> None:
+    def pwrite(self, data: memoryview, offset: int) -> None:
+        if self.direct and len(data) % ALIGN:
+            cut = len(data) - len(data) % ALIGN
+            with self.lock:
+                self.tail = (offset + cut, bytes(data[cut:]))
+            data = data[:cut]
         while len(data):
-            chunk = data
-            if self.direct and (len(data) % ALIGN or self.written % ALIGN):
-                aligned = len(data) - len(data) % ALIGN if self.written % ALIGN == 0 else 0
-                if aligned == 0:
-                    self._buffered()  # the unaligned tail of the image
-                else:
-                    chunk = data[:aligned]
+            direct = self.direct
             try:
-                n = os.write(self.fd, chunk)
+                n = os.pwrite(self.fd, data, offset)
             except OSError as exc:
-                if exc.errno == errno.EINVAL and self.direct:
+                if exc.errno == errno.EINVAL and direct:
                     log.debug("O_DIRECT write refused (%s); continuing buffered", exc)
                     self._buffered()
                     continue
@@ -148,13 +153,24 @@ class _Writer:
                         f"target full after {human_size(self.written)}: it is smaller than "
                         "the image"
                     ) from exc
-                raise BuilderError(f"write failed after {self.written} bytes: {exc}") from exc
+                raise BuilderError(f"write failed at byte {offset}: {exc}") from exc
             if n == 0:
-                raise BuilderError(f"write failed after {self.written} bytes: no progress")
-            self.written += n
-            if self.direct:
-                self.direct_bytes += n
+                raise BuilderError(f"write failed at byte {offset}: no progress")
+            with self.lock:
+                self.written += n
+                if direct:
+                    self.direct_bytes += n
             data = data[n:]
+            offset += n
+
+    def finish(self) -> None:
+        """Write the unaligned tail, buffered (every other write has ended)."""
+        if self.tail is None:
+            return
+        offset, data = self.tail
+        self.tail = None
+        self._buffered()
+        self.pwrite(memoryview(data), offset)
 
 
 def open_write(path: Path, *, direct: bool, exclusive: bool) -> tuple[int, bool]:
@@ -180,6 +196,22 @@ class WriteResult:
     direct: bool
 
 
+WRITERS = 2  # O_DIRECT writes in flight at once (each waits for the device)
+
+
+def _prepare_target(fd: int, length: int) -> None:
+    """A regular file gets its blocks before the writes: O_DIRECT writes that extend a file
+    are serialised by the file system (ext4, XFS); writes into allocated blocks are not."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size >= length:
+        return
+    with contextlib.suppress(OSError):  # not supported here: the writes extend it instead
+        os.posix_fallocate(fd, 0, length)
+
+
+class _Stop(Exception):
+    """Another stage failed: this one ends quietly."""
+
+
 def write_image(
     image: Path,
     target_fd: int,
@@ -189,27 +221,113 @@ def write_image(
     hash_image: bool,
     progress: ProgressLike,
     block_size: int = BLOCK_SIZE,
+    writers: int = WRITERS,
 ) -> WriteResult:
-    """Copy ``length`` bytes of ``image`` to ``target_fd`` (opened by the caller), fsync."""
+    """Copy ``length`` bytes of ``image`` to ``target_fd`` (opened by the caller), fsync.
+
+    Three stages over a ring of page-aligned buffers, each in its own thread(s), so that
+    reading the image, hashing it and writing the target overlap: one reader (sequential
+    reads), one hasher (in order; only with ``hash_image``), and ``writers`` threads with a
+    ``pwrite`` each at the block's offset, so the device has that many writes queued (an
+    O_DIRECT write returns only when the device has the data). The unaligned tail of the
+    image, or every block once the target refuses O_DIRECT, is written buffered.
+    """
     start = time.monotonic()
     hasher = hashlib.sha256() if hash_image else None
     writer = _Writer(target_fd, direct)
-    read = 0
-    with open(image, "rb", buffering=0) as src:
+    _prepare_target(target_fd, length)
+    nbuf = writers + 2
+    bufs = _buffers(nbuf, block_size)
+    free: queue.Queue[int] = queue.Queue()
+    to_hash: queue.Queue[tuple[int, int, int] | None] = queue.Queue()
+    to_write: queue.Queue[tuple[int, int, int] | None] = queue.Queue()
+    done: queue.Queue[int | BaseException] = queue.Queue()
+    stop = threading.Event()
+    for i in range(nbuf):
+        free.put(i)
 
-        def fill(buf: memoryview) -> int:
-            nonlocal read
-            n = _readinto_full(src, buf[: min(len(buf), length - read)])
-            read += n
-            if hasher is not None and n:
-                hasher.update(buf[:n])
-            return n
+    def get(q: queue.Queue[Any]) -> Any:
+        while True:
+            if stop.is_set():
+                raise _Stop
+            with contextlib.suppress(queue.Empty):
+                return q.get(timeout=0.1)
 
-        def drain(data: memoryview) -> None:
-            writer.write(data)
-            progress.update(len(data))
+    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                fn()
+            except _Stop:
+                pass
+            except BaseException as exc:  # handed to the main thread
+                done.put(exc)
 
-        _pipeline(fill, drain, block_size)
+        return body
+
+    def reader() -> None:
+        nxt = to_hash if hasher is not None else to_write
+        offset = 0
+        with open(image, "rb", buffering=0) as src:
+            while offset < length:
+                i = get(free)
+                n = _readinto_full(src, memoryview(bufs[i])[: min(block_size, length - offset)])
+                if n == 0:
+                    free.put(i)
+                    break
+                nxt.put((i, offset, n))
+                offset += n
+        nxt.put(None)
+
+    def hash_stage() -> None:
+        assert hasher is not None
+        while (item := get(to_hash)) is not None:
+            i, offset, n = item
+            hasher.update(memoryview(bufs[i])[:n])
+            to_write.put(item)
+        to_write.put(None)
+
+    def write_stage() -> None:
+        while (item := get(to_write)) is not None:
+            i, offset, n = item
+            writer.pwrite(memoryview(bufs[i])[:n], offset)
+            free.put(i)
+            done.put(n)
+        to_write.put(None)  # the end marker, for the next writer
+
+    threads = [threading.Thread(target=guarded(reader), name="flash-read", daemon=True)]
+    if hasher is not None:
+        threads.append(threading.Thread(target=guarded(hash_stage), name="flash-hash", daemon=True))
+    threads += [
+        threading.Thread(target=guarded(write_stage), name=f"flash-write-{k}", daemon=True)
+        for k in range(max(1, writers))
+    ]
+    for t in threads:
+        t.start()
+    written = 0
+    try:
+        while written < length:
+            if not any(t.is_alive() for t in threads) and done.empty():
+                break  # the image ended early
+            try:
+                got = done.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if isinstance(got, BaseException):
+                raise got
+            written += got
+            progress.update(got)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        while not done.empty():  # a failure that raced with the end
+            late = done.get()
+            if isinstance(late, BaseException) and written >= length:
+                raise late
+        for b in bufs:
+            with contextlib.suppress(BufferError):
+                b.close()
+    writer.finish()
     if writer.written != length:
         raise BuilderError(f"{image}: shrank while being written ({writer.written} < {length})")
     os.fsync(target_fd)

@@ -20,10 +20,23 @@ def _check_packer(tree: Path) -> list[str]:
     return check_packer_tree(tree)
 
 
-CHECKS: tuple[Check, ...] = (*SITE_CHECKS, Check("packer-validate", "packer", _check_packer))
+def _packer_inputs() -> tuple[Path, ...]:
+    from builder.targets import packer
+
+    return (Path(__file__), Path(packer.__file__), packer.packer_dir())
+
+
+# packer validate reads the rendered variables and the scripts they name: the whole tree
+CHECKS: tuple[Check, ...] = (
+    *SITE_CHECKS,
+    Check("packer-validate", "packer", _check_packer, ("**/*",), _packer_inputs),
+)
 CHECK_NAMES = tuple(c.name for c in CHECKS)
 
 
-def validate_site(render: Callable[[Path], object], skip: tuple[str, ...] = ()) -> list[str]:
-    """Render into a throwaway directory and run every check (nothing is written)."""
-    return validate_site_tree(render, skip, CHECKS)
+def validate_site(
+    render: Callable[[Path], object], skip: tuple[str, ...] = (), *, cache: bool = True
+) -> list[str]:
+    """Render into a throwaway directory and run every check (nothing is written); a check
+    that passed before on the same inputs is not run again (``cache=False`` runs it)."""
+    return validate_site_tree(render, skip, CHECKS, cache=cache)

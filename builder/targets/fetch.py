@@ -10,6 +10,15 @@
   (``builder.progress``: silent with ``-q``);
 - a wrong sha256 deletes the ``.part`` and raises; the cache is never left with a bad file;
 - no network: a ``BuilderError`` naming the URL and suggesting ``--base-iso``.
+
+A local file (``--base-iso``, a ``file://`` mirror) is hashed once: ``file_sha256`` keeps
+its sha256 under ``<cache>/hashes/`` with the file's identity and change stamps (device,
+inode, size, mtime and ctime in ns), and trusts it only while all of them still match.
+ctime is the kernel's: every write, truncate, rename over, chmod or utime sets it to the
+current time and no system call sets it to a chosen value, so a file whose stamps match has
+not been changed through the file system since it was hashed; a record is stored only if the
+stamps were the same before and after hashing. (Not covered, as for the download cache:
+writes to the raw block device under the file system, or media corruption.)
 """
 
 from __future__ import annotations
@@ -236,9 +245,36 @@ def _local(url: str) -> Path:
     return Path(parts.path)
 
 
+def _stamps(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _hash_record(path: Path) -> Path:
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+    return paths.cache_dir() / "hashes" / f"{key}.json"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a local file, from the record of an earlier hash while the file's stamps
+    (see the module docstring) are unchanged; else hashed, and recorded."""
+    record = _hash_record(path)
+    before = _stamps(os.stat(path))
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        doc = json.loads(record.read_text())
+        if doc["stamps"] == before and _HEX64.match(doc["sha256"]):
+            log.debug("%s: sha256 known (unchanged since hashed)", path)
+            return str(doc["sha256"])
+    digest = sha256_file(path)
+    if _stamps(os.stat(path)) == before:
+        with contextlib.suppress(OSError):
+            doc = {"path": str(path.resolve()), "stamps": before, "sha256": digest}
+            atomic_write(record, json.dumps(doc))
+    return digest
+
+
 def verify_file(path: Path, digest: str) -> None:
     """Raise unless ``path``'s sha256 is ``digest`` (for a local ``--base-iso``)."""
-    got = sha256_file(path)
+    got = file_sha256(path)
     if got != digest:
         raise BuilderError(
             f"{path}: sha256 mismatch: expected {digest}, got {got}",

@@ -27,7 +27,9 @@ import fcntl
 import hashlib
 import json
 import logging
+import mmap
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ from typing import Any
 from builder import TOOL, __version__, buildinfo, progress
 from builder import dist as distfiles
 from builder.errors import BuilderError, Refused, UsageError
-from builder.fsutil import atomic_output, claim_output_dir, mark_ours, sha256_file
+from builder.fsutil import atomic_output, claim_output_dir, mark_ours
 from builder.site import demo
 from builder.site.profile import Profile, load_profile
 from builder.site.render import image_name, render_site
@@ -47,6 +49,7 @@ from .packer import PackerPlan, PackerResult
 log = logging.getLogger("builder.image")
 
 ISO_CODE = Path(iso.__file__)
+HASH_STEP = 64 << 20  # bytes per hash update (each releases the GIL)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,32 @@ def _clean_stale(dist: Path, name: str) -> None:
         log.info("removing the leftover of an interrupted build: %s", stale.name)
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
+
+
+def hash_and_flush(path: Path) -> tuple[str, int]:
+    """sha256 and size of the just-written ``path``, with its fsync running meanwhile.
+
+    The pages are still in the page cache: the hash maps them (no copy into this process)
+    while a second thread writes them back to the disk, so the fsync ``atomic_output`` does
+    before its rename finds nothing left to do. Both release the GIL.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb+") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        flusher = threading.Thread(target=os.fsync, args=(fh.fileno(),), name="iso-fsync")
+        flusher.start()
+        try:
+            if size:
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                    pages = memoryview(view)  # slices of it are views, not copies
+                    try:
+                        for off in range(0, size, HASH_STEP):
+                            h.update(pages[off : off + HASH_STEP])
+                    finally:
+                        pages.release()
+        finally:
+            flusher.join()
+    return h.hexdigest(), size
 
 
 def _tree_digest(tree: Path) -> str:
@@ -210,7 +239,7 @@ def _base(
             digest = want
         else:
             log.warning("--no-verify: using %s without checking its sha256", base_iso)
-            digest = sha256_file(base_iso)
+            digest = fetch.file_sha256(base_iso)
             info["verified"] = False
         info["local_path"] = str(base_iso)
         return base_iso, digest, info
@@ -298,8 +327,7 @@ def build_iso(
             progress.watch_file(tmp, base.stat().st_size, f"remaster {name}"),
         ):
             iso.remaster(base, tmp, tree, volume_id=volume_id, grub_timeout=timeout, epoch=epoch)
-            digest = sha256_file(tmp)
-            size = tmp.stat().st_size
+            digest, size = hash_and_flush(tmp)
         doc = distfiles.manifest(
             distfiles.tree_record(rendered.path),
             "iso",

@@ -1,9 +1,22 @@
 """Remaster an Ubuntu live-server ISO for unattended install, keeping its hybrid boot.
 
-``remaster(base, out, add_dir, volume_id=…, grub_timeout=…)`` runs one xorriso::
+``remaster(base, out, add_dir, volume_id=…, grub_timeout=…)`` grows a copy of the base
+rather than rewriting it (issue 17)::
 
-    xorriso -indev BASE -outdev OUT -boot_image any replay -volid … \
-            -map <staged file> /<path> …
+    copy BASE -> OUT            (copy_file_range: a reflink on XFS/btrfs, kernel-side elsewhere)
+    xorriso -dev OUT -boot_image any replay -append_partition 2 <type> <ESP copy> -volid … \
+            -map <staged file> /<path> … -commit
+
+xorriso's growing mode on an overwritable medium (a regular file is one) appends one small
+session with our files and rewrites the volume descriptors at LBA 16 (and at the partition
+offset's, so the GPT "ISO9660" partition mounts the new tree too) and the system area in
+place; the base's bytes are not read or written again. The base's appended partitions (the
+EFI system partition) are copied out and appended again after the new session, so the
+layout stays Ubuntu's: partition 1 covers the whole ISO 9660 tree, the ESP follows it, and
+the El Torito EFI entry points at it. (Left where it was, the ESP would sit inside the grown
+image and xorriso would have to shorten partition 1 to end before it, so partition 1 would
+no longer hold the new tree.) Should growing fail, the whole image is written in xorriso's
+modifying mode instead (``-indev BASE -outdev OUT``), the pre-issue-17 path.
 
 ``-boot_image any replay`` re-creates the base's boot setup (BIOS El Torito, GRUB hybrid
 MBR, protective MBR + GPT, the appended EFI system partition with the Secure Boot shim), so
@@ -25,6 +38,7 @@ which replay cannot keep: on that failure we retry with ``-hfsplus off``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -51,6 +65,13 @@ PREPARER_ID = f"{TOOL.upper()} REMASTER"
 VOLID_MAX = 32
 # What xorriso says when replaying a grub-mkrescue base (HFS+ / APM next to the GPT) fails.
 HFS_SIGNS = ("hfs", "cannot set up gpt", "gpt partitions", "apm")
+
+# One replayed appended partition: `-append_partition 2 <type> --interval:imported_iso:A d-B d::…`
+_APPENDED_RE = re.compile(
+    r"^-append_partition\s+(?P<n>\d+)\s+(?P<type>\S+)\s+"
+    r"--interval:imported_iso:(?P<a>\d+)(?P<au>[ds])-(?P<b>\d+)(?P<bu>[ds])::"
+)
+_UNIT = {"d": 512, "s": 2048}
 
 _LINUX_RE = re.compile(r"^(?P<indent>\s*)(?P<cmd>linux|linuxefi)(?P<sep>\s+)(?P<rest>\S.*?)\s*$")
 _TIMEOUT_RE = re.compile(r"^(?P<indent>\s*)set\s+timeout\s*=\s*\S+\s*$")
@@ -128,10 +149,16 @@ def refresh_md5sums(text: str, changed: dict[str, bytes]) -> str:
 
 def read_files(base: Path, paths: Iterable[str], dest: Path) -> dict[str, bytes]:
     """Extract ``paths`` (relative to the ISO root) from ``base``; missing ones are absent."""
+    return _inspect(base, paths, dest)[0]
+
+
+def _inspect(base: Path, paths: Iterable[str], dest: Path) -> tuple[dict[str, bytes], str]:
+    """``read_files`` plus the base's boot setup as xorriso commands (one xorriso run)."""
     wanted = list(paths)
     dest.mkdir(parents=True, exist_ok=True)
     argv: list[str | os.PathLike[str]] = [
-        "xorriso", "-abort_on", "NEVER", "-osirrox", "on", "-indev", base,
+        "xorriso", "-abort_on", "NEVER", "-osirrox", "on", "-indev", drive(base),
+        "-report_system_area", "cmd",
     ]  # fmt: skip
     for i, p in enumerate(wanted):
         argv += ["-extract", "/" + p, dest / f"{i}.bin"]
@@ -145,7 +172,58 @@ def read_files(base: Path, paths: Iterable[str], dest: Path) -> dict[str, bytes]
         f = dest / f"{i}.bin"
         if f.is_file():
             found[p] = f.read_bytes()
+    return found, proc.stdout or ""
+
+
+def appended_partitions(report: str) -> list[tuple[str, str, int, int]] | None:
+    """The base's appended partitions from ``-report_system_area cmd``: (number, type,
+    byte offset, byte length) each. None when one is not a plain interval of the base
+    (growing would not know how to carry it over)."""
+    found = []
+    for line in report.splitlines():
+        if not line.startswith("-append_partition"):
+            continue
+        m = _APPENDED_RE.match(line)
+        if not m:
+            return None
+        start = int(m["a"]) * _UNIT[m["au"]]
+        end = (int(m["b"]) + 1) * _UNIT[m["bu"]]
+        found.append((m["n"], m["type"], start, end - start))
     return found
+
+
+def copy_base(base: Path, out: Path) -> None:
+    """Copy ``base`` to ``out`` without passing the bytes through this process:
+    ``copy_file_range`` (a reflink where the file system shares extents), else sendfile."""
+    with open(base, "rb") as src, open(out, "wb") as dst:
+        left = os.fstat(src.fileno()).st_size
+        try:
+            while left > 0:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), min(left, 1 << 30))
+                if n == 0:
+                    break
+                left -= n
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            shutil.copyfileobj(src, dst, 1 << 20)  # continues from the current offsets
+            left = os.fstat(src.fileno()).st_size - dst.tell()
+        if left > 0:
+            raise BuilderError(f"{base}: shrank while being copied")
+
+
+def _extract_range(base: Path, start: int, length: int, dest: Path) -> None:
+    with open(base, "rb") as src, open(dest, "wb") as dst:
+        data = os.pread(src.fileno(), length, start)
+        if len(data) != length:
+            raise BuilderError(f"{base}: an appended partition lies past the end of the file")
+        dst.write(data)
+
+
+def drive(path: Path) -> str:
+    """A file as an xorriso drive address: ``stdio:`` says it is a file, not an optical
+    drive (xorriso refuses addresses under /dev without it, e.g. /dev/shm/…)."""
+    return f"stdio:{os.fspath(path)}"
 
 
 def _tail(text: str | None, n: int = 8) -> str:
@@ -192,16 +270,31 @@ def _stamp(epoch: int) -> str:
 
 
 def remaster_argv(
-    base: Path, out: Path, stage: Path, volume_id: str, epoch: int, hfsplus_off: bool = False
+    base: Path,
+    out: Path,
+    stage: Path,
+    volume_id: str,
+    epoch: int,
+    hfsplus_off: bool = False,
+    grow: Iterable[tuple[str, str, Path]] | None = None,
 ) -> list[str | os.PathLike[str]]:
+    """xorriso's argv: modifying mode (``-indev base -outdev out``: the whole image is
+    written), or with ``grow`` (appended partitions: number, type, file) growing mode on
+    ``out``, a copy of the base (``-dev out``: one session appended)."""
+    dev: list[str | os.PathLike[str]] = ["-indev", drive(base), "-outdev", drive(out)]
+    if grow is not None:
+        dev = ["-dev", drive(out)]
     argv: list[str | os.PathLike[str]] = [
         "xorriso",
         "-report_about", "WARNING",
         "-stdio_sync", "off",  # no fsync every 32 MiB; the caller fsyncs before its rename
         "-fs", "64m",
-        "-indev", base,
-        "-outdev", out,
+        *dev,
         "-boot_image", "any", "replay",
+    ]  # fmt: skip
+    for number, ptype, path in grow or ():
+        argv += ["-append_partition", number, ptype, path]
+    argv += [
         "-volid", volume_id,
         "-preparer_id", PREPARER_ID,
         "-volume_date", "uuid", _stamp(epoch),
@@ -249,7 +342,7 @@ def remaster(
         epoch = _epoch()
     with tempfile.TemporaryDirectory(prefix="remaster.", dir=workdir) as tmp:
         t = Path(tmp)
-        files = read_files(base, [*GRUB_FILES, MD5SUMS], t / "orig")
+        files, report = _inspect(base, [*GRUB_FILES, MD5SUMS], t / "orig")
         if GRUB_FILES[0] not in files:
             raise BuilderError(
                 f"{base}: no /{GRUB_FILES[0]} in the ISO",
@@ -278,12 +371,52 @@ def remaster(
             os.utime(stage / MD5SUMS, (epoch, epoch))
         env = {"SOURCE_DATE_EPOCH": str(epoch)}
         log.info("remastering %s -> %s (%s)", base.name, out.name, volume_id)
-        try:
-            run(remaster_argv(base, out, stage, volume_id, epoch), env=env)
-        except CommandFailed as exc:
-            if not any(sign in exc.output.lower() for sign in HFS_SIGNS):
-                raise
-            log.warning("replay failed on the base's HFS+/APM setup; retrying with -hfsplus off")
-            out.write_bytes(b"")
-            run(remaster_argv(base, out, stage, volume_id, epoch, hfsplus_off=True), env=env)
+        if not _grow(base, out, stage, volume_id, epoch, report, t, env):
+            _rewrite(base, out, stage, volume_id, epoch, env)
         return {k: hashlib.md5(v).hexdigest() for k, v in changed.items()}
+
+
+def _grow(
+    base: Path,
+    out: Path,
+    stage: Path,
+    volume_id: str,
+    epoch: int,
+    report: str,
+    tmp: Path,
+    env: dict[str, str],
+) -> bool:
+    """Growing mode on a copy of the base; False (and ``out`` emptied) if it cannot be used."""
+    parts = appended_partitions(report)
+    if parts is None:
+        log.info("the base's appended partitions are not plain intervals: rewriting the image")
+        return False
+    grow: list[tuple[str, str, Path]] = []
+    for number, ptype, start, length in parts:
+        dest = tmp / f"appended-{number}.img"
+        _extract_range(base, start, length, dest)
+        grow.append((number, ptype, dest))
+    copy_base(base, out)
+    try:
+        run(remaster_argv(base, out, stage, volume_id, epoch, grow=grow), env=env)
+    except CommandFailed as exc:
+        log.warning(
+            "growing the base failed; writing the whole image instead: %s", _tail(exc.output, 3)
+        )
+        out.write_bytes(b"")
+        return False
+    return True
+
+
+def _rewrite(
+    base: Path, out: Path, stage: Path, volume_id: str, epoch: int, env: dict[str, str]
+) -> None:
+    """Modifying mode: xorriso writes the whole image (the fallback)."""
+    try:
+        run(remaster_argv(base, out, stage, volume_id, epoch), env=env)
+    except CommandFailed as exc:
+        if not any(sign in exc.output.lower() for sign in HFS_SIGNS):
+            raise
+        log.warning("replay failed on the base's HFS+/APM setup; retrying with -hfsplus off")
+        out.write_bytes(b"")
+        run(remaster_argv(base, out, stage, volume_id, epoch, hfsplus_off=True), env=env)

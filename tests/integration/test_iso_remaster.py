@@ -7,6 +7,7 @@ determinism, cache hits, a SIGKILLed build, refused corrupt bases, the HFS+ fall
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -244,3 +245,33 @@ def test_hfsplus_base_falls_back(env: Path) -> None:
     assert "boot/grub/grub.cfg" in changed
     report = _xorriso("-indev", str(out), "-report_el_torito", "plain")
     assert "BIOS" in report and "UEFI" in report
+
+
+def test_the_base_is_grown_not_rewritten(base: Path, env: Path) -> None:
+    """Growing mode (issue 17): past the system area and the volume descriptors xorriso
+    rewrites in place (the first 48 blocks), every byte of the base is where it was, and the
+    new session follows it. A silent fall back to rewriting the whole image fails here."""
+    res = _build(base, env)
+    old, new = base.read_bytes(), res.path.read_bytes()
+    start = 48 * 2048
+    assert len(new) > len(old)
+    assert new[start : len(old)] == old[start:]
+    assert new[:start] != old[:start]
+
+
+def test_a_base_under_dev_is_a_file_not_a_drive(base: Path, env: Path) -> None:
+    """xorriso takes addresses under /dev for optical drives unless told `stdio:`."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm here")
+    copy = shm / f"nodeforge-test-{os.getpid()}.iso"
+    shutil.copyfile(base, copy)
+    try:
+        out = shm / f"nodeforge-test-{os.getpid()}-out.iso"
+        out.write_bytes(b"")
+        changed = iso.remaster(copy, out, None, volume_id="SHM", grub_timeout=2)
+        assert "boot/grub/grub.cfg" in changed and out.stat().st_size > copy.stat().st_size
+    finally:
+        copy.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (shm / f"nodeforge-test-{os.getpid()}-out.iso").unlink()

@@ -88,3 +88,23 @@ def test_missing_tool_is_reported(tree: Path, monkeypatch: pytest.MonkeyPatch) -
     assert exc.value.message == "needs packer: apt-get install --no-install-recommends packer"
     assert exc.value.hint is not None and "--skip packer-validate" in exc.value.hint
     assert exc.value.exit_code == 1
+
+
+def test_cached_pass_does_not_hide_a_new_problem(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real validators, cached: nothing changed -> nothing runs; a bad script -> found."""
+    monkeypatch.setenv("BUILDER_CACHE_DIR", str(tmp_path / "vcache"))
+    assert validate.validate_tree(tree, checks=targets.CHECKS)  # cold: every check runs
+    calls: list[str] = []
+    real_run = validate.run
+    monkeypatch.setattr(
+        validate, "run", lambda argv, **kw: calls.append(argv) or real_run(argv, **kw)
+    )
+    validate.validate_tree(tree, checks=targets.CHECKS)
+    assert calls == []  # warm: the site checks ran nothing
+    (tree / "scripts/zz-bad.sh").write_text("#!/bin/bash\necho $UNQUOTED_VAR\n")
+    with pytest.raises(ValidationError) as exc:
+        validate.validate_tree(tree, checks=targets.CHECKS)
+    assert any("zz-bad.sh" in p and "SC2086" in p for p in exc.value.problems)
+    assert [str(a[0]) for a in calls] == ["shellcheck"]  # only the check whose input changed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -54,10 +55,70 @@ def test_file_url_verified_in_place(tmp_path: Path) -> None:
         fetch.fetch(f"file://{base}", sha256=H1, cache=tmp_path / "c")
 
 
-def test_verify_file(tmp_path: Path) -> None:
+def test_verify_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUILDER_CACHE_DIR", str(tmp_path / "cache"))
     f = tmp_path / "f"
     f.write_bytes(b"x")
     fetch.verify_file(f, hashlib.sha256(b"x").hexdigest())
     with pytest.raises(BuilderError, match=f"{f}: sha256 mismatch") as exc:
         fetch.verify_file(f, H1)
     assert "--no-verify" in (exc.value.hint or "")
+
+
+def _counting_hash(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    calls: list[Path] = []
+    real = fetch.sha256_file
+
+    def spy(path: Path) -> str:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(fetch, "sha256_file", spy)
+    return calls
+
+
+def test_local_file_hashed_once_while_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUILDER_CACHE_DIR", str(tmp_path / "cache"))
+    calls = _counting_hash(monkeypatch)
+    f = tmp_path / "base.iso"
+    f.write_bytes(b"a" * 10000)
+    want = hashlib.sha256(b"a" * 10000).hexdigest()
+    fetch.verify_file(f, want)
+    fetch.verify_file(f, want)
+    assert fetch.file_sha256(f) == want
+    assert calls == [f]  # the record answered the second and third time
+
+
+def test_changed_file_is_hashed_again_even_with_size_and_mtime_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUILDER_CACHE_DIR", str(tmp_path / "cache"))
+    calls = _counting_hash(monkeypatch)
+    f = tmp_path / "base.iso"
+    f.write_bytes(b"a" * 10000)
+    good = hashlib.sha256(b"a" * 10000).hexdigest()
+    fetch.verify_file(f, good)
+    st = f.stat()
+    with open(f, "r+b") as fh:  # one flipped byte, same size, mtime put back
+        fh.seek(5000)
+        fh.write(b"b")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(BuilderError, match="sha256 mismatch"):
+        fetch.verify_file(f, good)  # ctime moved: not trusted, hashed again, refused
+    assert len(calls) == 2
+    with pytest.raises(BuilderError, match="sha256 mismatch"):
+        fetch.verify_file(f, good)  # a failure is never remembered as a success
+
+
+def test_a_replaced_file_is_hashed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUILDER_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "base.iso"
+    f.write_bytes(b"one")
+    assert fetch.file_sha256(f) == hashlib.sha256(b"one").hexdigest()
+    other = tmp_path / "other"
+    other.write_bytes(b"two")
+    os.replace(other, f)  # another inode at the same path
+    assert fetch.file_sha256(f) == hashlib.sha256(b"two").hexdigest()

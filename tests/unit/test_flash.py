@@ -484,3 +484,46 @@ def test_progress_redraws_on_a_terminal() -> None:
     p.close()
     assert stream.text.startswith("\rwriting [############")
     assert " 50%" in stream.text and stream.text.endswith("\x1b[K\n")
+
+
+@pytest.mark.parametrize("writers", [1, 2, 3])
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("length", [4096 * 7 + 123, 64 * 1024, 1])
+def test_write_image_stages_give_the_exact_bytes_and_hash(
+    tmp_path: Path, writers: int, direct: bool, length: int
+) -> None:
+    """Reader, hasher and several positional writers: every byte in place, the unaligned
+    tail included, whatever order the writes finish in; the hash is of the image."""
+    from builder.flash import blockio
+
+    data = os.urandom(length)
+    image = tmp_path / "img"
+    image.write_bytes(data + b"past the length, not written")
+    target = tmp_path / "out"
+    target.write_bytes(b"")
+    fd, used_direct = blockio.open_write(target, direct=direct, exclusive=False)
+    try:
+        res = blockio.write_image(
+            image, fd, length=length, direct=used_direct, hash_image=True,
+            progress=flash.NoProgress(), block_size=8192, writers=writers,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == data
+    assert res.bytes == length and res.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_write_image_reports_a_short_image(tmp_path: Path) -> None:
+    from builder.flash import blockio
+
+    image = tmp_path / "img"
+    image.write_bytes(b"x" * 10000)
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(BuilderError, match="shrank while being written"):
+            blockio.write_image(
+                image, fd, length=20000, direct=False, hash_image=False,
+                progress=flash.NoProgress(), block_size=4096,
+            )  # fmt: skip
+    finally:
+        os.close(fd)

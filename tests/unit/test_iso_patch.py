@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 
 import pytest
 
@@ -139,3 +141,61 @@ def test_remaster_argv_is_deterministic_and_replays_boot(tmp_path) -> None:  # t
     assert "-hfsplus" not in argv
     again = iso.remaster_argv(tmp_path / "b.iso", tmp_path / "o.iso", stage, "V", 1700000000, True)
     assert [str(a) for a in again][-len(argv) :] != argv and "-hfsplus" in [str(a) for a in again]
+
+
+# What `xorriso -report_system_area cmd` printed for the stand-in base (xorriso 1.5.4).
+REPORT = """\
+-volid 'Ubuntu-Server 24.04.3 LTS amd64'
+-boot_image any partition_offset=16
+-append_partition 2 28732ac11ff8d211ba4b00a0c93ec93b --interval:imported_iso:21084d-25179d::'/b.iso'
+-boot_image any appended_part_as=gpt
+-boot_image any efi_path='--interval:appended_partition_2_start_5271s_size_4096d:all::'
+"""
+
+
+def test_appended_partitions_read_from_the_replay_report() -> None:
+    assert iso.appended_partitions(REPORT) == [
+        ("2", "28732ac11ff8d211ba4b00a0c93ec93b", 21084 * 512, 4096 * 512)
+    ]
+    assert iso.appended_partitions("-volid 'X'\n") == []
+    # 2048-byte blocks ("s") count too; anything but a plain interval of the base: no growing
+    s_units = "-append_partition 2 0xef --interval:imported_iso:100s-103s::'/b.iso'\n"
+    assert iso.appended_partitions(s_units) == [("2", "0xef", 100 * 2048, 4 * 2048)]
+    assert iso.appended_partitions("-append_partition 2 0xef /some/esp.img\n") is None
+
+
+def test_growing_argv_works_on_the_copy_and_reappends_the_esp(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    stage = tmp_path / "stage"
+    (stage / "nocloud").mkdir(parents=True)
+    (stage / "nocloud" / "user-data").write_text("x")
+    esp = tmp_path / "appended-2.img"
+    grow = [("2", "28732ac11ff8d211ba4b00a0c93ec93b", esp)]
+    argv = [
+        str(a)
+        for a in iso.remaster_argv(
+            tmp_path / "b.iso", tmp_path / "o.iso", stage, "V", 1700000000, grow=grow
+        )
+    ]
+    joined = " ".join(argv)
+    assert f"-dev stdio:{tmp_path}/o.iso" in joined and "-indev" not in argv
+    assert f"-boot_image any replay -append_partition 2 {grow[0][1]} {esp}" in joined
+    assert f"-map {stage}/nocloud/user-data /nocloud/user-data" in joined
+
+
+@pytest.mark.parametrize("refuse", [None, errno.EXDEV, errno.ENOSYS])
+def test_copy_base_copies_every_byte_with_or_without_copy_file_range(
+    tmp_path,
+    monkeypatch,
+    refuse,  # type: ignore[no-untyped-def]
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    src, dst = tmp_path / "base.iso", tmp_path / "out.iso"
+    src.write_bytes(data)
+    if refuse is not None:
+
+        def no_cfr(*a, **k):  # type: ignore[no-untyped-def]
+            raise OSError(refuse, os.strerror(refuse))
+
+        monkeypatch.setattr(iso.os, "copy_file_range", no_cfr)
+    iso.copy_base(src, dst)
+    assert dst.read_bytes() == data

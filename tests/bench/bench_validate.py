@@ -1,0 +1,108 @@
+"""Benchmark: `builder validate SITE`, before/after, side by side in one run.
+
+Run: `make bench` (every bench) or `.venv/bin/python tests/bench/bench_validate.py [SITE] [RUNS]`.
+
+On one rendered tree of SITE (default onprem), alternating, RUNS rounds (default 5):
+
+- BEFORE: the checks one after another, nothing remembered (the pre-issue-17 validate_tree);
+- AFTER, cold: validate_tree with an empty cache: every check runs, all at the same time;
+- AFTER, nothing changed: validate_tree again: every check's pass is remembered;
+- and the whole command, `builder validate SITE` (a new Python process: imports, load,
+  render, validate), cold and with nothing changed.
+
+Prints medians, the ratio to BEFORE, the CPU time (user+sys, this process and its
+children) and the load averages: the machine has 2 cores shared with other work.
+Goals: <= 1.0 s cold, <= 0.2 s when nothing changed.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from builder import targets  # noqa: E402
+from builder.run import which  # noqa: E402
+from builder.site import validate  # noqa: E402
+from builder.site.profile import load_profile  # noqa: E402
+from builder.site.render import render_site  # noqa: E402
+
+WALL: dict[str, list[float]] = {}
+CPU: dict[str, list[float]] = {}
+BUILDER = str(Path(sys.executable).parent / "builder")
+
+
+def _cpu() -> float:
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def timed(key: str, fn: Callable[[], object]) -> None:
+    c0, t0 = _cpu(), time.perf_counter()
+    fn()
+    WALL.setdefault(key, []).append(time.perf_counter() - t0)
+    CPU.setdefault(key, []).append(_cpu() - c0)
+
+
+def before(tree: Path) -> None:
+    """The checks one after another, every time (what validate_tree did before)."""
+    problems: list[str] = []
+    for check in targets.CHECKS:
+        if check.tool and which(check.tool) is None:
+            raise SystemExit(f"{check.tool} missing")
+        problems += check.func(tree)
+    assert not problems, problems
+
+
+def main(argv: list[str]) -> int:
+    site = argv[0] if argv else "onprem"
+    runs = int(argv[1]) if len(argv) > 1 else 5
+    os.chdir(REPO)
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "1767225600")
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-validate.") as tmp:
+        t = Path(tmp)
+        cache = t / "cache"
+        os.environ["BUILDER_CACHE_DIR"] = str(cache)
+        tree = render_site(load_profile(site), t / "tree").path
+        cmd = [BUILDER, "validate", site]
+        for _ in range(runs):
+            timed("before (one after another)", lambda: before(tree))
+            shutil.rmtree(cache, ignore_errors=True)
+            timed("after, cold", lambda: validate.validate_tree(tree, checks=targets.CHECKS))
+            timed(
+                "after, nothing changed",
+                lambda: validate.validate_tree(tree, checks=targets.CHECKS),
+            )
+            shutil.rmtree(cache, ignore_errors=True)
+            timed("command, cold", lambda: subprocess.run(cmd, check=True, capture_output=True))
+            timed("command, nothing changed",
+                  lambda: subprocess.run(cmd, check=True, capture_output=True))  # fmt: skip
+    load1 = os.getloadavg()
+    ref_w = statistics.median(WALL["before (one after another)"])
+    ref_c = statistics.median(CPU["before (one after another)"])
+    print(f"site {site}: median of {runs} rounds; 2-core machine shared with other work: load "
+          f"average {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f} at start, "
+          f"{load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} at the end")  # fmt: skip
+    print(f"{'':28}{'wall s':>8}{'x before':>9}{'CPU s':>8}   runs (wall)")
+    for key in WALL:
+        w, c = statistics.median(WALL[key]), statistics.median(CPU[key])
+        runs_txt = " ".join(f"{x:.2f}" for x in WALL[key])
+        print(f"{key:28}{w:8.2f}{w / ref_w:9.2f}{c:8.2f}   {runs_txt}")
+    print(f"(before: CPU {ref_c:.2f} s) goals: <= 1.0 s cold, <= 0.2 s when nothing changed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
