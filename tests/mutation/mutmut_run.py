@@ -3,7 +3,8 @@
 mutmut 3 copies ``tests/`` into ``mutants/`` with ``shutil.copytree``'s default, which
 follows symlinks; the sysfs fixture trees under ``tests/unit/fixtures/blockdev`` hold
 symlink loops (as /sys does), so the copy never ends. Copying the links as links keeps
-the fixtures identical and finite; the copy is made afresh on each run. Everything else is mutmut's own command line.
+the fixtures identical and finite; the copy is made afresh on each run. Everything else
+is mutmut's own command line.
 """
 
 from __future__ import annotations
