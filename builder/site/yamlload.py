@@ -7,7 +7,9 @@ is built, by a streaming pass over the parser's events: memory and time stay bou
 the size of the text. PyYAML's composer is recursive, so the depth bound also keeps a
 deeply nested document from ending in a RecursionError.
 
-Duplicate keys are refused too: a silent overwrite is a bug magnet.
+Duplicate keys are refused too: a silent overwrite is a bug magnet. Keys are text: every
+key of a profile is a name (a section, a sysctl, a label), so a null, number, boolean, list
+or mapping key is refused where it stands instead of failing later where names are compared.
 """
 
 from __future__ import annotations
@@ -30,10 +32,30 @@ class UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys."""
 
 
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be text, not {_kind(key)}", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
