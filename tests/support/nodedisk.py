@@ -135,6 +135,12 @@ def disk_key(tarball: Path, tree: Path, versions: dict[str, str], kind: str = "d
     _hash_tree(h, tree, "scripts")
     h.update(json.dumps(versions, sort_keys=True).encode())
     h.update(Path(standins.__file__).read_bytes())
+    # the stand-in packages' programs, too: a changed program must not reuse a cached disk
+    programs = Path(standins.__file__).with_name("standin_programs")
+    for prog in sorted(
+        p for p in programs.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    ):
+        h.update(prog.relative_to(programs).as_posix().encode() + b"\0" + prog.read_bytes())
     h.update(bootcheck.digest())
     return h.hexdigest()[:20]
 

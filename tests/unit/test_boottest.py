@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -268,3 +269,24 @@ def test_node_seeds_site_or_node_only_and_static(tmp_path):
     assert yaml.safe_load(site["meta-data"])["local-hostname"] == "onprem-node1"
     assert "10.0.2.100/24" in site["network-config"].decode()
     assert "network-config" not in node_files(lab_site, "n", "t", 0, False, False)
+
+
+def test_a_changed_standin_program_changes_the_disk_key(tmp_path, monkeypatch):
+    """Cached stand-in disks are keyed by the stand-in programs too (they were not)."""
+    import shutil
+
+    from tests.support import nodedisk, standins
+
+    real = Path(standins.__file__)
+    fake = tmp_path / "support"
+    shutil.copytree(real.parent / "standin_programs", fake / "standin_programs")
+    shutil.copy2(real, fake / "standins.py")
+    tree = tmp_path / "tree"
+    (tree / "files").mkdir(parents=True)
+    (tree / "scripts").mkdir()
+    tar = tmp_path / "root.tar"
+    monkeypatch.setattr(standins, "__file__", str(fake / "standins.py"))
+    before = nodedisk.disk_key(tar, tree, {"kubeadm": "1.35.0-1.1"})
+    with (fake / "standin_programs" / "crio.py").open("a") as f:
+        f.write("\n# changed\n")
+    assert nodedisk.disk_key(tar, tree, {"kubeadm": "1.35.0-1.1"}) != before
