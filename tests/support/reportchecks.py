@@ -158,6 +158,7 @@ def check_joined(r: dict[str, Any], e: Expect, *, max_handshake_age: float = 180
     token_mode = (r.get("files") or {}).get("/etc/nodeforge/enroll-token")
     if token_mode is not None:
         p.append(f"the used enrollment token is still on the node (mode {token_mode})")
+    p += check_containers(r, e)
     ci = ((r.get("cloud_init") or {}).get("v1") or {}).get("errors")
     if ci:
         p.append(f"cloud-init reported errors: {ci}")
@@ -237,4 +238,25 @@ def check_hub(lab: Lab, reports: Sequence[dict[str, Any]], site: str) -> list[st
     ips = [n.get("ip") for n in nodes.values()]
     if len(set(ips)) != len(ips):
         p.append(f"hub handed out duplicate addresses: {ips}")
+    return p
+
+
+def check_containers(r: dict[str, Any], e: Expect) -> list[str]:
+    """A container starts through the runtime chain on every node (issue 11); on a GPU
+    image without an NVIDIA device the nvidia handler still runs GPU-less containers and
+    refuses a GPU request the way the real runtime does (NVML)."""
+    p: list[str] = []
+    if r.get("crio_active") != "active":
+        p.append(f"crio.service is {r.get('crio_active')!r}, not active")
+    runs = r.get("containers") or {}
+    default = runs.get("default") or {}
+    if default.get("rc") != 0 or "crun: container" not in default.get("out", ""):
+        p.append(f"no container started through the default runtime: {default}")
+    if e.gpu:
+        nv = runs.get("nvidia") or {}
+        if nv.get("rc") != 0 or "crun: container" not in nv.get("out", ""):
+            p.append(f"no container started through the nvidia handler: {nv}")
+        gpu = runs.get("nvidia-gpu") or {}
+        if gpu.get("rc") == 0 or "failed to initialize NVML" not in gpu.get("err", ""):
+            p.append(f"a GPU request without a GPU did not fail like the real runtime: {gpu}")
     return p

@@ -78,6 +78,12 @@ def report(**over):
         "files": {"/etc/nodeforge/enroll-token": None},
         "cloud_init": {"v1": {"errors": []}},
         "ordering_cycles": [],
+        "crio_active": "active",
+        "containers": {
+            "default": {"rc": 0, "out": "handler crun\ncrun: container\n", "err": ""},
+            "nvidia": {"rc": 0, "out": "handler nvidia\ncrun: container\n", "err": ""},
+            "nvidia-gpu": {"rc": 1, "out": "", "err": "failed to initialize NVML"},
+        },
     }
     r.update(over)
     return r
@@ -105,6 +111,10 @@ def test_a_good_report_passes_and_each_fault_is_named():
         "machine-id": {"machine_id": ""},
         "ordering cycles": {"ordering_cycles": ["Found ordering cycle on kubelet.service"]},
         "token is still on the node": {"files": {"/etc/nodeforge/enroll-token": "0o600"}},
+        "crio.service is 'failed'": {"crio_active": "failed"},
+        "no container started through the default runtime": {
+            "containers": {"default": {"rc": 1, "out": "", "err": "no runtime binary found"}}
+        },
     }
     for needle, over in cases.items():
         problems = "\n".join(check_joined(report(**over), EXPECT))
@@ -290,3 +300,19 @@ def test_a_changed_standin_program_changes_the_disk_key(tmp_path, monkeypatch):
     with (fake / "standin_programs" / "crio.py").open("a") as f:
         f.write("\n# changed\n")
     assert nodedisk.disk_key(tar, tree, {"kubeadm": "1.35.0-1.1"}) != before
+
+
+def test_gpu_image_container_checks():
+    import dataclasses
+
+    from tests.support.reportchecks import check_containers
+
+    gpu = dataclasses.replace(EXPECT, gpu=True)
+    assert check_containers(report(), gpu) == []
+    ok = report()["containers"]
+    bad = {**ok, "nvidia-gpu": {"rc": 0, "out": "crun: container", "err": ""}}
+    assert "did not fail like the real runtime" in "\n".join(
+        check_containers(report(containers=bad), gpu)
+    )
+    bad = {**ok, "nvidia": {"rc": 1, "out": "", "err": "error locating runtime"}}
+    assert "nvidia handler" in "\n".join(check_containers(report(containers=bad), gpu))

@@ -207,6 +207,25 @@ def system(rep: dict[str, Any], now: float) -> None:
     rep["ordering_cycles"] = [x for x in out.splitlines() if "cycle" in x][:10]
 
 
+def containers(rep: dict[str, Any]) -> None:
+    """Start containers through the configured runtime chain (stand-in crio's
+    run-container: conmon -> the handler's runtime_path, for nvidia
+    nvidia-container-runtime -> crun), the way every pod and a RuntimeClass nvidia pod would."""
+    _, active, _ = sh("systemctl", "is-active", "crio.service")
+    rep["crio_active"] = active.strip()
+    runs: dict[str, Any] = {}
+    cases = {
+        "default": ("crio", "run-container"),
+        "nvidia": ("crio", "run-container", "--runtime-handler", "nvidia"),
+        "nvidia-gpu": ("crio", "run-container", "--runtime-handler", "nvidia",
+                       "--env", "NVIDIA_VISIBLE_DEVICES=all"),
+    }  # fmt: skip
+    for name, argv in cases.items():
+        rc, out, err = sh(*argv)
+        runs[name] = {"rc": rc, "out": out[-400:], "err": err[-400:]}
+    rep["containers"] = runs
+
+
 def report(outcome: str, start: float) -> dict[str, Any]:
     now = time.time()
     rep: dict[str, Any] = {
@@ -226,6 +245,7 @@ def report(outcome: str, start: float) -> dict[str, Any]:
     tunnel(rep)
     enrollment(rep)
     system(rep, now)
+    containers(rep)
     return rep
 
 
