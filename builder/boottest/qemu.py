@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from builder import progress
 from builder.errors import BuilderError
 from builder.run import popen, require, stop
 
@@ -279,7 +280,10 @@ def boot(
         )
         try:
             text = ""
-            with open(log_file, "rb") as fh:
+            with (
+                progress.ticker(f"boot {log_file.stem}", timeout),
+                open(log_file, "rb") as fh,
+            ):
                 while True:
                     gone = proc.poll() is not None  # before the read: the read gets it all
                     chunk = fh.read()

@@ -66,7 +66,9 @@ def test_failure_marker_fails_fast_with_console_tail(
     assert not _running(log)
 
 
-def test_timeout_kills_qemu(kernel: tuple[Path, Path], tmp_path: Path) -> None:
+def test_timeout_kills_qemu(
+    kernel: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     vmlinuz, _ = kernel
     # panic=0: the guest hangs after its panic; no failure patterns, so only the timeout ends it
     vm = qemu.VM(kernel=vmlinuz, append="console=ttyS0 root=/dev/nowhere panic=0", memory_mb=512)
@@ -74,6 +76,8 @@ def test_timeout_kills_qemu(kernel: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(qemu.BootFailed, match=r"timed out after 8 s waiting for \['never'\]"):
         qemu.boot(qemu.build_argv(vm, tmp_path), log, success=["never"], failure=[], timeout=8)
     assert not _running(log)
+    # the one progress reporter shows the wait (plain lines off a terminal, on stderr)
+    assert "boot serial" in capsys.readouterr().err
 
 
 def test_qemu_exiting_early_is_reported(tmp_path: Path) -> None:
