@@ -58,8 +58,11 @@ def runs(setups, boot_workdir: Path, boot_pool) -> dict[str, concurrent.futures.
     # two scenarios at a time (the CLI one boots two guests): on 2 cores more guests at
     # once only stretch every boot; the hub-late one idles a minute, so it goes early
     aws, onprem = setups["aws"].boot_args(), setups["onprem"].boot_args(uefi=True)
+    # the two CLI nodes also reach each other through the hub (the check program's peers)
+    two = list(aws)
+    two[two.index("--append") + 1] += " nodeforge.bootcheck.peers=2"
     return {
-        "aws-cli": boot_pool.submit(cli_boot_test, "aws", wd("cli"), *aws, "--nodes", "2"),
+        "aws-cli": boot_pool.submit(cli_boot_test, "aws", wd("cli"), *two, "--nodes", "2"),
         "hub-late": boot_pool.submit(scenarios.run_hub_late, setups["aws"], wd("late")),
         "onprem-uefi": boot_pool.submit(
             cli_boot_test, "onprem", wd("onprem-uefi"), *onprem, "--no-reboot"
@@ -90,6 +93,10 @@ def test_cli_two_nodes_boot_at_once_and_both_join(aws_cli, setups):
     reports = aws_cli["reports"]
     assert [r["wg"]["addresses"][0].split("/")[0] for r in reports] == addrs
     assert [r["node_id"] for r in reports] == [n["node_id"] for n in nodes]
+    # node <-> node through the hub: each reached a TCP port on the other's overlay address
+    # (nodes route the overlay to the hub; the hub forwards between its peers: issue 13)
+    names = [r["hostname"] for r in reports]
+    assert [r["peers"] for r in reports] == [{addrs[1]: names[1]}, {addrs[0]: names[0]}]
     # two boots of the same image: machine-ids generated fresh, and different
     mids = [r["machine_id"] for r in reports]
     assert len(set(mids)) == 2 and all(len(m) == 32 for m in mids)

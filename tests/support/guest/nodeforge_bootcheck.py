@@ -16,10 +16,13 @@ the report and tests/support/reportchecks.py checks it.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
+import socket
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -226,6 +229,55 @@ def containers(rep: dict[str, Any]) -> None:
     rep["containers"] = runs
 
 
+PEER_PORT = 7946
+
+
+def peers(rep: dict[str, Any], want: int, wait: float = 240, linger: float = 20) -> None:
+    """Node <-> node traffic through the hub (issue 13): serve a TCP port on our overlay
+    address and connect to the other nodes' on theirs. Nodes route the whole overlay to
+    the hub (AllowedIPs), and the hub forwards between its peers."""
+    try:
+        enr = json.loads(read("/var/lib/nodeforge/enrollment.json", "{}"))
+        net = ipaddress.ip_network(enr["overlay_cidr"])
+        hub = ipaddress.ip_address(enr["hub"]["overlay_ip"])
+        mine = ipaddress.ip_address(enr["address"].split("/")[0])
+    except (ValueError, KeyError, TypeError) as exc:
+        rep["peers"] = {"error": f"no enrollment: {exc}"}
+        return
+    name = read("/etc/hostname").strip().encode()
+    srv = socket.create_server((str(mine), PEER_PORT))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"nodeforge-peer " + name + b"\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    candidates = [str(h) for h in list(net.hosts())[:16] if h not in (hub, mine)]
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + wait
+    while len(found) < want - 1 and time.monotonic() < deadline:
+        for ip in candidates:
+            if ip in found:
+                continue
+            try:
+                with socket.create_connection((ip, PEER_PORT), timeout=1) as c:
+                    c.settimeout(3)
+                    line = c.recv(200).decode(errors="replace").strip()
+            except OSError:
+                continue
+            if line.startswith("nodeforge-peer "):
+                found[ip] = line.split(" ", 1)[1]
+        time.sleep(1)
+    rep["peers"] = found
+    time.sleep(linger)  # the others may still be looking for us
+    srv.close()
+
+
 def report(outcome: str, start: float) -> dict[str, Any]:
     now = time.time()
     rep: dict[str, Any] = {
@@ -270,7 +322,10 @@ def main() -> None:
     deadline = time.monotonic() + 60
     while not os.path.exists("/run/cloud-init/result.json") and time.monotonic() < deadline:
         time.sleep(1)
-    emit(report(outcome, start))
+    rep = report(outcome, start)
+    if outcome == "joined" and opts.get("nodeforge.bootcheck.peers"):
+        peers(rep, int(opts["nodeforge.bootcheck.peers"]))
+    emit(rep)
     if opts.get("nodeforge.bootcheck.stay") != "1":
         time.sleep(1)
         sh("systemctl", "poweroff", "--no-block")
