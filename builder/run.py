@@ -186,3 +186,14 @@ def spawn(
                 if stream is not None:
                     with suppress(OSError):
                         stream.close()
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (systemd, ``kill``, a CI timeout) unwind like Ctrl-C does: Python's
+    default is to die at once, skipping every ``finally``, so children started with
+    ``spawn()`` (QEMU, packer, a hub) and temp files would outlive us."""
+
+    def _term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _term)

@@ -17,6 +17,7 @@ import sys
 import click
 
 from builder.errors import EXIT_FAILED, EXIT_INTERRUPTED, BuilderError
+from builder.run import exit_on_sigterm
 
 from . import boottest, flash, hub, image, site  # noqa: F401  (each registers its commands)
 from .common import State, cli, install_global_options
@@ -30,6 +31,7 @@ install_global_options(cli)  # --debug/-v/-q after the subcommand too
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the Click group and map errors to messages and exit codes."""
+    exit_on_sigterm()  # a SIGTERM still stops children and removes temp files
     try:
         rc = cli.main(args=argv, prog_name="builder", standalone_mode=False)
         # without standalone mode, click returns ctx.exit(code)'s code instead of exiting

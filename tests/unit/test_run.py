@@ -131,3 +131,37 @@ def test_packer_timeout_interrupts_then_kills(
         packer._stream([PY, "-c", body], timeout=3)  # time to set the handler
     assert time.monotonic() - t0 < 10
     assert marker.exists()
+
+
+@pytest.mark.allow_subprocess
+def test_sigterm_still_stops_spawned_children(tmp_path):
+    """A SIGTERM to the builder unwinds through spawn(): its child is stopped, not orphaned
+    (Python's default SIGTERM skips every finally)."""
+    import os
+    import signal as sig
+    import subprocess
+    import sys
+    import time
+
+    prog = (
+        "import sys, time\n"
+        "from builder.run import exit_on_sigterm, spawn\n"
+        "exit_on_sigterm()\n"
+        "with spawn(['sleep', '300']) as p:\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    py = subprocess.Popen([sys.executable, "-c", prog], stdout=subprocess.PIPE, text=True)
+    child = int(py.stdout.readline())
+    py.send_signal(sig.SIGTERM)
+    assert py.wait(timeout=30) == 128 + sig.SIGTERM
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, sig.SIGKILL)
+        raise AssertionError("the spawned child outlived the SIGTERMed builder")
