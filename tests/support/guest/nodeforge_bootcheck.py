@@ -232,7 +232,7 @@ def containers(rep: dict[str, Any]) -> None:
 PEER_PORT = 7946
 
 
-def peers(rep: dict[str, Any], want: int, wait: float = 240, linger: float = 20) -> None:
+def peers(rep: dict[str, Any], want: int, wait: float = 240, linger: float = 5) -> None:
     """Node <-> node traffic through the hub (issue 13): serve a TCP port on our overlay
     address and connect to the other nodes' on theirs. Nodes route the whole overlay to
     the hub (AllowedIPs), and the hub forwards between its peers."""
@@ -246,21 +246,23 @@ def peers(rep: dict[str, Any], want: int, wait: float = 240, linger: float = 20)
         return
     name = read("/etc/hostname").strip().encode()
     srv = socket.create_server((str(mine), PEER_PORT))
+    served: set[str] = set()  # the peers that reached us: stay until they all have
 
     def serve() -> None:
         while True:
             try:
-                conn, _ = srv.accept()
+                conn, addr = srv.accept()
             except OSError:
                 return
             with conn:
                 conn.sendall(b"nodeforge-peer " + name + b"\n")
+                served.add(addr[0])
 
     threading.Thread(target=serve, daemon=True).start()
     candidates = [str(h) for h in list(net.hosts())[:16] if h not in (hub, mine)]
     found: dict[str, str] = {}
     deadline = time.monotonic() + wait
-    while len(found) < want - 1 and time.monotonic() < deadline:
+    while (len(found) < want - 1 or len(served) < want - 1) and time.monotonic() < deadline:
         for ip in candidates:
             if ip in found:
                 continue
@@ -274,7 +276,8 @@ def peers(rep: dict[str, Any], want: int, wait: float = 240, linger: float = 20)
                 found[ip] = line.split(" ", 1)[1]
         time.sleep(1)
     rep["peers"] = found
-    time.sleep(linger)  # the others may still be looking for us
+    rep["peers_served"] = sorted(served)
+    time.sleep(linger)
     srv.close()
 
 
