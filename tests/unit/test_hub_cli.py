@@ -6,6 +6,7 @@ import hashlib
 import json
 import ssl
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ from cryptography import x509
 
 from builder import cli
 from builder.hub import config as hub_config
-from builder.hub.pki import wg_public_key
 from builder.hub.provider import Provider, ca_cert_hash
 from builder.hub.store import EnrollRequest
 
@@ -48,12 +48,22 @@ def hubdir(tmp_path, capsys):
     return d, out
 
 
+@pytest.mark.allow_subprocess
 def test_init_writes_keys_privately_and_prints_the_pins(hubdir):
     d, out = hubdir
     lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
-    der = ssl.PEM_cert_to_DER_cert((d / "ca.pem").read_text())
+    # expected values from other tools: openssl for the certificate's DER, `wg pubkey`
+    der = subprocess.run(
+        ["openssl", "x509", "-in", str(d / "ca.pem"), "-outform", "der"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    assert der == ssl.PEM_cert_to_DER_cert((d / "ca.pem").read_text())
     assert lines["enrollment.ca_pin"] == "sha256:" + hashlib.sha256(der).hexdigest()
-    assert lines["wireguard.hub_public_key"] == wg_public_key((d / "wg.key").read_text().strip())
+    wg = subprocess.run(
+        ["wg", "pubkey"], input=(d / "wg.key").read_bytes(), check=True, capture_output=True
+    )
+    assert lines["wireguard.hub_public_key"] == wg.stdout.decode().strip()
     for name in ("ca.key", "server.key", "wg.key", "secret.key", "hub.json"):
         assert stat.S_IMODE((d / name).stat().st_mode) == 0o600, name
     cert = x509.load_pem_x509_certificate((d / "server.pem").read_bytes())
