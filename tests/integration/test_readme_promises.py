@@ -1,5 +1,5 @@
 """README promises with no test before issue 18 (finding 10), the integration half: real
-validators, make, git, xorriso. The table promise -> test is in tests/MUTATION.md."""
+validators, make, git, xorriso. The table promise -> test is tests/PROMISES.md."""
 
 from __future__ import annotations
 
