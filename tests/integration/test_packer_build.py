@@ -75,7 +75,12 @@ def test_validate_every_shipped_profile(site, target, tmp_path):
         base.write_bytes(b"stand-in")
         extra = {"qemu_base_image_url": str(base), "qemu_base_image_checksum": "none"}
     plan = packer.validate_packer(tree, target, extra_vars=extra)
-    assert f"-only={packer.TARGETS[target]}" in plan.argv
+    # the build's source names as the template declares them (source "<type>" "<name>"),
+    # not as the code under test spells them
+    only = {"ami": "amazon-ebs.node", "qcow2": "qemu.node"}[target]
+    kind, name = only.split(".")
+    assert f'source "{kind}" "{name}" {{' in (REPO_ROOT / "packer/nodeforge.pkr.hcl").read_text()
+    assert f"-only={only}" in [str(a) for a in plan.argv]
 
 
 def test_validate_rejects_bad_vars(tmp_path):

@@ -64,10 +64,26 @@ def test_systemd_analyze_catches_bad_unit(tree: Path) -> None:
     assert any("Restartt" in p for p in problems)
 
 
+def test_every_check_passes_the_clean_tree(tree: Path) -> None:
+    # the baseline for the "catches" tests: a check that always complains cannot pass here
+    for check in targets.CHECKS:
+        assert check.func(tree) == [], check.name
+
+
 def test_packer_validate_catches_bad_vars(tree: Path) -> None:
     pvars = tree / "packer/site.auto.pkrvars.json"
     pvars.write_text(pvars.read_text().replace('"site"', '"no_such_variable_in_templates"', 1))
-    assert targets.CHECKS[-1].func(tree)
+    problems = targets.CHECKS[-1].func(tree)
+    # packer's own words (packer 1.x HCL2: a used variable without value or default), once
+    # per template, each naming the vars file
+    for template in ("ami", "qcow2"):
+        assert f'{pvars}: packer validate ({template}): Error: Unset variable "site"' in problems
+        assert any(
+            p.startswith(f"{pvars}: packer validate ({template}): ")
+            and '"no_such_variable_in_templates"' in p
+            for p in problems
+        )
+    assert all(p.startswith(f"{pvars}: packer validate (") for p in problems)
 
 
 def test_validate_tree_reports_everything(tree: Path) -> None:

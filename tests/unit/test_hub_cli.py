@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import ssl
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,6 @@ from cryptography import x509
 
 from builder import cli
 from builder.hub import config as hub_config
-from builder.hub.pki import wg_public_key
 from builder.hub.provider import Provider, ca_cert_hash
 from builder.hub.store import EnrollRequest
 
@@ -50,17 +49,26 @@ def hubdir(tmp_path, capsys):
     return d, out
 
 
+@pytest.mark.allow_subprocess
 def test_init_writes_keys_privately_and_prints_the_pins(hubdir):
     d, out = hubdir
-    # issue 15 item 9: paste-ready profile YAML (an absolute file: path to the CA)
+    # issue 15 item 9: paste-ready profile YAML (an absolute file: path to the CA);
+    # expected values from other tools: openssl for the certificate's DER, `wg pubkey`
     pasted = yaml.safe_load(out)
-    der = ssl.PEM_cert_to_DER_cert((d / "ca.pem").read_text())
+    der = subprocess.run(
+        ["openssl", "x509", "-in", str(d / "ca.pem"), "-outform", "der"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    wg = subprocess.run(
+        ["wg", "pubkey"], input=(d / "wg.key").read_bytes(), check=True, capture_output=True
+    )
     assert pasted == {
         "enrollment": {
             "ca_cert": f"file:{(d / 'ca.pem').resolve()}",
             "ca_pin": "sha256:" + hashlib.sha256(der).hexdigest(),
         },
-        "wireguard": {"hub_public_key": wg_public_key((d / "wg.key").read_text().strip())},
+        "wireguard": {"hub_public_key": wg.stdout.decode().strip()},
     }
     for name in ("ca.key", "server.key", "wg.key", "secret.key", "hub.json"):
         assert stat.S_IMODE((d / name).stat().st_mode) == 0o600, name
