@@ -19,7 +19,7 @@ APT_PACKAGES := xorriso mtools dosfstools e2fsprogs cpio \
   qemu-system-x86 qemu-utils ovmf grub-pc-bin grub-efi-amd64-bin grub-common busybox-static \
   packer wireguard-tools wireguard-go iproute2 cloud-init shellcheck systemd \
   mmdebstrap dpkg-dev sqlite3 openssl gpg fdisk mount util-linux curl ca-certificates git \
-  iptables
+  iptables etcd-server etcd-client
 
 ##@ Setup
 

@@ -42,7 +42,8 @@ from .metrics import Metrics
 from .pki import wg_public_key
 from .provider import Provider
 from .server import HttpServer, Request, Response
-from .store import EnrollRequest, Outcome, Store
+from .store import EnrollRequest, Outcome
+from .stores import HubStore
 from .wg import WgInterface
 from .wire import NODE_SECRET_RE, HttpError, parse_enroll_body
 from .writer import open_store
@@ -73,7 +74,7 @@ class Hub:
 
     def __init__(self, cfg: HubConfig, on_fatal: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
-        self.store: Store = open_store(cfg)
+        self.store: HubStore = open_store(cfg)
         self.wg = WgInterface(cfg.wg.interface, cfg.wg.private_key_file, cfg.wg.listen_port)
         self.hub_pubkey = wg_public_key(cfg.wg.private_key_file.read_text().strip())
         self.secret_key = cfg.secret_key()
@@ -260,7 +261,7 @@ class Hub:
         return json_response(200, await self.io(self._complete, req))
 
     def _db_ok(self) -> None:
-        self.store.conn().execute("SELECT 1").fetchone()
+        self.store.ping()
 
     async def healthz(self, req: Request) -> Response:
         try:
@@ -272,8 +273,7 @@ class Hub:
         return json_response(200, {"status": "ok", "writer": True, "writer_pid": self.link.pid()})
 
     def _node_states(self) -> dict[str, int]:
-        rows = self.store.conn().execute("SELECT state, count(*) FROM nodes GROUP BY state")
-        return {r[0]: r[1] for r in rows}
+        return self.store.node_states()
 
     async def metrics_text(self, req: Request) -> Response:
         text = self.metrics.render(await self.io(self._node_states))
