@@ -31,8 +31,11 @@ def free_ports(n: int) -> list[int]:
 
 
 class EtcdCluster:
-    def __init__(self, base: Path, members: int = 3, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, base: Path, members: int = 3, host: str = "127.0.0.1", netns: str | None = None
+    ) -> None:
         self.base = base
+        self.wrap = ["ip", "netns", "exec", netns] if netns else []  # exec: same pid
         self.host = host
         ports = free_ports(2 * members)
         self.client_ports = ports[:members]
@@ -50,6 +53,7 @@ class EtcdCluster:
     def argv(self, i: int) -> list[str]:
         n, cp, pp = self.names[i], self.client_ports[i], self.peer_ports[i]
         return [
+            *self.wrap,
             "etcd",
             "--name", n,
             "--data-dir", str(self.base / n),
@@ -81,16 +85,28 @@ class EtcdCluster:
     def wait_healthy(self, timeout: float = 30) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            for ep in self.endpoints:
-                try:
-                    r = requests.get(ep + "/health", timeout=1)
-                    if r.ok and r.json().get("health") == "true":
-                        return
-                except (requests.RequestException, ValueError):
-                    pass
+            if self.healthy():
+                return
             time.sleep(0.2)
         logs = "".join((self.base / f"{n}.log").read_text()[-2000:] for n in self.names)
         raise AssertionError(f"etcd cluster not healthy within {timeout}s:\n{logs}")
+
+    def healthy(self) -> bool:
+        if self.wrap:  # inside a namespace: ask from there
+            probe = "import sys,urllib.request as u;u.urlopen(sys.argv[1]+'/health',timeout=1)"
+            for ep in self.endpoints:
+                argv = [*self.wrap, "python3", "-c", probe, ep]
+                if subprocess.run(argv, capture_output=True).returncode == 0:
+                    return True
+            return False
+        for ep in self.endpoints:
+            try:
+                r = requests.get(ep + "/health", timeout=1)
+                if r.ok and r.json().get("health") == "true":
+                    return True
+            except (requests.RequestException, ValueError):
+                pass
+        return False
 
     def kill9(self, i: int) -> None:
         p = self.procs.get(self.names[i])
