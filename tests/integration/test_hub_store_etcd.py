@@ -109,3 +109,73 @@ def test_two_hubs_never_share_an_address_or_overuse_a_token(cluster, tmp_path, c
     assert sorted(n["ip"] for n in nodes) == sorted(ips)
     assert next(t["used"] for t in b.list_tokens() if t["id"] == tid) == 150
     assert a.conflicts + b.conflicts > 0  # the race really happened
+
+
+def test_migrate_sqlite_to_etcd_keeps_every_node_and_address(cluster, tmp_path):
+    """`builder hub migrate --to etcd` on a hub with enrolled nodes: same nodes, same
+    addresses, token use counts kept; a node's re-enrollment with its secret still works;
+    a second hub state under the same prefix is refused (exit 2, config untouched)."""
+    import json
+    import subprocess
+
+    from builder.hub import config as hub_config
+    from builder.hub import stores
+    from builder.hub import tokens as tok_mod
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-c", "from builder.cli import main; main()", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    d = tmp_path / "hub"
+    p = cli("hub", "init", str(d), "--endpoint", "192.0.2.1:51820", "--url", "https://h:8443")
+    assert p.returncode == 0, p.stderr
+    cfg = hub_config.load(d / "hub.json")
+    sq = stores.open_store(cfg)
+    tok, tid = sq.create_token("lab", 10, 3600, False)
+    enrolled = [sq.enroll(base.req(tok, i)) for i in range(5)]
+    sq.revoke_node("node-4")  # a quarantined address travels too
+    before = {n["node_id"]: n for n in sq.list_nodes()}
+    prefix = f"/mig/{tmp_path.name}"
+    eps = [a for e in cluster.endpoints for a in ("--endpoint", e)]
+    p = cli(
+        "hub", "migrate", "--config", str(d / "hub.json"), "--to", "etcd", *eps, "--prefix", prefix
+    )
+    assert p.returncode == 0, p.stderr
+    assert "copied 1 tokens, 5 nodes, 1 quarantined" in p.stdout
+    cfg2 = hub_config.load(d / "hub.json")
+    assert cfg2.store.kind == "etcd" and cfg2.store.prefix == prefix
+    et = stores.open_store(cfg2)
+    after = {n["node_id"]: n for n in et.list_nodes()}
+    assert after == before
+    assert next(t["used"] for t in et.list_tokens() if t["id"] == tid) == 5
+    o = enrolled[1]
+    r = base.req("", 1, k=base.key("k1-new"))
+    n = o.node
+    r.node_secret = tok_mod.node_secret(
+        cfg.secret_key(), n["node_id"], n["pubkey"], n["generation"]
+    )
+    re = et.enroll(r)
+    assert re.status == 200 and re.node["ip"] == o.node["ip"]
+    new = et.enroll(base.req(tok, 9))
+    assert new.status == 200 and new.node["ip"] not in {n["ip"] for n in before.values()}
+    # the prefix now holds a live hub state: a second migration into it is refused
+    other = tmp_path / "other"
+    init = cli("hub", "init", str(other), "--endpoint", "192.0.2.1:51820", "--url", "https://h:1")
+    assert init.returncode == 0, init.stderr
+    s2 = stores.open_store(hub_config.load(other / "hub.json"))
+    s2.create_token("lab", 1, 60, False)
+    raw = (other / "hub.json").read_text()
+    p = cli(
+        "hub",
+        "migrate",
+        "--config",
+        str(other / "hub.json"),
+        "--to",
+        "etcd",
+        *eps,
+        "--prefix",
+        prefix,
+    )
+    assert p.returncode == 2 and "already holds" in p.stderr and "Traceback" not in p.stderr
+    assert (other / "hub.json").read_text() == raw
+    assert json.loads(raw).get("store") is None
