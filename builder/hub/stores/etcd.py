@@ -36,7 +36,7 @@ from builder.errors import BuilderError
 
 from ..config import StoreConfig
 from ..store import SCHEMA, EnrollRequest, Outcome, Pool, Store
-from .etcd_client import EtcdClient, StoreUnavailable, b64, delete, prefix_end, put
+from .etcd_client import EtcdClient, StoreUnavailable, b64, prefix_end, put
 
 log = logging.getLogger("nodeforge.hub")
 T = TypeVar("T")
@@ -64,36 +64,82 @@ class _Snapshot(Store):
         c = sqlite3.connect(":memory:", isolation_level=None)
         c.row_factory = sqlite3.Row
         c.executescript(SCHEMA)
+        c.execute("CREATE TABLE dirty(kind TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY(kind, id))")
+        for kind, (table, pk) in TABLES.items():
+            for ev, ref in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
+                c.execute(
+                    f"CREATE TRIGGER {table}_{ev.lower()} AFTER {ev} ON {table} BEGIN"
+                    f" INSERT OR IGNORE INTO dirty VALUES ('{kind}', {ref}.{pk}); END"
+                )
+                if ev == "UPDATE":  # a changed primary key leaves the old one behind
+                    c.execute(
+                        f"CREATE TRIGGER {table}_update_old AFTER UPDATE ON {table} BEGIN"
+                        f" INSERT OR IGNORE INTO dirty VALUES ('{kind}', OLD.{pk}); END"
+                    )
         self._local.conn = c
         self.logged: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.rev = 0  # the etcd revision this snapshot reflects
+        self.marker_mod = 0  # mod_revision of the marker key at that revision
+
+    def _tx(self) -> Any:  # inside the snapshot's own transaction (see EtcdStore._mutate)
+        return _Savepoint(self.conn())
+
+    def apply(self, name: str, value: str) -> None:
+        """One key of ``state/`` as etcd has it now (``""``: deleted)."""
+        kind, _, ident = name.partition("/")
+        if kind not in TABLES:
+            return
+        table, pk = TABLES[kind]
+        c = self.conn()
+        c.execute(f"DELETE FROM {table} WHERE {pk}=?", (ident,))  # noqa: S608
+        if value:
+            d = json.loads(value)
+            cols, marks = ",".join(d), ",".join("?" * len(d))
+            c.execute(f"INSERT INTO {table}({cols}) VALUES ({marks})", list(d.values()))
+
+    def begin(self) -> None:
+        c = self.conn()
+        c.execute("DELETE FROM dirty")
+        c.execute("DELETE FROM audit")
+        self.logged = []
+        c.execute("BEGIN")
+
+    def changes(self) -> dict[str, str]:
+        """``kind/id`` -> JSON row (``""``: deleted) of every row changed since ``begin``."""
+        c = self.conn()
+        out = {}
+        for kind, ident in c.execute("SELECT kind, id FROM dirty").fetchall():
+            table, pk = TABLES[kind]
+            r = c.execute(f"SELECT * FROM {table} WHERE {pk}=?", (ident,)).fetchone()  # noqa: S608
+            out[f"{kind}/{ident}"] = json.dumps(dict(r), sort_keys=True) if r else ""
+        return out
 
     def _log_audit(self, row: tuple[Any, ...], detail: dict[str, Any]) -> None:  # type: ignore[override]
         self.logged.append((row, detail))  # logged once the transaction committed
 
-    def rows(self) -> dict[str, str]:
-        out = {}
-        c = self.conn()
-        for kind, (table, pk) in TABLES.items():
-            for r in c.execute(f"SELECT * FROM {table}"):  # noqa: S608 - fixed table names
-                d = dict(r)
-                out[f"{kind}/{d[pk]}"] = json.dumps(d, sort_keys=True)
-        return out
-
     def load(self, rows: dict[str, str]) -> None:
-        c = self.conn()
         for name, value in rows.items():
-            kind = name.partition("/")[0]
-            if kind not in TABLES:
-                continue
-            d = json.loads(value)
-            cols = ",".join(d)
-            marks = ",".join("?" * len(d))
-            c.execute(f"INSERT INTO {TABLES[kind][0]}({cols}) VALUES ({marks})", list(d.values()))
+            self.apply(name, value)
+        self.conn().execute("DELETE FROM dirty")
 
     def audit_rows(self) -> list[list[Any]]:
         c = self.conn()
         q = "SELECT ts, event, node_id, token_id, remote, detail FROM audit ORDER BY id"
         return [list(r) for r in c.execute(q)]
+
+
+class _Savepoint:
+    def __init__(self, c: sqlite3.Connection) -> None:
+        self.c = c
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.c.execute("SAVEPOINT tx")
+        return self.c
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.c.execute("ROLLBACK TO tx")
+        self.c.execute("RELEASE tx")
 
 
 class EtcdStore:
@@ -121,20 +167,46 @@ class EtcdStore:
         self._seq = 0
         self._lock = threading.Lock()  # only for the sequence counter, never across I/O
         self.conflicts = 0  # compare failures so far (metrics, tests)
+        self._tls = threading.local()  # each thread its own snapshot: no lock across I/O
 
     # -- snapshot and commit ------------------------------------------------------------------
     def _load(self) -> tuple[_Snapshot, dict[str, str], int]:
-        _, kvs = self.client.range(self.state, prefix_end(self.state))
+        """A fresh snapshot of the whole state (and its rows: ``kind/id`` -> JSON)."""
+        rev, kvs = self.client.range(self.state, prefix_end(self.state))
         rows: dict[str, str] = {}
         marker_mod = 0
         for key, value, mod in kvs:
             if key == self.marker:
                 marker_mod = mod
-            else:
+            elif value:  # "" is a deleted row (kept so that changes can be read incrementally)
                 rows[key[len(self.state) :]] = value
         snap = _Snapshot(self)
         snap.load(rows)
+        snap.rev, snap.marker_mod = rev, marker_mod
         return snap, rows, marker_mod
+
+    def _snapshot(self) -> _Snapshot:
+        """This thread's snapshot, brought up to date with ONE range call that returns only
+        the keys changed since its revision (deletions are written as empty values)."""
+        snap: _Snapshot | None = getattr(self._tls, "snap", None)
+        if snap is None:
+            snap = self._load()[0]
+            self._tls.snap = snap
+            return snap
+        rev, kvs = self.client.range(
+            self.state, prefix_end(self.state), min_mod_revision=snap.rev + 1
+        )
+        c = snap.conn()
+        c.execute("BEGIN")
+        for key, value, mod in kvs:
+            if key == self.marker:
+                snap.marker_mod = mod
+            else:
+                snap.apply(key[len(self.state) :], value)
+        c.execute("DELETE FROM dirty")
+        c.execute("COMMIT")
+        snap.rev = rev
+        return snap
 
     def _audit_key(self) -> str:
         with self._lock:
@@ -142,37 +214,47 @@ class EtcdStore:
             seq = self._seq
         return f"{self.audit_prefix}{time.time_ns():020d}-{self.name}-{seq:08d}"
 
-    def _commit(self, snap: _Snapshot, before: dict[str, str], marker_mod: int) -> bool:
-        after = snap.rows()
-        ops = [put(self.state + k, v) for k, v in after.items() if before.get(k) != v]
-        ops += [delete(self.state + k) for k in before if k not in after]
+    def _commit(self, snap: _Snapshot) -> bool:
+        ops = [put(self.state + k, v) for k, v in snap.changes().items()]
         audit = snap.audit_rows()
         extra = [put(self._audit_key(), json.dumps(audit))] if audit else []
         if not ops:  # nothing changed (a denial, a replay): only the audit rows
             if extra:
                 self.client.txn([], extra)
             return True
-        if marker_mod:
-            cmp = {"target": "MOD", "result": "EQUAL", "key": "", "mod_revision": str(marker_mod)}
+        if snap.marker_mod:
+            cmp = {"target": "MOD", "result": "EQUAL", "mod_revision": str(snap.marker_mod)}
         else:
-            cmp = {"target": "VERSION", "result": "EQUAL", "key": "", "version": "0"}
+            cmp = {"target": "VERSION", "result": "EQUAL", "version": "0"}
         cmp["key"] = b64(self.marker)
-        return self.client.txn([cmp], [*ops, put(self.marker, self.name), *extra])
+        ok, rev = self.client.txn_rev([cmp], [*ops, put(self.marker, self.name), *extra])
+        if ok:  # the snapshot now is the state at ``rev``: nobody else wrote in between
+            snap.rev = snap.marker_mod = rev
+        return ok
 
     def _mutate(self, fn: Callable[[_Snapshot], T]) -> T:
         for attempt in range(ATTEMPTS):
-            snap, before, marker_mod = self._load()
-            result = fn(snap)
-            if self._commit(snap, before, marker_mod):
+            snap = self._snapshot()
+            snap.begin()
+            c = snap.conn()
+            try:
+                result = fn(snap)
+                ok = self._commit(snap)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            if ok:
+                c.execute("COMMIT")
                 for row, detail in snap.logged:
                     Store._log_audit(row, detail)
                 return result
+            c.execute("ROLLBACK")
             self.conflicts += 1
             time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
         raise StoreUnavailable(f"etcd: {ATTEMPTS} conflicting transactions in a row; try again")
 
     def _read(self, fn: Callable[[_Snapshot], T]) -> T:
-        return fn(self._load()[0])
+        return fn(self._snapshot())
 
     # -- the HubStore interface ------------------------------------------------------------
     def create_token(

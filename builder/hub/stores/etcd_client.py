@@ -112,10 +112,17 @@ class EtcdClient:
         raise StoreUnavailable("etcd: no endpoint answered: " + "; ".join(errors))
 
     def range(
-        self, key: str, range_end: str | None = None, limit: int = 0, descend: bool = False
+        self,
+        key: str,
+        range_end: str | None = None,
+        limit: int = 0,
+        descend: bool = False,
+        min_mod_revision: int = 0,
     ) -> tuple[int, list[tuple[str, str, int]]]:
         """(revision, [(key, value, mod_revision)]) at one revision."""
         body: dict[str, Any] = {"key": b64(key)}
+        if min_mod_revision:
+            body["min_mod_revision"] = str(min_mod_revision)
         if range_end is not None:
             body["range_end"] = b64(range_end)
         if limit:
@@ -132,10 +139,17 @@ class EtcdClient:
         return rev, kvs
 
     def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> bool:
+        return self.txn_rev(compare, success)[0]
+
+    def txn_rev(
+        self, compare: list[dict[str, Any]], success: list[dict[str, Any]]
+    ) -> tuple[bool, int]:
+        """(succeeded, revision after the transaction)."""
         if len(success) > MAX_TXN_OPS:
             raise BuilderError(f"etcd: a transaction of {len(success)} operations is too big")
         data = self.post("/v3/kv/txn", {"compare": compare, "success": success})
-        return bool(data.get("succeeded"))
+        rev = int(data.get("header", {}).get("revision", 0))
+        return bool(data.get("succeeded")), rev
 
     def watch(self, key: str, range_end: str, idle_timeout: float = 30.0) -> Iterator[int]:
         """Yields the number of events of each watch response (the first, 0, says the watch

@@ -26,7 +26,7 @@ from builder.fsutil import atomic_write
 from ..config import HubConfig, StoreConfig
 from ..store import Pool
 from .etcd import TABLES, EtcdStore
-from .etcd_client import b64, delete, put
+from .etcd_client import b64, put
 
 CHUNK = 100
 MIGRATE = "migrate"  # the marker's value while only this command has written
@@ -77,7 +77,7 @@ def to_etcd(cfg: HubConfig, target: StoreConfig, write_config: bool = True) -> M
             hint="choose another store.prefix, or empty it with etcdctl del --prefix",
         )
     ops = [put(st.state + k, v) for k, v in sorted(rows.items()) if existing.get(k) != v]
-    ops += [delete(st.state + k) for k in sorted(existing) if k not in rows]
+    ops += [put(st.state + k, "") for k in sorted(existing) if k not in rows]  # deleted
     for i in range(0, len(ops), CHUNK):
         if marker_mod:
             cmp = {"target": "MOD", "result": "EQUAL", "mod_revision": str(marker_mod)}
