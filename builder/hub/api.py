@@ -86,9 +86,35 @@ class Hub:
         self.metrics = Metrics()
         self.link = WriterLink(cfg, self.metrics, on_fatal)
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="hub-io")
+        self.hubs: list[dict[str, Any]] = []
+        self.hubs_at = 0.0
 
     def start(self) -> None:
         self.link.start()
+        register = getattr(self.store, "register_hub", None)
+        if register is not None:  # several hubs on one store: nodes get every hub as a peer
+            register(self.hub_info())
+            self.hubs = self.store.hubs()  # type: ignore[attr-defined]
+            self.hubs_at = time.monotonic()
+
+    def hub_info(self) -> dict[str, Any]:
+        return {
+            "pubkey": self.hub_pubkey,
+            "endpoint": self.cfg.wg.endpoint,
+            "overlay_ip": str(self.cfg.wg.hub_ip),
+        }
+
+    async def other_hubs(self) -> list[dict[str, Any]]:
+        """The other hubs on this store (refreshed every 30 s; [] on SQLite)."""
+        if not hasattr(self.store, "hubs"):
+            return []
+        if time.monotonic() - self.hubs_at > 30:
+            try:
+                self.hubs = await self.io(self.store.hubs)  # type: ignore[attr-defined]
+            except BuilderError as exc:
+                log.warning("hub list: %s", exc.message)
+            self.hubs_at = time.monotonic()
+        return [h for h in self.hubs if h.get("pubkey") != self.hub_pubkey]
 
     def stop(self) -> None:
         self.link.stop()
@@ -184,7 +210,11 @@ class Hub:
         result = {200: "ok", 202: "pending"}.get(out.status, str(out.status))
         self.metrics.enrolled(result + ("_replay" if out.replay else ""), time.monotonic() - t0)
         if out.status == 200 and out.node:
-            return json_response(200, self.enroll_response(out.node))
+            answer = self.enroll_response(out.node)
+            others = await self.other_hubs()
+            if others:
+                answer["other_hubs"] = others
+            return json_response(200, answer)
         if out.status == 202:
             return json_response(
                 202, {"status": "pending", "detail": out.error}, self.cfg.pending_retry_seconds

@@ -332,6 +332,14 @@ class EtcdStore:
             e["id"] = i + 1
         return events[:limit]
 
+    # -- the hubs sharing this store (nodes get them all as peers) ------------------------
+    def register_hub(self, info: dict[str, Any]) -> None:
+        self.client.txn([], [put(f"{self.cfg.prefix}/hubs/{self.name}", json.dumps(info))])
+
+    def hubs(self) -> list[dict[str, Any]]:
+        p = f"{self.cfg.prefix}/hubs/"
+        return [json.loads(v) for _, v, _ in self.client.range(p, prefix_end(p))[1]]
+
     def ping(self) -> None:
         self.client.range(self.marker)
 
