@@ -98,6 +98,7 @@ bench: deps ## Run every benchmark script in tests/bench (figures and ratios vs 
 
 bench-hub: deps ## Enrollment hub load benchmark: 1,000 enrollments, throughput, p50/p99 (root)
 	$(VENV)/bin/python tests/bench/bench_hub.py $(ARGS)
+	$(VENV)/bin/python tests/bench/bench_hub_etcd.py  # 3 hubs on a 3-member etcd vs SQLite
 
 bench-render: deps ## Benchmark render + validate for SITE
 	$(VENV)/bin/python tests/bench/bench_render.py $(SITE)
