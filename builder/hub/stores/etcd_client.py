@@ -163,7 +163,7 @@ class EtcdClient:
             ) as r:
                 if r.status_code != 200:
                     raise StoreUnavailable(f"etcd: {url}: HTTP {r.status_code}")
-                for line in r.iter_lines(chunk_size=1):
+                for line in r.iter_lines(chunk_size=65536):  # chunked: yields per HTTP chunk
                     if not line:
                         continue
                     msg = json.loads(line)
