@@ -1,11 +1,12 @@
-"""Two hubs on one 3-member etcd cluster (issue 16), real `builder hub serve`, real
-wireguard-go, all in a network namespace created here (etcd on its loopback).
+"""Three hubs on one 3-member etcd cluster (issue 16), real `builder hub serve`, real
+wireguard-go, each hub in its own network namespace created here on one bridge (etcd in hub
+A's namespace, on the bridge address).
 
-- a node enrolled at hub A is a peer on hub B's interface within PEER_BOUND seconds (the
-  store's watch, not the periodic reconcile: that is set to 300 s here);
-- a burst over both hubs, `kill -9` of hub A and of one etcd member mid-burst: every 200 is
-  in the store and on hub B's interface, no address twice, no token use beyond its limit,
-  the rest succeed on retry through hub B.
+- a node enrolled at hub A is a peer on hub B's and C's interfaces within PEER_BOUND seconds
+  (the store's watch, not the periodic reconcile: that is set to 300 s here);
+- 600 enrollments over the 3 hubs, `kill -9` of hub A and of one etcd member mid-burst:
+  every 200 is in the store and on both live hubs' interfaces within PEER_BOUND, no address
+  twice, no token use beyond its limit, the rest succeed on retry through hub B.
 """
 
 from __future__ import annotations
@@ -49,35 +50,46 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(lab):
-    c = EtcdCluster(lab.tmp / "etcd", members=3, netns=lab.hub_ns).start()
+    c = EtcdCluster(lab.tmp / "etcd", members=3, host="192.168.77.1", netns=lab.hub_ns)
+    c.start()
     yield c
     c.stop()
 
 
-def two_hub_configs(lab: Lab, cluster: EtcdCluster) -> tuple[dict, dict]:
-    a = hub_setup(lab.tmp, lab.tag, "hubA", 8450, 51830, "10.102.0.0/16", per_ip_rate=0)
-    d = lab.tmp / "hubB"
-    shutil.copytree(a["dir"], d)  # same CA, TLS and secret key: one service, two hubs
-    wg_key = sh(["wg", "genkey"]).stdout.strip()
-    (d / "wg.key").write_text(wg_key + "\n")
-    (d / "wg.key").chmod(0o600)
-    b = {**a, "dir": d, "config": d / "hub.json", "log": d / "hub.log"}
-    b["record"] = d / "hub-kubeadm.jsonl"
-    for h, name, port, wg_port, ip, other in (
-        (a, "a", 8450, 51830, "10.102.0.1", "10.102.0.2"),
-        (b, "b", 8451, 51831, "10.102.0.2", "10.102.0.1"),
-    ):
+HUBS = (  # name, namespace host address (None: the lab's hub namespace), overlay address
+    ("a", "192.168.77.1", "10.102.0.1"),
+    ("b", "192.168.77.10", "10.102.0.2"),
+    ("c", "192.168.77.11", "10.102.0.3"),
+)
+
+
+def hub_configs(lab: Lab, cluster: EtcdCluster) -> list[dict]:
+    """Three hubs, each in its own namespace on the lab bridge; one CA, one secret key."""
+    sans = tuple(host for _, host, _ in HUBS)
+    first = hub_setup(lab.tmp, lab.tag, "hubA", 8450, 51830, "10.102.0.0/16", sans, per_ip_rate=0)
+    out = []
+    for i, (name, host, ip) in enumerate(HUBS):
+        if i == 0:
+            h, ns = first, lab.hub_ns
+        else:
+            ns = lab.add_node(f"h{name}", int(host.rsplit(".", 1)[1]))
+            d = lab.tmp / f"hub{name.upper()}"
+            shutil.copytree(first["dir"], d)  # same CA, TLS and secret key: one service
+            (d / "wg.key").write_text(sh(["wg", "genkey"]).stdout)
+            (d / "wg.key").chmod(0o600)
+            h = {**first, "dir": d, "config": d / "hub.json", "log": d / "hub.log"}
+            h["record"] = d / "hub-kubeadm.jsonl"
         cfg = json.loads(h["config"].read_text())
-        cfg["listen"] = f"0.0.0.0:{port}"
-        cfg["url"] = f"https://192.168.77.1:{port}"
+        cfg["listen"] = "0.0.0.0:8450"
+        cfg["url"] = f"https://{host}:8450"
         cfg["reconcile_seconds"] = 300  # only the watch can be fast
-        w = cfg["wireguard"]
-        w.update(
+        cfg["limits"] = {**cfg.get("limits", {}), "per_source_connections": 1024}
+        cfg["wireguard"].update(
             interface=f"nfe{name}{lab.tag}"[:15],
-            listen_port=wg_port,
-            endpoint=f"192.168.77.1:{wg_port}",
+            listen_port=51830,
+            endpoint=f"{host}:51830",
             hub_overlay_ip=ip,
-            reserved=[other],
+            reserved=[o for _, _, o in HUBS if o != ip],
             private_key_file=str(h["dir"] / "wg.key"),
         )
         cfg["store"] = {
@@ -87,18 +99,28 @@ def two_hub_configs(lab: Lab, cluster: EtcdCluster) -> tuple[dict, dict]:
             "name": f"hub-{name}",
         }
         h["config"].write_text(json.dumps(cfg, indent=1))
-        h.update(iface=w["interface"], url=cfg["url"])
-    return a, b
+        h.update(iface=cfg["wireguard"]["interface"], url=cfg["url"], ns=ns)
+        out.append(h)
+    return out
 
 
 @pytest.fixture(scope="module")
 def hubs(lab, cluster):
-    a, b = two_hub_configs(lab, cluster)
-    for h in (a, b):
-        h["proc"] = lab.start_hub(h["config"], h["log"], {"NF_STANDIN_RECORD": str(h["record"])})
-    for h in (a, b):
+    hs = hub_configs(lab, cluster)
+    for h in hs:
+        fh = open(h["log"], "a")  # noqa: SIM115 - the hub process keeps it
+        argv = ["ip", "netns", "exec", h["ns"], *BUILDER, "hub", "serve", "--config"]
+        h["proc"] = subprocess.Popen(
+            [*argv, str(h["config"])],
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NF_STANDIN_RECORD": str(h["record"])},
+        )
+        lab.procs.append(h["proc"])
+    for h in hs:
         lab.wait_healthy(h["url"], h["ca"], h["proc"], h["log"])
-    return a, b
+    return hs
 
 
 def token(lab: Lab, hub: dict, uses: int) -> str:
@@ -120,33 +142,39 @@ def burst(lab: Lab, hub: dict, tok: str, n: int, prefix: str, out: Path, only=No
     return subprocess.Popen(argv)
 
 
-def test_a_node_enrolled_at_hub_a_is_a_peer_of_hub_b_within_the_bound(lab, hubs):
-    a, b = hubs
+def on_interface(lab: Lab, h: dict) -> dict[str, str]:
+    return {f[0]: f[3] for f in lab.wg_dump(h["ns"], h["iface"])}
+
+
+def test_a_node_enrolled_at_hub_a_is_a_peer_of_hubs_b_and_c_within_the_bound(lab, hubs):
+    a = hubs[0]
     tok = token(lab, a, 1)
     out = lab.tmp / "one.jsonl"
     burst(lab, a, tok, 1, "watch", out).wait(60)
     (rec,) = records(out)
     assert rec["status"] == 200, rec
-    t0 = rec["t_end"]
-    seen = None
-    while time.time() - t0 < 30:
-        if any(f[0] == rec["pubkey"] for f in lab.wg_dump(lab.hub_ns, b["iface"])):
-            seen = time.time() - t0
-            break
-        time.sleep(0.05)
-    assert seen is not None and seen <= PEER_BOUND, f"peer on hub B after {seen}s"
-    print(f"peer on hub B {seen:.2f}s after hub A's 200")
+    for h in hubs[1:]:
+        seen = None
+        while time.time() - rec["t_end"] < 30:
+            if rec["pubkey"] in on_interface(lab, h):
+                seen = time.time() - rec["t_end"]
+                break
+            time.sleep(0.05)
+        assert seen is not None and seen <= PEER_BOUND, f"peer on {h['iface']} after {seen}s"
+        print(f"peer on hub {h['iface']} {seen:.2f}s after hub A's 200")
 
 
 def test_kill_9_of_a_hub_and_an_etcd_member_mid_burst(lab, hubs, cluster):
-    a, b = hubs
-    n = 150
-    tok = token(lab, b, 2 * n)
-    outs = [lab.tmp / "ka.jsonl", lab.tmp / "kb.jsonl"]
-    procs = [burst(lab, a, tok, n, "ka", outs[0]), burst(lab, b, tok, n, "kb", outs[1])]
+    """600 enrollments over 3 hubs; kill -9 hub A and one etcd member mid-burst."""
+    a, live = hubs[0], hubs[1:]
+    n = 200
+    tok = token(lab, live[0], 3 * n)
+    prefixes = ["ka", "kb", "kc"]
+    outs = [lab.tmp / f"{p}.jsonl" for p in prefixes]
+    procs = [burst(lab, h, tok, n, p, o) for h, p, o in zip(hubs, prefixes, outs, strict=True)]
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        if sum(r["status"] == 200 for o in outs for r in records(o)) >= 40:
+        if sum(r["status"] == 200 for o in outs for r in records(o)) >= 60:
             break
         time.sleep(0.02)
     a["proc"].send_signal(signal.SIGKILL)
@@ -155,39 +183,41 @@ def test_kill_9_of_a_hub_and_an_etcd_member_mid_burst(lab, hubs, cluster):
         p.wait(300)
     first = [r for o in outs for r in records(o)]
     ok = {r["node_id"]: r for r in first if r["status"] == 200}
-    assert 40 <= len(ok) < 2 * n, f"kill landed outside the burst ({len(ok)})"
-    by_hub = {p: sum(1 for r in ok.values() if r["node_id"].startswith(p)) for p in ("ka", "kb")}
-    print(f"first burst: {len(ok)} of {2 * n} answered 200 {by_hub}")
-    state = store_state(lab, b)
+    assert 60 <= len(ok) < 3 * n, f"kill landed outside the burst ({len(ok)})"
+    by_hub = {p: sum(1 for r in ok.values() if r["node_id"].startswith(p)) for p in prefixes}
+    print(f"first burst: {len(ok)} of {3 * n} answered 200 {by_hub}")
+    state = store_state(lab, live[0])
     db = {r["node_id"]: r for r in state["nodes"]}
     for node_id, r in ok.items():  # every 200 is in the store
         assert db[node_id]["ip"] == r["address"] and db[node_id]["pubkey"] == r["pubkey"]
     ips = [r["ip"] for r in db.values() if r["ip"]]
     assert len(ips) == len(set(ips))
-    # ... and on the live hub's interface, within the bound
+    # ... and on every live hub's interface, within the bound
     t0 = time.monotonic()
-    while True:
-        wg = {f[0]: f[3] for f in lab.wg_dump(lab.hub_ns, b["iface"])}
-        if all(wg.get(r["pubkey"]) == f"{r['address']}/32" for r in ok.values()):
-            break
-        assert time.monotonic() - t0 < PEER_BOUND, "200s missing on hub B's interface"
-        time.sleep(0.1)
-    print(f"every 200 on hub B's interface {time.monotonic() - t0:.2f}s after the burst")
+    for h in live:
+        while True:
+            wg = on_interface(lab, h)
+            if all(wg.get(r["pubkey"]) == f"{r['address']}/32" for r in ok.values()):
+                break
+            assert time.monotonic() - t0 < PEER_BOUND, f"200s missing on {h['iface']}"
+            time.sleep(0.1)
+    print(f"every 200 on both live hubs' interfaces {time.monotonic() - t0:.2f}s after the burst")
     # the rest succeed on retry through hub B (replays for those committed before the kill)
     retry = []
-    for o, prefix in zip(outs, ("ka", "kb"), strict=True):
+    for o, prefix in zip(outs, prefixes, strict=True):
         rest = [r["i"] for r in records(o) if r["status"] != 200]
         if rest:
             out2 = o.with_suffix(".retry")
-            burst(lab, b, tok, n, prefix, out2, only=rest, threads=8).wait(300)
+            burst(lab, live[0], tok, n, prefix, out2, only=rest, threads=8).wait(300)
             retry += records(out2)
     assert all(r["status"] == 200 for r in retry), [r for r in retry if r["status"] != 200][:3]
-    state = store_state(lab, b)
-    final = [r for r in state["nodes"] if r["node_id"].startswith(("ka-", "kb-"))]
-    assert len(final) == 2 * n
-    assert len({r["ip"] for r in final}) == 2 * n
-    used = next(t["used"] for t in state["tokens"] if t["max_uses"] == 2 * n)
-    assert used == 2 * n, "a token use was counted twice"
+    state = store_state(lab, live[0])
+    final = [r for r in state["nodes"] if r["node_id"].startswith(tuple(p + "-" for p in prefixes))]
+    assert len(final) == 3 * n
+    assert len({r["ip"] for r in final}) == 3 * n
+    used = next(t["used"] for t in state["tokens"] if t["max_uses"] == 3 * n)
+    assert used == 3 * n, "a token use was counted twice"
     time.sleep(PEER_BOUND)
-    wg = {f[0]: f[3] for f in lab.wg_dump(lab.hub_ns, b["iface"])}
-    assert all(wg.get(r["pubkey"]) == f"{r['ip']}/32" for r in final)
+    for h in live:
+        wg = on_interface(lab, h)
+        assert all(wg.get(r["pubkey"]) == f"{r['ip']}/32" for r in final), h["iface"]
