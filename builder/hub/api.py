@@ -105,10 +105,12 @@ class Hub:
         }
 
     async def other_hubs(self) -> list[dict[str, Any]]:
-        """The other hubs on this store (refreshed every 30 s; [] on SQLite)."""
+        """The other hubs on this store (refreshed every 30 s, at every enrollment while
+        this hub knows no other: one may have started since; [] on SQLite)."""
         if not hasattr(self.store, "hubs"):
             return []
-        if time.monotonic() - self.hubs_at > 30:
+        alone = all(h.get("pubkey") == self.hub_pubkey for h in self.hubs)
+        if alone or time.monotonic() - self.hubs_at > 30:
             try:
                 self.hubs = await self.io(self.store.hubs)  # type: ignore[attr-defined]
             except BuilderError as exc:
