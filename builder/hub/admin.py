@@ -135,7 +135,7 @@ def create_token(
     return store.create_token(site, uses, seconds, approve, description)
 
 
-def check_site(site: str, store: Store, profiles_dir: Path | None) -> None:
+def check_site(site: str, store: HubStore, profiles_dir: Path | None) -> None:
     from builder.site.common import did_you_mean, display_path
     from builder.site.profile import default_profiles_dir
 

@@ -92,7 +92,9 @@ def etcd_case(lab: Lab, n: int, hubs: int, procs: int, threads: int) -> dict:
         for h in hs:
             lab.wait_healthy(h["url"], h["dir"] / "ca.pem", h["proc"], h["dir"] / "hub.log")
         argv = [*BUILDER, "hub", "token", "create", "--config", str(hs[0]["config"])]
-        token = lab.hx([*argv, "--site", "lab", "--uses", str(n)], cwd=REPO).stdout.strip()
+        token = lab.hx(
+            [*argv, "--site", "lab", "--new-site", "--uses", str(n)], cwd=REPO
+        ).stdout.strip()
         cpu0 = {h["url"]: hub_cpu(h["proc"].pid) for h in hs}
         etcd0 = sum(proc_cpu(p.pid) for p in cluster.procs.values())
         out = lab.tmp / "etcd-results.jsonl"

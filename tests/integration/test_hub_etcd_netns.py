@@ -125,7 +125,9 @@ def hubs(lab, cluster):
 
 def token(lab: Lab, hub: dict, uses: int) -> str:
     argv = [*BUILDER, "hub", "token", "create", "--config", str(hub["config"])]
-    return lab.hx([*argv, "--site", "lab", "--uses", str(uses)], cwd=REPO).stdout.strip()
+    return lab.hx(
+        [*argv, "--site", "lab", "--new-site", "--uses", str(uses)], cwd=REPO
+    ).stdout.strip()
 
 
 def store_state(lab: Lab, hub: dict) -> dict:

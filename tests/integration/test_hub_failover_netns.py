@@ -135,7 +135,7 @@ def _run(lab: Lab, cluster: EtcdCluster) -> None:
     wait_port(lab.hub_ns, "192.168.77.1", pa, a["log"])
     wait_port(nsb, "192.168.77.10", pb, b["log"])
     argv = [*BUILDER, "hub", "token", "create", "--config", str(a["config"])]
-    token = lab.hx([*argv, "--site", "lab", "--uses", "2"], cwd=REPO).stdout.strip()
+    token = lab.hx([*argv, "--site", "lab", "--new-site", "--uses", "2"], cwd=REPO).stdout.strip()
     cfgs, procs = {}, {}
     for name, host in (("a", 2), ("b", 3)):
         ns = lab.add_node(name, host)
