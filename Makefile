@@ -20,7 +20,7 @@ APT_PACKAGES := xorriso mtools dosfstools e2fsprogs cpio \
   qemu-system-x86 qemu-utils ovmf grub-pc-bin grub-efi-amd64-bin grub-common busybox-static \
   packer wireguard-tools wireguard-go iproute2 cloud-init shellcheck systemd \
   mmdebstrap dpkg-dev sqlite3 openssl gpg fdisk mount util-linux curl ca-certificates git \
-  iptables
+  iptables etcd-server etcd-client
 
 ##@ Setup
 
@@ -121,6 +121,7 @@ bench: deps ## Run every benchmark script in tests/bench (figures and ratios vs 
 
 bench-hub: deps ## Enrollment hub load benchmark: 1,000 enrollments, throughput, p50/p99 (root)
 	$(VENV)/bin/python tests/bench/bench_hub.py $(ARGS)
+	$(VENV)/bin/python tests/bench/bench_hub_etcd.py  # 3 hubs on a 3-member etcd vs SQLite
 
 bench-render: deps ## Benchmark render + validate for SITE
 	$(VENV)/bin/python tests/bench/bench_render.py $(SITE)

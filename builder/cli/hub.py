@@ -287,3 +287,32 @@ def hub_doctor(config_file: Path | None, as_json: bool) -> None:
     else:
         click.echo(doctor.format_checks(checks))
     click.get_current_context().exit(doctor.exit_code(checks))
+
+
+@hub.command("migrate")
+@hub_config_option
+@click.option("--to", "kind", type=click.Choice(["etcd"]), required=True)
+@click.option("--endpoint", "endpoints", multiple=True, required=True, help="etcd client URL.")
+@click.option("--prefix", default="/nodeforge/hub", show_default=True)
+@click.option("--ca", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def hub_migrate(
+    config_file: Path | None,
+    kind: str,
+    endpoints: tuple[str, ...],
+    prefix: str,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+) -> None:
+    """Copy the hub's SQLite state into etcd, verify it, and point hub.json at etcd
+    (nodes keep their addresses; restart the hub afterwards)."""
+    from builder.hub import config as hub_config
+    from builder.hub.stores import migrate
+
+    cfg = hub_config.load(config_file)
+    target = hub_config.StoreConfig(kind, endpoints, ca, cert, key, prefix.rstrip("/"))
+    m = migrate.to_etcd(cfg, target)
+    click.echo(f"copied {m.tokens} tokens, {m.nodes} nodes, {m.quarantine} quarantined addresses")
+    click.echo(f"verified; {cfg.path} now uses etcd: restart the hub", err=True)

@@ -14,18 +14,18 @@ from typing import Any
 from builder.errors import UsageError
 
 from . import config as hub_config
+from . import stores
 from .pki import init_hub
-from .store import Pool, Store
+from .stores import HubStore
 from .tokens import parse_duration
 from .wg import WgInterface
 
 
 # the profile keys `hub init --site` reads, as (init argument, profile key)
-def open_store(config_file: Path | None) -> tuple[hub_config.HubConfig, Store]:
+def open_store(config_file: Path | None) -> tuple[hub_config.HubConfig, HubStore]:
     """The hub's config (``config_file``, ``$NODEFORGE_HUB_CONFIG`` or the default) and store."""
     cfg = hub_config.load(config_file)
-    pool = Pool(cfg.wg.network, cfg.wg.hub_ip, cfg.wg.reserved)
-    return cfg, Store(cfg.database, pool, cfg.quarantine_seconds)
+    return cfg, stores.open_store(cfg, secret=False)
 
 
 def init(
@@ -135,7 +135,7 @@ def create_token(
     return store.create_token(site, uses, seconds, approve, description)
 
 
-def check_site(site: str, store: Store, profiles_dir: Path | None) -> None:
+def check_site(site: str, store: HubStore, profiles_dir: Path | None) -> None:
     from builder.site.common import did_you_mean, display_path
     from builder.site.profile import default_profiles_dir
 

@@ -42,7 +42,8 @@ from .metrics import Metrics
 from .pki import wg_public_key
 from .provider import Provider
 from .server import HttpServer, Request, Response
-from .store import EnrollRequest, Outcome, Store
+from .store import EnrollRequest, Outcome
+from .stores import HubStore
 from .wg import WgInterface
 from .wire import NODE_SECRET_RE, HttpError, parse_enroll_body
 from .writer import open_store
@@ -73,7 +74,7 @@ class Hub:
 
     def __init__(self, cfg: HubConfig, on_fatal: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
-        self.store: Store = open_store(cfg)
+        self.store: HubStore = open_store(cfg)
         self.wg = WgInterface(cfg.wg.interface, cfg.wg.private_key_file, cfg.wg.listen_port)
         self.hub_pubkey = wg_public_key(cfg.wg.private_key_file.read_text().strip())
         self.secret_key = cfg.secret_key()
@@ -85,9 +86,37 @@ class Hub:
         self.metrics = Metrics()
         self.link = WriterLink(cfg, self.metrics, on_fatal)
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="hub-io")
+        self.hubs: list[dict[str, Any]] = []
+        self.hubs_at = 0.0
 
     def start(self) -> None:
         self.link.start()
+        register = getattr(self.store, "register_hub", None)
+        if register is not None:  # several hubs on one store: nodes get every hub as a peer
+            register(self.hub_info())
+            self.hubs = self.store.hubs()  # type: ignore[attr-defined]
+            self.hubs_at = time.monotonic()
+
+    def hub_info(self) -> dict[str, Any]:
+        return {
+            "pubkey": self.hub_pubkey,
+            "endpoint": self.cfg.wg.endpoint,
+            "overlay_ip": str(self.cfg.wg.hub_ip),
+        }
+
+    async def other_hubs(self) -> list[dict[str, Any]]:
+        """The other hubs on this store (refreshed every 30 s, at every enrollment while
+        this hub knows no other: one may have started since; [] on SQLite)."""
+        if not hasattr(self.store, "hubs"):
+            return []
+        alone = all(h.get("pubkey") == self.hub_pubkey for h in self.hubs)
+        if alone or time.monotonic() - self.hubs_at > 30:
+            try:
+                self.hubs = await self.io(self.store.hubs)  # type: ignore[attr-defined]
+            except BuilderError as exc:
+                log.warning("hub list: %s", exc.message)
+            self.hubs_at = time.monotonic()
+        return [h for h in self.hubs if h.get("pubkey") != self.hub_pubkey]
 
     def stop(self) -> None:
         self.link.stop()
@@ -183,7 +212,11 @@ class Hub:
         result = {200: "ok", 202: "pending"}.get(out.status, str(out.status))
         self.metrics.enrolled(result + ("_replay" if out.replay else ""), time.monotonic() - t0)
         if out.status == 200 and out.node:
-            return json_response(200, self.enroll_response(out.node))
+            answer = self.enroll_response(out.node)
+            others = await self.other_hubs()
+            if others:
+                answer["other_hubs"] = others
+            return json_response(200, answer)
         if out.status == 202:
             return json_response(
                 202, {"status": "pending", "detail": out.error}, self.cfg.pending_retry_seconds
@@ -260,7 +293,7 @@ class Hub:
         return json_response(200, await self.io(self._complete, req))
 
     def _db_ok(self) -> None:
-        self.store.conn().execute("SELECT 1").fetchone()
+        self.store.ping()
 
     async def healthz(self, req: Request) -> Response:
         try:
@@ -272,8 +305,7 @@ class Hub:
         return json_response(200, {"status": "ok", "writer": True, "writer_pid": self.link.pid()})
 
     def _node_states(self) -> dict[str, int]:
-        rows = self.store.conn().execute("SELECT state, count(*) FROM nodes GROUP BY state")
-        return {r[0]: r[1] for r in rows}
+        return self.store.node_states()
 
     async def metrics_text(self, req: Request) -> Response:
         text = self.metrics.render(await self.io(self._node_states))

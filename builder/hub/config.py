@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,6 +69,10 @@ DEFAULTS: dict[str, Any] = {
         "failed_auth_burst": 100,
         "replay_grace_seconds": 300,
     },
+    # where the hub's state lives: {"kind": "sqlite"} (the file `database`) or
+    # {"kind": "etcd", "endpoints": ["https://10.0.0.1:2379"], "tls": {"ca", "cert", "key"},
+    #  "prefix": "/nodeforge/hub", "name": "<this hub>"} (builder.hub.stores.etcd)
+    "store": {"kind": "sqlite"},
     "join": {
         "provider": "static",
         "api_server": None,  # None: <hub overlay address>:6443
@@ -120,6 +125,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    kind: str = "sqlite"
+    endpoints: tuple[str, ...] = ()
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    prefix: str = "/nodeforge/hub"
+    name: str = ""  # this hub's name in the store (default: the host name)
+
+
+@dataclass(frozen=True)
 class HubConfig:
     path: Path
     listen_host: str
@@ -136,6 +152,7 @@ class HubConfig:
     wg: WireGuard
     limits: Limits
     join: dict[str, Any] = field(default_factory=dict)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     @property
     def join_url(self) -> str:
@@ -274,6 +291,34 @@ def parse(raw: dict[str, Any], p: Path) -> HubConfig:
         apply=bool(w["apply"]),
         forward=bool(w["forward"]),
     )
+    st = d["store"] if isinstance(d["store"], dict) else {}
+    if not isinstance(d["store"], dict) or st.get("kind") not in ("sqlite", "etcd"):
+        bad("store.kind", f"{st.get('kind')!r}: must be sqlite or etcd")
+    eps = st.get("endpoints") or []
+    if st.get("kind") == "etcd" and (
+        not isinstance(eps, list)
+        or not eps
+        or not all(isinstance(e, str) and e.startswith(("http://", "https://")) for e in eps)
+    ):
+        bad("store.endpoints", "etcd needs a list of http(s)://HOST:PORT client URLs")
+        eps = []
+    tls = st.get("tls") or {}
+    if not isinstance(tls, dict):
+        bad("store.tls", "must be a mapping with ca, cert, key")
+        tls = {}
+    prefix = st.get("prefix", "/nodeforge/hub")
+    if not isinstance(prefix, str) or not prefix or "\0" in prefix:
+        bad("store.prefix", "must be a non-empty string")
+        prefix = "/nodeforge/hub"
+    store = StoreConfig(
+        kind=str(st.get("kind")),
+        endpoints=tuple(eps),
+        ca=path_of(tls["ca"], "store.tls.ca") if tls.get("ca") else None,
+        cert=path_of(tls["cert"], "store.tls.cert") if tls.get("cert") else None,
+        key=path_of(tls["key"], "store.tls.key") if tls.get("key") else None,
+        prefix=prefix.rstrip("/"),
+        name=str(st.get("name") or socket.gethostname()),
+    )
     cfg = HubConfig(
         path=p,
         listen_host=host,
@@ -289,6 +334,7 @@ def parse(raw: dict[str, Any], p: Path) -> HubConfig:
         pending_retry_seconds=num(d["pending_retry_seconds"], "pending_retry_seconds", 1),
         wg=wg,
         limits=limits,
+        store=store,
         join={**j, "api_server": j.get("api_server") or f"{wg.hub_ip}:6443", "_base": str(base)},
     )
     if problems:

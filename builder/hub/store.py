@@ -387,6 +387,14 @@ class Store(EnrollMixin):
             self._audit(c, "node.complete", node_id=node_id, remote=remote)
             return r[0] if r else None
 
+    def ping(self) -> None:
+        """Raises when the store cannot be read (``/healthz``)."""
+        self.conn().execute("SELECT 1").fetchone()
+
+    def node_states(self) -> dict[str, int]:
+        rows = self.conn().execute("SELECT state, count(*) FROM nodes GROUP BY state")
+        return {r[0]: r[1] for r in rows}
+
     def audit_events(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = (
             self.conn().execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()

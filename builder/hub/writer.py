@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from builder.errors import BuilderError
 
-from . import routing
+from . import routing, stores
 from .config import HubConfig
 from .config import load as load_config
-from .store import EnrollRequest, Outcome, Pool, Store
+from .store import EnrollRequest, Outcome
+from .stores import HubStore
 from .wg import WgInterface
 
 log = logging.getLogger("nodeforge.hub")
@@ -39,16 +41,10 @@ class BatchResult:
     notes: list[str] = field(default_factory=list)
 
 
-def open_store(cfg: HubConfig) -> Store:
-    """The hub's store with everything the config says about it (pool, quarantine, node
-    secrets, replay window)."""
-    return Store(
-        cfg.database,
-        Pool(cfg.wg.network, cfg.wg.hub_ip, cfg.wg.reserved),
-        cfg.quarantine_seconds,
-        secret_key=cfg.secret_key(),
-        replay_grace_seconds=cfg.limits.replay_grace_seconds,
-    )
+def open_store(cfg: HubConfig) -> HubStore:
+    """The hub's store with everything the config says about it (backend, pool,
+    quarantine, node secrets, replay window)."""
+    return stores.open_store(cfg)
 
 
 class WriterCore:
@@ -57,10 +53,24 @@ class WriterCore:
         self.store = open_store(cfg)
         self.wg = WgInterface(cfg.wg.interface, cfg.wg.private_key_file, cfg.wg.listen_port)
         self.next_reconcile = 0.0
+        # several hubs on one store (etcd): the store's watch marks the interface stale
+        self.changed = threading.Event()
+        self.stop_watch = threading.Event()
+        self.watching = False
+        self.last_reconcile = 0.0
 
     def start(self) -> None:
         if not self.cfg.wg.apply:
             return
+        watch = getattr(self.store, "watch", None)
+        if watch is not None:
+            threading.Thread(
+                target=watch,
+                args=(self.changed.set, self.stop_watch),
+                daemon=True,
+                name="store-watch",
+            ).start()
+            self.watching = True
         if self.cfg.wg.create_interface:
             created = self.wg.ensure(
                 str(self.cfg.wg.hub_ip), self.cfg.wg.network.prefixlen, self.cfg.wg.mtu
@@ -75,13 +85,18 @@ class WriterCore:
     def reconcile(self) -> None:
         peers = self.store.active_peers()
         self.wg.syncconf(peers)
+        self.last_reconcile = time.monotonic()
         self.next_reconcile = time.monotonic() + self.cfg.reconcile_seconds
         log.info("reconciled %d peers into %s", len(peers), self.cfg.wg.interface)
 
     def maybe_reconcile(self) -> None:
-        if not self.cfg.wg.apply or self.cfg.reconcile_seconds <= 0:
+        if not self.cfg.wg.apply:
             return
-        if time.monotonic() < self.next_reconcile:
+        due = self.cfg.reconcile_seconds > 0 and time.monotonic() >= self.next_reconcile
+        if self.changed.is_set() and time.monotonic() - self.last_reconcile >= 0.5:
+            self.changed.clear()
+            due = True
+        if not due:
             return
         try:
             self.reconcile()
@@ -90,6 +105,8 @@ class WriterCore:
             self.next_reconcile = time.monotonic() + 5
 
     def idle_seconds(self) -> float:
+        if self.watching:
+            return 0.2
         if not self.cfg.wg.apply or self.cfg.reconcile_seconds <= 0:
             return 1.0
         return max(0.05, self.next_reconcile - time.monotonic())
@@ -112,6 +129,8 @@ class WriterCore:
                 log.error("wg set for a batch of %d failed: %s", len(adds), exc.message)
                 res.wg_errors = self._apply_one_by_one(outcomes)
         res.wg_seconds = time.monotonic() - t1
+        if self.watching:  # peers other hubs enrolled meanwhile (debounced)
+            self.maybe_reconcile()
         return res
 
     def _apply_one_by_one(self, outcomes: list[Outcome]) -> int:

@@ -568,6 +568,12 @@ class Agent:
                 and ":" in hub["endpoint"]
                 and int(d["mtu"]) >= 1280
                 and d.get("node_secret")
+                and all(
+                    len(h["pubkey"]) == 44
+                    and ":" in h["endpoint"]
+                    and ipaddress.IPv4Address(h["overlay_ip"]) in net
+                    for h in d.get("other_hubs") or []
+                )
                 and d.get("join_url")
             )
         except (KeyError, ValueError, TypeError) as exc:
@@ -592,6 +598,15 @@ class Agent:
             f"PersistentKeepalive = {int(enr.get('keepalive') or 25)}",
             "",
         ]
+        for other in enr.get("other_hubs") or []:  # several hubs: each reachable on its /32
+            lines += [
+                "[Peer]",
+                f"PublicKey = {other['pubkey']}",
+                f"Endpoint = {other['endpoint']}",
+                f"AllowedIPs = {other['overlay_ip']}/32",
+                f"PersistentKeepalive = {int(enr.get('keepalive') or 25)}",
+                "",
+            ]
         return "\n".join(lines)
 
     def tunnel_up(self, enr: dict[str, Any], key: str) -> None:
@@ -720,15 +735,107 @@ class Agent:
         log("complete", "could not report completion; the bootstrap token expires on its own")
 
 
+# -- several hubs: which one carries the overlay route ----------------------------------------
+class HubRoute:
+    """Which hub carries the overlay route (the node's AllowedIPs for the overlay CIDR).
+
+    Every hub is a peer with its own /32, so each can be probed through its own tunnel; the
+    overlay CIDR sits on one peer at a time (WireGuard routes a range to one peer). Probes,
+    not handshake ages: a live session renews its handshake only every 2 minutes, so a
+    handshake age tells a dead hub only after minutes; a TCP connection to the hub's API
+    through the tunnel tells within one probe interval. Rules: after ``fail_after`` failed
+    probes in a row of the active hub, move to the first hub (in preference order) whose
+    last probe succeeded; back to the preferred hub after ``back_after`` good probes in a
+    row (no flapping on one good answer).
+    """
+
+    def __init__(self, order: list[str], fail_after: int = 3, back_after: int = 5) -> None:
+        self.order = list(order)
+        self.active = self.order[0]
+        self.fail_after = fail_after
+        self.back_after = back_after
+        self.fails = dict.fromkeys(self.order, 0)
+        self.oks = dict.fromkeys(self.order, 0)
+
+    def step(self, alive: dict[str, bool]) -> str | None:
+        """Feed one round of probe results; the hub to move the route to, or None."""
+        for h in self.order:
+            ok = alive.get(h, False)
+            self.oks[h] = self.oks[h] + 1 if ok else 0
+            self.fails[h] = 0 if ok else self.fails[h] + 1
+        preferred = self.order[0]
+        if self.active != preferred and self.oks[preferred] >= self.back_after:
+            self.active = preferred
+            return preferred
+        if self.fails[self.active] >= self.fail_after:
+            for h in self.order:
+                if h != self.active and self.oks[h] > 0:
+                    self.active = h
+                    return h
+        return None
+
+
+def route_argv(wg: str, iface: str, enr: dict[str, Any], to: str) -> list[list[str]]:
+    """``wg set`` commands that put the overlay CIDR on hub ``to`` (by public key); every
+    other hub keeps only its /32."""
+    hubs = [enr["hub"], *(enr.get("other_hubs") or [])]
+    out = []
+    for h in hubs:
+        allowed = f"{h['overlay_ip']}/32"
+        if h["pubkey"] == to:
+            allowed += f",{enr['overlay_cidr']}"
+        out.append(
+            (h["pubkey"] == to, [wg, "set", iface, "peer", h["pubkey"], "allowed-ips", allowed])
+        )
+    # the others first: a range moves to the peer it is given to last
+    return [argv for _, argv in sorted(out, key=lambda t: t[0])]
+
+
+def probe(host: str, port: int, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def failover_loop(cfg: Config, interval: float = 2.0, rounds: int | None = None) -> int:
+    """``--failover``: keep the overlay route on a live hub (a long-running service)."""
+    enr = json.loads((Path(cfg.state_dir) / "enrollment.json").read_text())
+    hubs = [enr["hub"], *(enr.get("other_hubs") or [])]
+    if len(hubs) < 2:
+        log("failover", "one hub only: nothing to fail over to")
+        return EXIT_OK
+    port = urllib.parse.urlsplit(enr["join_url"]).port or 443
+    route = HubRoute([h["pubkey"] for h in hubs])
+    system = System()
+    n = 0
+    while rounds is None or n < rounds:
+        n += 1
+        alive = {h["pubkey"]: probe(h["overlay_ip"], port) for h in hubs}
+        to = route.step(alive)
+        if to is not None:
+            ip = next(h["overlay_ip"] for h in hubs if h["pubkey"] == to)
+            for argv in route_argv(cfg.wg, cfg.interface, enr, to):
+                system.run(argv, timeout=30)
+            log("failover", "overlay route moved", hub=ip)
+        time.sleep(interval)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="nodeforge-enroll", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=os.environ.get("NODEFORGE_CONFIG", DEFAULT_CONFIG))
+    ap.add_argument("--failover", action="store_true", help="keep the route on a live hub")
+    ap.add_argument("--interval", type=float, default=2.0)
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config)
     except Stop as exc:
         log("config", str(exc))
         return EXIT_STOP
+    if args.failover:
+        return failover_loop(cfg, args.interval)
     log("start", site=cfg.site, interface=cfg.interface, config=args.config)
     return Agent(cfg).run()
 

@@ -162,7 +162,14 @@ def builder(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def hub_setup(
-    tmp: Path, tag: str, name: str, port: int, wg_port: int, cidr: str, **limits: float
+    tmp: Path,
+    tag: str,
+    name: str,
+    port: int,
+    wg_port: int,
+    cidr: str,
+    sans: tuple[str, ...] = (),
+    **limits: float,
 ) -> dict:
     d = tmp / name
     out = builder(
@@ -177,6 +184,7 @@ def hub_setup(
         cidr,
         "--san",
         "127.0.0.1",
+        *(a for san in sans for a in ("--san", san)),
         "--json",
     ).stdout
     info = json.loads(out)

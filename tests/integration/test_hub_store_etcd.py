@@ -1,0 +1,181 @@
+"""The single-hub store tests (tests/unit/test_hub_store.py) on the etcd backend, against a
+real 3-member etcd cluster on loopback ports; plus what only etcd has: two stores (two hubs)
+on one cluster racing for the same addresses and the same token uses."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from etcd_lab import EtcdCluster, missing
+
+from builder.hub.config import StoreConfig
+from builder.hub.store import EnrollRequest, Pool
+from builder.hub.stores.etcd import EtcdStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+import test_hub_store as base  # noqa: E402 - the unit lane's tests, run here on etcd
+
+pytestmark = pytest.mark.integration
+
+if missing():
+    pytest.skip(f"needs {missing()}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = EtcdCluster(tmp_path_factory.mktemp("etcd"), members=3).start()
+    yield c
+    c.stop()
+
+
+def etcd_store(cluster, prefix, clock, cidr="10.100.0.0/16", hub="10.100.0.1", reserved=(), q=3600):
+    pool = Pool(
+        ipaddress.IPv4Network(cidr),
+        ipaddress.IPv4Address(hub),
+        [ipaddress.IPv4Address(r) for r in reserved],
+    )
+    cfg = StoreConfig(kind="etcd", endpoints=tuple(cluster.endpoints), prefix=prefix, name="t")
+    return EtcdStore(cfg, pool, q, clock=clock, secret_key=base.KEY, replay_grace_seconds=120)
+
+
+@pytest.fixture(autouse=True)
+def _on_etcd(cluster, monkeypatch):
+    monkeypatch.setattr(
+        base,
+        "make_store",
+        lambda tmp_path, clock, **kw: etcd_store(cluster, f"/t/{tmp_path.name}", clock, **kw),
+    )
+
+
+clock = base.clock
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    return base.make_store(tmp_path, clock)
+
+
+# every single-hub store test, on etcd (the one reading the SQLite file has its own below)
+for _name in dir(base):
+    if _name.startswith("test_") and _name != "test_token_is_stored_hashed":
+        globals()[_name] = getattr(base, _name)
+
+
+def test_token_is_stored_hashed_in_etcd(store, cluster):
+    t, _ = store.create_token("lab", 1, 60, False)
+    secret = t.split(".")[2]
+    _, kvs = store.client.range("/", "\xff")
+    assert kvs and all(secret not in v for _, v, _ in kvs)
+
+
+def test_two_hubs_never_share_an_address_or_overuse_a_token(cluster, tmp_path, clock):
+    """Two stores (two hubs) on one prefix, 4 threads each, enrolling at once with one token
+    of 150 uses: 200 requests, exactly 150 succeed, all with distinct addresses."""
+    prefix = f"/race/{tmp_path.name}"
+    a = etcd_store(cluster, prefix, clock, cidr="10.50.0.0/24", hub="10.50.0.1")
+    b = etcd_store(cluster, prefix, clock, cidr="10.50.0.0/24", hub="10.50.0.1")
+    token, tid = a.create_token("lab", 150, 3600, False)
+    results: list = []
+    lock = threading.Lock()
+
+    def worker(st: EtcdStore, first: int) -> None:
+        for i in range(first, first + 25):
+            k = base64.b64encode(i.to_bytes(32, "big")).decode()
+            reqs = [EnrollRequest(token, "lab", f"n{i}", k, hostname=f"h{i}")]
+            out = st.enroll_many(reqs)
+            with lock:
+                results.extend(out)
+
+    threads = [
+        threading.Thread(target=worker, args=(st, j * 25))
+        for j, st in enumerate([a, b, a, b, a, b, a, b])
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    ok = [o for o in results if o.status == 200]
+    assert len(results) == 200
+    assert len(ok) == 150, sorted({(o.status, o.error) for o in results})
+    assert {o.status for o in results if o.status != 200} == {403}
+    ips = [o.node["ip"] for o in ok]
+    assert len(set(ips)) == 150
+    nodes = a.list_nodes()
+    assert sorted(n["ip"] for n in nodes) == sorted(ips)
+    assert next(t["used"] for t in b.list_tokens() if t["id"] == tid) == 150
+    assert a.conflicts + b.conflicts > 0  # the race really happened
+
+
+def test_migrate_sqlite_to_etcd_keeps_every_node_and_address(cluster, tmp_path):
+    """`builder hub migrate --to etcd` on a hub with enrolled nodes: same nodes, same
+    addresses, token use counts kept; a node's re-enrollment with its secret still works;
+    a second hub state under the same prefix is refused (exit 2, config untouched)."""
+    import json
+    import subprocess
+
+    from builder.hub import config as hub_config
+    from builder.hub import stores
+    from builder.hub import tokens as tok_mod
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-c", "from builder.cli import main; main()", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    d = tmp_path / "hub"
+    p = cli("hub", "init", str(d), "--endpoint", "192.0.2.1:51820", "--url", "https://h:8443")
+    assert p.returncode == 0, p.stderr
+    cfg = hub_config.load(d / "hub.json")
+    sq = stores.open_store(cfg)
+    tok, tid = sq.create_token("lab", 10, 3600, False)
+    enrolled = [sq.enroll(base.req(tok, i)) for i in range(5)]
+    sq.revoke_node("node-4")  # a quarantined address travels too
+    before = {n["node_id"]: n for n in sq.list_nodes()}
+    prefix = f"/mig/{tmp_path.name}"
+    eps = [a for e in cluster.endpoints for a in ("--endpoint", e)]
+    p = cli(
+        "hub", "migrate", "--config", str(d / "hub.json"), "--to", "etcd", *eps, "--prefix", prefix
+    )
+    assert p.returncode == 0, p.stderr
+    assert "copied 1 tokens, 5 nodes, 1 quarantined" in p.stdout
+    cfg2 = hub_config.load(d / "hub.json")
+    assert cfg2.store.kind == "etcd" and cfg2.store.prefix == prefix
+    et = stores.open_store(cfg2)
+    after = {n["node_id"]: n for n in et.list_nodes()}
+    assert after == before
+    assert next(t["used"] for t in et.list_tokens() if t["id"] == tid) == 5
+    o = enrolled[1]
+    r = base.req("", 1, k=base.key("k1-new"))
+    n = o.node
+    r.node_secret = tok_mod.node_secret(
+        cfg.secret_key(), n["node_id"], n["pubkey"], n["generation"]
+    )
+    re = et.enroll(r)
+    assert re.status == 200 and re.node["ip"] == o.node["ip"]
+    new = et.enroll(base.req(tok, 9))
+    assert new.status == 200 and new.node["ip"] not in {n["ip"] for n in before.values()}
+    # the prefix now holds a live hub state: a second migration into it is refused
+    other = tmp_path / "other"
+    init = cli("hub", "init", str(other), "--endpoint", "192.0.2.1:51820", "--url", "https://h:1")
+    assert init.returncode == 0, init.stderr
+    s2 = stores.open_store(hub_config.load(other / "hub.json"))
+    s2.create_token("lab", 1, 60, False)
+    raw = (other / "hub.json").read_text()
+    p = cli(
+        "hub",
+        "migrate",
+        "--config",
+        str(other / "hub.json"),
+        "--to",
+        "etcd",
+        *eps,
+        "--prefix",
+        prefix,
+    )
+    assert p.returncode == 2 and "already holds" in p.stderr and "Traceback" not in p.stderr
+    assert (other / "hub.json").read_text() == raw
+    assert json.loads(raw).get("store") is None

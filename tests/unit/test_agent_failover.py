@@ -1,0 +1,75 @@
+"""Several hubs (issue 16): every hub a peer on its /32, the overlay route on one of them,
+moved by a small state machine fed with probe results (agent.HubRoute)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+AGENT = Path(__file__).resolve().parents[2] / "builder" / "node" / "agent.py"
+spec = importlib.util.spec_from_file_location("nodeforge_agent_failover", AGENT)
+agent = importlib.util.module_from_spec(spec)
+sys.modules["nodeforge_agent_failover"] = agent
+spec.loader.exec_module(agent)
+
+A, B, C = ("A" * 43 + "=", "B" * 43 + "=", "C" * 43 + "=")
+
+
+def enrollment():
+    return {
+        "address": "10.100.0.7",
+        "overlay_cidr": "10.100.0.0/16",
+        "hub": {"pubkey": A, "endpoint": "a.example:51820", "overlay_ip": "10.100.0.1"},
+        "other_hubs": [
+            {"pubkey": B, "endpoint": "b.example:51820", "overlay_ip": "10.100.0.2"},
+            {"pubkey": C, "endpoint": "c.example:51820", "overlay_ip": "10.100.0.3"},
+        ],
+        "mtu": 1420,
+        "keepalive": 25,
+    }
+
+
+def test_route_stays_while_the_active_hub_answers_and_moves_after_three_misses():
+    r = agent.HubRoute([A, B, C])
+    up = {A: True, B: True, C: True}
+    assert [r.step(up) for _ in range(10)] == [None] * 10
+    down = {A: False, B: True, C: True}
+    assert [r.step(down) for _ in range(3)] == [None, None, B]
+    assert r.active == B
+    assert [r.step(down) for _ in range(5)] == [None] * 5
+
+
+def test_skips_hubs_that_are_down_too_and_waits_when_none_answers():
+    r = agent.HubRoute([A, B, C])
+    assert [r.step({A: False, B: False, C: True}) for _ in range(3)] == [None, None, C]
+    r = agent.HubRoute([A, B, C])
+    assert [r.step({}) for _ in range(5)] == [None] * 5 and r.active == A
+    assert r.step({C: True}) == C
+
+
+def test_back_to_the_preferred_hub_only_after_five_good_probes_in_a_row():
+    r = agent.HubRoute([A, B])
+    for _ in range(3):
+        r.step({A: False, B: True})
+    assert r.active == B
+    flapping = [r.step({A: i % 2 == 0, B: True}) for i in range(8)]
+    assert flapping == [None] * 8
+    assert [r.step({A: True, B: True}) for _ in range(5)] == [None] * 4 + [A]
+
+
+def test_wg_conf_has_every_hub_with_the_overlay_on_the_first():
+    enr = enrollment()
+    conf = agent.Agent.wg_conf(None, enr, "PRIV")  # type: ignore[arg-type]
+    peers = conf.split("[Peer]")[1:]
+    assert len(peers) == 3
+    assert f"PublicKey = {A}" in peers[0] and "AllowedIPs = 10.100.0.0/16" in peers[0]
+    assert f"PublicKey = {B}" in peers[1] and "AllowedIPs = 10.100.0.2/32" in peers[1]
+    assert "Endpoint = c.example:51820" in peers[2]
+
+
+def test_route_argv_gives_the_range_to_the_new_hub_last():
+    cmds = agent.route_argv("wg", "wg0", enrollment(), B)
+    assert cmds[-1] == ["wg", "set", "wg0", "peer", B, "allowed-ips", "10.100.0.2/32,10.100.0.0/16"]
+    assert ["wg", "set", "wg0", "peer", A, "allowed-ips", "10.100.0.1/32"] in cmds[:-1]
+    assert len(cmds) == 3
