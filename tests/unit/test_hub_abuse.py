@@ -218,6 +218,17 @@ def test_a_dead_writer_is_not_healthy_and_is_restarted(hub):
     pids = writer_pids(hub.proc.pid)
     assert len(pids) == 1, pids
     os.kill(pids[0], signal.SIGKILL)
+    # a signal is delivered when the process next runs: wait until it is really dead (gone,
+    # or a zombie not yet reaped), or a loaded machine answers the first healthz before that
+    stat_file = Path(f"/proc/{pids[0]}/stat")
+    dead_by = time.monotonic() + 10
+    while time.monotonic() < dead_by:
+        try:
+            if stat_file.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        except (OSError, IndexError):
+            break
+        time.sleep(0.02)
     seen = []
     deadline = time.monotonic() + 20
     i = 0

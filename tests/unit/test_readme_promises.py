@@ -103,8 +103,10 @@ def test_hub_init_hub_ip_and_force(tmp_path: Path, capsys: pytest.CaptureFixture
 # README "--debug (log every external command as `+ argv`, show tracebacks)"
 @pytest.mark.allow_subprocess
 def test_debug_logs_every_command_as_argv(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # an empty cache: a remembered pass would run no validator at all (nothing to log)
+    monkeypatch.setenv("BUILDER_CACHE_DIR", str(workdir / "cache"))
     code, _, err = run_cli(capsys, "--debug", "validate", "aws", "--skip", "packer-validate")
     assert code == 0, err
     lines = err.splitlines()
