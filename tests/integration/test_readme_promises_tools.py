@@ -92,12 +92,22 @@ def test_image_no_verify_skips_the_base_iso_check(
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1767225600", "XDG_CACHE_HOME": str(tmp_path / "c")}
     wrong = "ab" * 32
     sets = [a for o in fixture_overrides(base, f"iso.base.sha256={wrong}") for a in ("--set", o)]
-    checked = builder("image", "onprem", *sets, "--base-iso", str(base), cwd=tmp_path, env=env)
+    checked = builder(
+        "image", "onprem", "--allow-demo", *sets, "--base-iso", str(base), cwd=tmp_path, env=env
+    )
     assert checked.returncode != 0
     assert f"sha256 mismatch: expected {wrong}" in checked.stderr
     assert not list((tmp_path / "dist").glob("**/*.iso"))
     skipped = builder(
-        "image", "onprem", *sets, "--base-iso", str(base), "--no-verify", cwd=tmp_path, env=env
+        "image",
+        "onprem",
+        "--allow-demo",
+        *sets,
+        "--base-iso",
+        str(base),
+        "--no-verify",
+        cwd=tmp_path,
+        env=env,
     )
     assert skipped.returncode == 0, skipped.stderr
     out = Path(skipped.stdout.strip().splitlines()[-1])

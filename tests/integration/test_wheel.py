@@ -29,6 +29,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (REPO / rel).is_file():
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, src / rel)
+    # the build records the checkout's commit (setup.py asks git): point the copy at the
+    # checkout's git directory, so the wheel names the same commit as the checkout
+    git_dir = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--absolute-git-dir"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    (src / ".git").write_text(f"gitdir: {git_dir}\n")
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
