@@ -31,6 +31,7 @@ CASES = [
         "never the secret itself",
     ),
     ("kernel.sysctls=[1]", "--set: kernel.sysctls: expected object, got a list"),
+    ("kubernetes.taints=[{key: a}]", "--set: kubernetes.taints.0.effect: required key is missing"),
     ("admin.usernam=x", "--set: admin.usernam: unknown key (did you mean 'username'?)"),
 ]
 
