@@ -122,3 +122,24 @@ def test_kill_during_write_keeps_old_tree(workdir: Path) -> None:
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
     assert digest(target) == before
+
+
+def test_temp_tree_is_hidden_beside_the_target(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # beside: os.replace is atomic only within one filesystem; hidden and *.part: an
+    # interrupted render's leftovers are neither listed as a site tree nor committed
+    target = workdir / "out" / "deep" / "aws"  # parents are created
+    moves: list[tuple[Path, Path]] = []
+    real_replace = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        moves.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(render.os, "replace", replace)
+    render.render_site(load_profile("aws"), target)
+    (src, dst), *_ = moves
+    assert dst == target and src.parent == target.parent
+    assert src.name.startswith(".aws.") and src.name.endswith(".part")
+    assert (target.stat().st_mode & 0o7777) == 0o755
