@@ -6,6 +6,7 @@ place fails every test here (checked by planting exactly that)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -122,3 +123,43 @@ def test_kill_during_write_keeps_old_tree(workdir: Path) -> None:
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
     assert digest(target) == before
+
+
+def test_temp_tree_is_hidden_beside_the_target(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # beside: os.replace is atomic only within one filesystem; hidden and *.part: an
+    # interrupted render's leftovers are neither listed as a site tree nor committed
+    target = workdir / "out" / "deep" / "aws"  # parents are created
+    moves: list[tuple[Path, Path]] = []
+    real_replace = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        moves.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(render.os, "replace", replace)
+    render.render_site(load_profile("aws"), target)
+    (src, dst), *_ = moves
+    assert dst == target and src.parent == target.parent
+    assert src.name.startswith(".aws.") and src.name.endswith(".part")
+    assert (target.stat().st_mode & 0o7777) == 0o755
+
+
+def test_manifest_is_canonical_json_and_the_result_says_what_was_written(workdir: Path) -> None:
+    # README: the manifest is sorted JSON (indent 2, sorted keys), 0644; the secret-carrying
+    # files are the token itself (overlay and ISO copy) and the three user-data carriers
+    (workdir / "tok").write_text("site-token-value\n")
+    result = render.render_site(load_profile("aws", overrides=["enrollment.site_token=file:tok"]))
+    text = (result.path / "manifest.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    assert ((result.path / "manifest.json").stat().st_mode & 0o777) == 0o644
+    assert result.site == "aws" and result.path == workdir / "build" / "aws"
+    assert result.files == json.loads(text)["files"]
+    assert set(result.secret_files) == {
+        "files/etc/nodeforge/enroll-token",
+        "iso/nodeforge/files/etc/nodeforge/enroll-token",
+        "cloud-init/user-data",
+        "cloud-init/autoinstall.yaml",
+        "iso/nocloud/user-data",
+    }
