@@ -22,7 +22,11 @@ CASES = [
         "--set: enrollment.ca_pin: 'sha1:00' is not in the expected form "
         "(sha256:<64 hex digits>, as printed by `builder hub init`)",
     ),
-    ("os.release=24", "--set: os.release: expected string, got an integer"),
+    (
+        "os.release=24",
+        "--set: os.release: expected string, got an integer; YAML read 24 as a number: "
+        'quote it ("24")',
+    ),
     ("wireguard.mtu=abc", "--set: wireguard.mtu: expected integer, got a string"),
     ("target=floppy", "--set: target: 'floppy' is not one of 'iso', 'ami', 'qcow2'"),
     (
