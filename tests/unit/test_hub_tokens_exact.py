@@ -71,3 +71,30 @@ def test_no_prune_at_max_keys() -> None:
     now[0] = 5.0  # a is full again, but 2 keys are not more than max_keys
     rl.check("b")
     assert set(rl._buckets) == {"a", "b"}
+
+
+def test_peek_reports_the_bucket_without_taking_a_token() -> None:
+    """The auth-failure budget (api.py) asks before it spends: peek must neither take a
+    token nor overfill. rate 2/s, burst 3: three checks empty the bucket; 0.25 s later it
+    holds 0.5 tokens (2 x 0.25), so the next request waits (1 - 0.5) / 2 = 0.25 s."""
+    now = [100.0]
+    rl = tok.RateLimiter(rate=2, burst=3, clock=lambda: now[0])
+    assert rl.peek("k") == 3.0  # an unseen key has a full bucket
+    assert rl.peek_wait("k") == 0.0
+    for _ in range(3):
+        assert rl.check("k") == 0.0
+    assert rl.peek("k") == 0.0
+    assert rl.peek("k") == 0.0  # peeking twice took nothing
+    assert rl.peek_wait("k") == 0.5  # (1 - 0) / 2
+    now[0] += 0.25
+    assert rl.peek("k") == 0.5
+    assert rl.peek_wait("k") == 0.25
+    now[0] += 10  # refills to the burst, never beyond
+    assert rl.peek("k") == 3.0
+    assert rl.peek_wait("k") == 0.0
+    assert rl.peek("other") == 3.0  # keys are separate
+
+
+def test_peek_wait_is_zero_when_unlimited() -> None:
+    rl = tok.RateLimiter(rate=0, burst=0)
+    assert rl.peek_wait("k") == 0.0
