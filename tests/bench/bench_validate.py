@@ -4,8 +4,13 @@ Run: `make bench` (every bench) or `.venv/bin/python tests/bench/bench_validate.
 
 On one rendered tree of SITE (default onprem), alternating, RUNS rounds (default 5):
 
-- BEFORE: the checks one after another, nothing remembered (the pre-issue-17 validate_tree);
-- AFTER, cold: validate_tree with an empty cache: every check runs, all at the same time;
+- BEFORE: the checks one after another, nothing remembered (the pre-issue-17 validate_tree:
+  one shellcheck over every script, the two Packer targets one after the other, ``packer
+  version`` asked by each);
+- AFTER (1st step), cold: the checks at the same time, but each as BEFORE (the first issue-17
+  step);
+- AFTER, cold: validate_tree with an empty cache: every check runs, all at the same time,
+  shellcheck as one process per core, both Packer targets at once, ``packer version`` once;
 - AFTER, nothing changed: validate_tree again: every check's pass is remembered;
 - and the whole command, `builder validate SITE` (a new Python process: imports, load,
   render, validate), cold and with nothing changed.
@@ -17,6 +22,7 @@ Goals: <= 1.0 s cold, <= 0.2 s when nothing changed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import shutil
@@ -32,10 +38,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from builder import targets  # noqa: E402
-from builder.run import which  # noqa: E402
+from builder.run import run, which  # noqa: E402
 from builder.site import validate  # noqa: E402
 from builder.site.profile import load_profile  # noqa: E402
 from builder.site.render import render_site  # noqa: E402
+from builder.targets import packer  # noqa: E402
 
 WALL: dict[str, list[float]] = {}
 CPU: dict[str, list[float]] = {}
@@ -55,10 +62,37 @@ def timed(key: str, fn: Callable[[], object]) -> None:
     CPU.setdefault(key, []).append(_cpu() - c0)
 
 
+def old_shellcheck(tree: Path) -> list[str]:
+    """The pre-issue-17 shellcheck check: one process over every script."""
+    scripts = sorted((tree / "scripts").glob("*.sh"))
+    argv = ["shellcheck", "--format=gcc", "--external-sources", "--source-path=SCRIPTDIR"]
+    return [ln for ln in run([*argv, *scripts], check=False).stdout.splitlines() if ln.strip()]
+
+
+def old_packer(tree: Path) -> list[str]:
+    """The pre-issue-17 Packer check: one target after the other, each asking the version."""
+    for target in packer.TARGETS:
+        packer._VERSIONS.clear()
+        with tempfile.TemporaryDirectory(prefix="bench-pkr-") as tmp:
+            extra: dict[str, str] = {}
+            if target == "qcow2":
+                (Path(tmp) / "base.img").write_bytes(b"")
+                extra = {
+                    "qemu_base_image_url": str(Path(tmp) / "base.img"),
+                    "qemu_base_image_checksum": "none",
+                }
+            packer.validate_packer(tree, target, extra_vars=extra, dist_dir=Path(tmp) / "d")
+    return []
+
+
+OLD = {"shellcheck": old_shellcheck, "packer-validate": old_packer}
+OLD_CHECKS = tuple(dataclasses.replace(c, func=OLD.get(c.name, c.func)) for c in targets.CHECKS)
+
+
 def before(tree: Path) -> None:
     """The checks one after another, every time (what validate_tree did before)."""
     problems: list[str] = []
-    for check in targets.CHECKS:
+    for check in OLD_CHECKS:
         if check.tool and which(check.tool) is None:
             raise SystemExit(f"{check.tool} missing")
         problems += check.func(tree)
@@ -80,6 +114,10 @@ def main(argv: list[str]) -> int:
         for _ in range(runs):
             timed("before (one after another)", lambda: before(tree))
             shutil.rmtree(cache, ignore_errors=True)
+            timed("after (1st step), cold",
+                  lambda: validate.validate_tree(tree, checks=OLD_CHECKS))  # fmt: skip
+            shutil.rmtree(cache, ignore_errors=True)
+            packer._VERSIONS.clear()
             timed("after, cold", lambda: validate.validate_tree(tree, checks=targets.CHECKS))
             timed(
                 "after, nothing changed",
