@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 from builder import __version__, paths
@@ -81,6 +80,8 @@ def check_autoinstall(tree: Path) -> list[str]:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         return [f"{shown}: not YAML: {exc}"]
+    import jsonschema  # imported only when this check runs (not when its pass is cached)
+
     schema = json.loads(AUTOINSTALL_SCHEMA.read_text())
     validator = jsonschema.Draft7Validator(schema)
     problems = []
