@@ -13,7 +13,9 @@ On one rendered tree of SITE (default onprem), alternating, RUNS rounds (default
   shellcheck as one process per core, both Packer targets at once, ``packer version`` once;
 - AFTER, nothing changed: validate_tree again: every check's pass is remembered;
 - and the whole command, `builder validate SITE` (a new Python process: imports, load,
-  render, validate), cold and with nothing changed.
+  render, validate), cold and with nothing changed; with BEFORE_REV=<git rev> in the
+  environment also that commit's command with nothing changed (its tree from `git archive`,
+  run with the same interpreter and a cache of its own), e.g. BEFORE_REV=11db0db.
 
 Prints medians, the ratio to BEFORE, the CPU time (user+sys, this process and its
 children) and the load averages: the machine has 2 cores shared with other work.
@@ -104,6 +106,8 @@ def main(argv: list[str]) -> int:
     runs = int(argv[1]) if len(argv) > 1 else 5
     os.chdir(REPO)
     os.environ.setdefault("SOURCE_DATE_EPOCH", "1767225600")
+    # as installed (a wheel is byte-compiled): imports read .pyc files, they do not compile
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-validate.") as tmp:
         t = Path(tmp)
@@ -111,6 +115,15 @@ def main(argv: list[str]) -> int:
         os.environ["BUILDER_CACHE_DIR"] = str(cache)
         tree = render_site(load_profile(site), t / "tree").path
         cmd = [BUILDER, "validate", site]
+        rev = os.environ.get("BEFORE_REV")
+        if rev:  # that commit's code, beside ours
+            old = t / "before-src"
+            old.mkdir()
+            tar = subprocess.run(["git", "archive", rev], cwd=REPO, check=True, capture_output=True)
+            subprocess.run(["tar", "-x", "-C", old], input=tar.stdout, check=True)
+            old_env = {**os.environ, "PYTHONPATH": str(old), "BUILDER_CACHE_DIR": str(t / "c-old")}
+            old_cmd = [sys.executable, "-c", "from builder.cli import main; main()", *cmd[1:]]
+            subprocess.run(old_cmd, cwd=old, env=old_env, check=True, capture_output=True)
         for _ in range(runs):
             timed("before (one after another)", lambda: before(tree))
             shutil.rmtree(cache, ignore_errors=True)
@@ -127,6 +140,10 @@ def main(argv: list[str]) -> int:
             timed("command, cold", lambda: subprocess.run(cmd, check=True, capture_output=True))
             timed("command, nothing changed",
                   lambda: subprocess.run(cmd, check=True, capture_output=True))  # fmt: skip
+            if rev:
+                timed(f"command {rev}, nothing chg.",
+                      lambda: subprocess.run(old_cmd, cwd=old, env=old_env, check=True,
+                                             capture_output=True))  # fmt: skip
     load1 = os.getloadavg()
     ref_w = statistics.median(WALL["before (one after another)"])
     ref_c = statistics.median(CPU["before (one after another)"])
