@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
 import sqlite3
 import threading
 import time
@@ -253,13 +254,17 @@ class Store(EnrollMixin):
         return [(r["pubkey"], r["ip"]) for r in rows]
 
     def _taken(self, c: sqlite3.Connection) -> set[int]:
+        """Every address in use or quarantined, as integers: read once per batch, so it is
+        a scan of the table; inet_pton (strict dotted quad, as ipaddress) is ten times
+        quicker than ipaddress.IPv4Address (issue 17)."""
         now = self.clock()
+        pton, af = socket.inet_pton, socket.AF_INET
         taken = {
-            int(ipaddress.IPv4Address(r[0]))
+            int.from_bytes(pton(af, r[0]), "big")
             for r in c.execute("SELECT ip FROM nodes WHERE ip IS NOT NULL")
         }
         taken |= {
-            int(ipaddress.IPv4Address(r[0]))
+            int.from_bytes(pton(af, r[0]), "big")
             for r in c.execute("SELECT ip FROM quarantine WHERE until > ?", (now,))
         }
         return taken

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-
+from builder import __version__, paths
 from builder.paths import SCHEMA_DIR
+
+if TYPE_CHECKING:
+    import jsonschema
 
 from .common import (
     DEFAULTS_SOURCE,
@@ -70,12 +74,18 @@ def validate_data(
         line = _line_of((lines or {}).get(src, {}), path)
         return f"{src}: line {line}: {dotted}" if line else f"{src}: {dotted}"
 
-    validator = jsonschema.Draft202012Validator(load_schema())
+    schema = load_schema()
+    memo = _schema_pass_mark(schema, data)
     schema_failed: set[Path_] = set()
-    for err in validator.iter_errors(data):
-        path = tuple(str(p) for p in err.absolute_path)
-        schema_failed.add(path)
-        problems.extend(_schema_messages(err, path, where))
+    if memo is None or not memo.is_file():
+        import jsonschema  # ~50 ms to import: only when the schema really has to run
+
+        for err in jsonschema.Draft202012Validator(schema).iter_errors(data):
+            path = tuple(str(p) for p in err.absolute_path)
+            schema_failed.add(path)
+            problems.extend(_schema_messages(err, path, where))
+        if memo is not None and not schema_failed:
+            _remember(memo)
     ctx = Ctx(data, sources, where, schema_failed, tuple(layer_order))
     for check in CROSS_CHECKS:
         problems.extend(check(ctx))
@@ -92,6 +102,47 @@ def _line_of(lines: Mapping[Path_, int], path: Path_) -> int | None:
 
 def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_FILE.read_text())  # type: ignore[no-any-return]
+
+
+def _plain(value: Any) -> bool:
+    """Only JSON's own types (text keys): their JSON text stands for them one to one."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _schema_pass_mark(schema: Mapping[str, Any], data: Mapping[str, Any]) -> Path | None:
+    """Where a schema pass of ``data`` is remembered (issue 17: ``builder validate`` with
+    nothing changed skips importing jsonschema): keyed by the schema, the data's canonical
+    JSON, this code, the builder version and jsonschema's installed files. None when the
+    data holds anything but JSON's own types (then the schema always runs)."""
+    if not isinstance(data, dict) or not _plain(data):
+        return None
+    spec = importlib.util.find_spec("jsonschema")
+    origin = spec.origin if spec else None
+    st = os.stat(origin) if origin else None
+    h = hashlib.sha256(f"profile-schema\0{__version__}\0".encode())
+    h.update(json.dumps([origin, st.st_size, st.st_mtime_ns] if st else None).encode())
+    h.update(hashlib.sha256(Path(__file__).read_bytes()).digest())
+    for doc in (schema, data):
+        h.update(json.dumps(doc, sort_keys=True, allow_nan=False).encode() + b"\0")
+    return paths.cache_dir() / "validate" / f"profile-schema-{h.hexdigest()}"
+
+
+def _remember(mark: Path) -> None:
+    try:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        tmp = mark.with_name(f".{mark.name}.{os.getpid()}.tmp")
+        tmp.write_text('{"check": "profile-schema", "passed": true}')
+        os.replace(tmp, mark)
+    except OSError:  # a cache that cannot be written only costs time
+        pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,6 +172,8 @@ def _schema_messages(err: jsonschema.ValidationError, path: Path_, where: Where)
                 f"{where(path)}: must be a reference (env:NAME or file:PATH), "
                 "never the secret itself"
             ]
+        import jsonschema
+
         best = jsonschema.exceptions.best_match(err.context or [err])
         return (
             _schema_messages(best, tuple(str(p) for p in best.absolute_path), where)

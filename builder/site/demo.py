@@ -36,7 +36,8 @@ def demo_values() -> tuple[str | None, str | None]:
     with contextlib.suppress(OSError, ValueError):
         pin = "sha256:" + hashlib.sha256(pem_to_der(DEMO_CA_FILE.read_text())).hexdigest()
     try:
-        base = yaml.safe_load((PROFILES_DIR / "base.yaml").read_text()) or {}
+        fast = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the same data, faster
+        base = yaml.load((PROFILES_DIR / "base.yaml").read_text(), Loader=fast) or {}
         key = (base.get("wireguard") or {}).get("hub_public_key")
     except (OSError, yaml.YAMLError, AttributeError):
         pass

@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from builder import TOOL, __version__, buildinfo
+from builder import TOOL, __version__, buildinfo, paths
 from builder.errors import BuilderError
 from builder.fsutil import claim_output_dir, mark_ours
 from builder.paths import NODE_DIR, SCRIPTS_DIR, TEMPLATES_DIR
@@ -91,14 +92,38 @@ def _to_json(value: Any) -> str:
     return json.dumps(thaw(value), sort_keys=True, ensure_ascii=False)
 
 
+_ENV_OPTIONS: dict[str, Any] = {
+    "keep_trailing_newline": True,
+    "trim_blocks": True,
+    "lstrip_blocks": True,
+    "autoescape": False,
+}
+
+
+def bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Compiled templates, kept under ``<cache>/jinja/<key>/`` (issue 17: compiling them is
+    most of a render). Jinja keys an entry by template name and source only, so ``<key>``
+    covers jinja2's version, ours and the environment's options. The entries are code this
+    process runs: used only in directories this user owns that no one else can write."""
+    opts = json.dumps([jinja2.__version__, __version__, sorted(_ENV_OPTIONS.items())])
+    where = paths.cache_dir() / "jinja" / hashlib.sha256(opts.encode()).hexdigest()[:16]
+    try:
+        where.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in (where.parent, where):
+            st = os.lstat(d)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return None
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(where))
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
+        bytecode_cache=bytecode_cache(),
+        **_ENV_OPTIONS,
     )
     env.filters["to_yaml_scalar"] = _to_yaml_scalar
     env.filters["to_json"] = _to_json

@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 from builder import __version__, paths
@@ -81,6 +80,8 @@ def check_autoinstall(tree: Path) -> list[str]:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         return [f"{shown}: not YAML: {exc}"]
+    import jsonschema  # imported only when this check runs (not when its pass is cached)
+
     schema = json.loads(AUTOINSTALL_SCHEMA.read_text())
     validator = jsonschema.Draft7Validator(schema)
     problems = []
@@ -100,15 +101,29 @@ def check_autoinstall(tree: Path) -> list[str]:
     return problems
 
 
+def _groups(paths: list[Path], n: int) -> list[list[Path]]:
+    """``paths`` in at most ``n`` groups of about the same total size (largest first)."""
+    bins: list[tuple[int, list[Path]]] = [(0, []) for _ in range(max(1, min(n, len(paths))))]
+    for path in sorted(paths, key=lambda p: -p.stat().st_size):
+        i = min(range(len(bins)), key=lambda j: bins[j][0])
+        bins[i] = (bins[i][0] + path.stat().st_size, bins[i][1] + [path])
+    return [sorted(group) for _, group in bins if group]
+
+
 def check_shellcheck(tree: Path) -> list[str]:
+    """``shellcheck`` every provisioning script: one process per core, each on a share of
+    the scripts (shellcheck uses one core), problems in script order."""
     scripts = sorted((tree / "scripts").glob("*.sh"))
     if not scripts:
         return [f"{display_path(tree / 'scripts')}: no provisioning scripts"]
-    proc = run(
-        ["shellcheck", "--format=gcc", "--external-sources", "--source-path=SCRIPTDIR", *scripts],
-        check=False,
-    )
-    return [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    argv = ["shellcheck", "--format=gcc", "--external-sources", "--source-path=SCRIPTDIR"]
+    groups = _groups(scripts, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="shellcheck") as pool:
+        procs = list(pool.map(lambda group: run([*argv, *group], check=False), groups))
+    lines = [ln for proc in procs for ln in proc.stdout.splitlines() if ln.strip()]
+    order = {str(path): i for i, path in enumerate(scripts)}
+    # gcc format: "path:line:col: level: message"; a stable sort keeps each file's order
+    return sorted(lines, key=lambda ln: order.get(ln.split(":", 1)[0], len(order)))
 
 
 def check_units(tree: Path) -> list[str]:

@@ -13,6 +13,9 @@ duplicates (addresses given twice in the DB or on the interface: must be 0), for
   - hub-ka:    the shipped hub, clients reusing one keep-alive connection per thread (the
                hub's own capacity, without paying a client TLS handshake per enrollment on
                the same 2 cores)
+and, with BEFORE_REV=<git rev> in the environment, "hub-<rev>": the shipped settings with
+that commit's hub code (its tree from `git archive`, ahead on the hub's sys.path), run in
+the same session as "hub" so both meet the same machine load;
 and the ratio hub/baseline. Goal: >= 500 enrollments/s, p99 < 1 s on 2 cores. Clients and
 hub share the machine's cores: the CPU seconds of each side are printed so the figures can
 be read against the load other jobs put on the machine (see `uptime`).
@@ -55,6 +58,28 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def start_hub(lab: Lab, config: Path, log: Path, code: Path | None) -> subprocess.Popen:
+    """`builder hub serve`, from ``code`` (another commit's tree) when given."""
+    if code is None:
+        return lab.start_hub(config, log)
+    fh = open(log, "a")  # noqa: SIM115 - the hub process keeps it
+    boot = f"import sys; sys.path.insert(0, {str(code)!r}); from builder.cli import main; main()"
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", lab.hub_ns, sys.executable, "-c", boot]
+        + ["hub", "serve", "--config", str(config)],
+        cwd=REPO,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+    )
+    lab.procs.append(p)
+    return p
+
+
+def hub_cpu_now(pid: int) -> float:
+    """CPU seconds of the hub: the server process and its children (the writer)."""
+    return proc_cpu(pid) + sum(proc_cpu(c) for c in children(pid))
+
+
 def run_case(
     lab: Lab,
     keepalive: bool,
@@ -66,6 +91,7 @@ def run_case(
     procs: int,
     threads: int,
     batch_max: int,
+    code: Path | None = None,
 ) -> dict:
     d = lab.tmp / name
     sh(
@@ -101,7 +127,7 @@ def run_case(
     (d / "hub.json").write_text(json.dumps(cfg))
     url = f"https://192.168.77.1:{port}"
     log = d / "hub.log"
-    hub = lab.start_hub(d / "hub.json", log)
+    hub = start_hub(lab, d / "hub.json", log, code)
     lab.wait_healthy(url, d / "ca.pem", hub, log)
     token = sh(
         [
@@ -121,6 +147,7 @@ def run_case(
     ).stdout.strip()
     out = d / "results.jsonl"
     chunks = [list(range(i, n, procs)) for i in range(procs)]
+    hub_cpu0 = hub_cpu_now(hub.pid)  # start-up (imports, keys, the writer process) so far
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0 = ru.ru_utime + ru.ru_stime
     start_at = time.time() + 3.0  # clients import, make their keys, then start together
@@ -188,7 +215,7 @@ def run_case(
             if line.startswith(("nodeforge_hub_batch", "nodeforge_hub_db_s", "nodeforge_hub_wg_s"))
         )
     }
-    hub_cpu = proc_cpu(hub.pid) + sum(proc_cpu(c) for c in children(hub.pid))  # + writer
+    hub_cpu = hub_cpu_now(hub.pid)  # + writer
     client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_cpu_s = client_cpu.ru_utime + client_cpu.ru_stime - cpu0
     hub.terminate()
@@ -208,6 +235,7 @@ def run_case(
         "db_nodes": len(ips),
         "wg_peers": len(wg),
         "hub_cpu_s": hub_cpu,
+        "hub_burst_cpu_s": hub_cpu - hub_cpu0,
         "metrics": metrics,
         "client_cpu_s": client_cpu_s,
     }
@@ -230,6 +258,17 @@ def main() -> int:
     try:
         common = (a.n, a.procs, a.threads)
         results.append(run_case(lab, False, "hub", 8443, 51820, "10.100.0.0/16", *common, 256))
+        rev = os.environ.get("BEFORE_REV")
+        if rev:
+            old = tmp / "before-src"
+            old.mkdir()
+            tar = subprocess.run(["git", "archive", rev], cwd=REPO, check=True, capture_output=True)
+            subprocess.run(["tar", "-x", "-C", old], input=tar.stdout, check=True)
+            results.append(
+                run_case(
+                    lab, False, f"hub-{rev}"[:10], 8446, 51823, "10.103.0.0/16", *common, 256, old
+                )  # fmt: skip
+            )
         results.append(run_case(lab, True, "hub-ka", 8445, 51822, "10.102.0.0/16", *common, 256))
         if not a.no_baseline:
             results.append(
@@ -251,6 +290,8 @@ def main() -> int:
     for r in results:
         print(
             f"{r['case']}: hub CPU {r['hub_cpu_s']:.1f}s (server + writer, incl. start-up), "
+            f"{r['hub_burst_cpu_s']:.2f}s over the burst = "
+            f"{r['hub_burst_cpu_s'] / max(1, r['ok']) * 1000:.2f} ms per enrollment; "
             f"client CPU {r['client_cpu_s']:.1f}s (incl. set-up) over {r['seconds']:.1f}s wall"
         )
         m = r["metrics"]
@@ -261,12 +302,21 @@ def main() -> int:
             f"writer time: sqlite {m.get('nodeforge_hub_db_seconds_total', 0):.2f}s, "
             f"wg apply {m.get('nodeforge_hub_wg_seconds_total', 0):.2f}s"
         )
-    if len(results) == 3:
-        h, _, b = results
+    by = {r["case"]: r for r in results}
+    h = by["hub"]
+    if "baseline" in by:
+        b = by["baseline"]
         print(
             f"ratio hub/baseline: throughput x{h['per_second'] / b['per_second']:.2f}, "
             f"p99 x{h['p99'] / b['p99']:.2f}"
         )
+    for r in results:
+        if r["case"].startswith("hub-") and r["case"] != "hub-ka":  # another commit's hub
+            ours, theirs = h["hub_burst_cpu_s"] / h["ok"], r["hub_burst_cpu_s"] / r["ok"]
+            print(
+                f"hub CPU per enrollment over the burst: {ours * 1000:.2f} ms vs "
+                f"{theirs * 1000:.2f} ms ({r['case']}): x{ours / theirs:.2f}"
+            )
     hub = results[0]
     goal = hub["per_second"] >= 500 and hub["p99"] < 1.0
     dups = sum(r["dup_answers"] + r["dup_db"] + r["dup_wg"] for r in results)
