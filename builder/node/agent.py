@@ -749,9 +749,16 @@ class HubRoute:
     row (no flapping on one good answer).
     """
 
-    def __init__(self, order: list[str], fail_after: int = 3, back_after: int = 5) -> None:
+    def __init__(
+        self,
+        order: list[str],
+        fail_after: int = 3,
+        back_after: int = 5,
+        active: str | None = None,
+    ) -> None:
         self.order = list(order)
-        self.active = self.order[0]
+        # where the route is now (a restarted loop finds it on the interface); else preferred
+        self.active = active if active in self.order else self.order[0]
         self.fail_after = fail_after
         self.back_after = back_after
         self.fails = dict.fromkeys(self.order, 0)
@@ -799,26 +806,64 @@ def probe(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def failover_loop(cfg: Config, interval: float = 2.0, rounds: int | None = None) -> int:
-    """``--failover``: keep the overlay route on a live hub (a long-running service)."""
+def route_holder(wg: str, iface: str, enr: dict[str, Any], system: System) -> str | None:
+    """The hub (public key) whose peer holds the overlay CIDR on the interface now."""
+    rc, out = system.run([wg, "show", iface, "allowed-ips"], timeout=30)
+    for line in out.splitlines() if rc == 0 else []:
+        key, _, ips = line.partition("\t")
+        if enr["overlay_cidr"] in ips.split():
+            return key
+    return None
+
+
+def report_route(http: Http, enr: dict[str, Any], hub: dict[str, Any], port: int) -> bool:
+    """Tell ``hub`` that this node's overlay route goes through it: ``POST /v1/route`` to
+    the hub's overlay address (so through that hub's tunnel), node secret as Bearer. The
+    hubs cannot see this choice themselves (every hub has a live session with every node);
+    ``builder hub nodes`` shows the last report and its age."""
+    url = f"https://{hub['overlay_ip']}:{port}/v1/route"
+    try:
+        status, _, data = http.request("POST", url, enr["node_secret"], {"hub": hub["pubkey"]})
+    except (OSError, HTTPException, ssl.SSLError) as exc:
+        log("failover", f"route report to {hub['overlay_ip']} failed: {exc}")
+        return False
+    if status != 200:
+        log("failover", f"route report to {hub['overlay_ip']}: HTTP {status}: {data.get('error')}")
+        return False
+    return True
+
+
+def failover_loop(
+    cfg: Config, interval: float = 2.0, rounds: int | None = None, report_every: float = 30.0
+) -> int:
+    """``--failover``: keep the overlay route on a live hub (a long-running service), and
+    report the hub it routes through after every move and every ``report_every`` seconds."""
     enr = json.loads((Path(cfg.state_dir) / "enrollment.json").read_text())
     hubs = [enr["hub"], *(enr.get("other_hubs") or [])]
     if len(hubs) < 2:
         log("failover", "one hub only: nothing to fail over to")
         return EXIT_OK
     port = urllib.parse.urlsplit(enr["join_url"]).port or 443
-    route = HubRoute([h["pubkey"] for h in hubs])
     system = System()
+    holder = route_holder(cfg.wg, cfg.interface, enr, system)
+    route = HubRoute([h["pubkey"] for h in hubs], active=holder)
+    by_key = {h["pubkey"]: h for h in hubs}
+    http = Http(cfg.ca_file, min(cfg.http_timeout, 5.0))
+    log("failover", "watching the hubs", hubs=len(hubs), route=by_key[route.active]["overlay_ip"])
+    reported_at: float | None = None
     n = 0
     while rounds is None or n < rounds:
         n += 1
         alive = {h["pubkey"]: probe(h["overlay_ip"], port) for h in hubs}
         to = route.step(alive)
         if to is not None:
-            ip = next(h["overlay_ip"] for h in hubs if h["pubkey"] == to)
             for argv in route_argv(cfg.wg, cfg.interface, enr, to):
                 system.run(argv, timeout=30)
-            log("failover", "overlay route moved", hub=ip)
+            log("failover", "overlay route moved", hub=by_key[to]["overlay_ip"])
+            reported_at = None
+        due = reported_at is None or time.monotonic() - reported_at >= report_every
+        if due and alive.get(route.active) and report_route(http, enr, by_key[route.active], port):
+            reported_at = time.monotonic()
         time.sleep(interval)
     return EXIT_OK
 

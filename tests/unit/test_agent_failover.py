@@ -73,3 +73,78 @@ def test_route_argv_gives_the_range_to_the_new_hub_last():
     assert cmds[-1] == ["wg", "set", "wg0", "peer", B, "allowed-ips", "10.100.0.2/32,10.100.0.0/16"]
     assert ["wg", "set", "wg0", "peer", A, "allowed-ips", "10.100.0.1/32"] in cmds[:-1]
     assert len(cmds) == 3
+
+
+def test_a_restarted_loop_starts_from_the_hub_that_holds_the_route():
+    r = agent.HubRoute([A, B], active=B)
+    assert r.active == B
+    assert [r.step({A: False, B: True}) for _ in range(5)] == [None] * 5  # stays on B
+    assert agent.HubRoute([A, B], active="unknown").active == A
+
+
+class FakeSystem:
+    def __init__(self, out: str, rc: int = 0) -> None:
+        self.out, self.rc, self.calls = out, rc, []
+
+    def run(self, argv, timeout=None, **kw):
+        self.calls.append(argv)
+        return self.rc, self.out
+
+
+def test_route_holder_reads_wg_show_allowed_ips():
+    # the format of `wg show IFACE allowed-ips`, as wireguard-tools prints it (seen with
+    # wg 1.0 + wireguard-go here, 2026-11-30): key TAB addresses separated by spaces
+    out = f"{A}\t10.100.0.1/32\n{B}\t10.100.0.2/32 10.100.0.0/16\n{C}\t10.100.0.3/32\n"
+    sys_ = FakeSystem(out)
+    assert agent.route_holder("wg", "wg0", enrollment(), sys_) == B
+    assert sys_.calls == [["wg", "show", "wg0", "allowed-ips"]]
+    assert agent.route_holder("wg", "wg0", enrollment(), FakeSystem("", rc=1)) is None
+
+
+class FakeHttp:
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def request(self, method, url, bearer, body=None):
+        self.calls.append((method, url, bearer, body))
+        a = self.answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+
+def test_report_route_posts_to_the_hub_through_its_own_address():
+    enr = {**enrollment(), "node_secret": "S3CRET", "join_url": "https://10.100.0.1:8443/v1/join"}
+    hub_b = enr["other_hubs"][0]
+    http = FakeHttp((200, {}, {"status": "ok"}), (403, {}, {"error": "no"}), OSError("refused"))
+    assert agent.report_route(http, enr, hub_b, 8443) is True
+    assert http.calls[0] == ("POST", "https://10.100.0.2:8443/v1/route", "S3CRET", {"hub": B})
+    assert agent.report_route(http, enr, hub_b, 8443) is False
+    assert agent.report_route(http, enr, hub_b, 8443) is False
+
+
+def test_failover_loop_moves_then_reports_the_new_hub_once(tmp_path, monkeypatch):
+    enr = {**enrollment(), "node_secret": "S", "join_url": "https://10.100.0.1:8443/v1/join"}
+    (tmp_path / "enrollment.json").write_text(__import__("json").dumps(enr))
+    cfg = agent.Config(site="lab", enroll_url="https://x", ca_file="", token_file="")
+    cfg.state_dir = str(tmp_path)
+    system = FakeSystem(f"{A}\t10.100.0.1/32 10.100.0.0/16\n")
+    http = FakeHttp(*[(200, {}, {})] * 5)
+    monkeypatch.setattr(agent, "System", lambda: system)
+    monkeypatch.setattr(agent, "Http", lambda *a: http)
+    monkeypatch.setattr(agent, "probe", lambda host, port: host != "10.100.0.1")
+    monkeypatch.setattr(agent.time, "sleep", lambda s: None)
+    assert agent.failover_loop(cfg, interval=1, rounds=5) == 0
+    moves = [c for c in system.calls if c[:2] == ["wg", "set"]]
+    assert moves[-1] == [
+        "wg",
+        "set",
+        "wg0",
+        "peer",
+        B,
+        "allowed-ips",
+        "10.100.0.2/32,10.100.0.0/16",
+    ]
+    # hub A never answered: no report to it; one to B right after the move (then every 30 s)
+    assert [c[1] for c in http.calls] == ["https://10.100.0.2:8443/v1/route"]
