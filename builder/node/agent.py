@@ -5,7 +5,10 @@ Runs once per boot from nodeforge-enroll.service until /var/lib/nodeforge/joined
 wait for route/DNS/clock -> keep wg.key + node_id -> POST /v1/enroll (TLS pinned to the hub
 CA) -> save the answer -> write /etc/wireguard/<iface>.conf, wg-quick up -> wait for a
 handshake -> GET join material through the tunnel -> kubeadm join --config (tmpfs) ->
-POST /v1/complete -> touch joined.
+POST /v1/complete -> touch joined -> with several hubs, start nodeforge-failover.service.
+
+``--failover`` (nodeforge-failover.service, after the join): keep the overlay route on a live
+hub and report the hub it goes through (``HubRoute``, ``failover_loop``).
 
 Every line it prints starts with ``nodeforge-enroll: step=<step>`` so ``journalctl -u
 nodeforge-enroll`` shows where it stopped. Exit codes: 0 done, 75 temporary failure
@@ -24,6 +27,7 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import random
 import re
@@ -44,6 +48,7 @@ from typing import Any
 PREFIX = "nodeforge-enroll:"
 DEFAULT_CONFIG = "/etc/nodeforge/node.json"
 EXIT_OK, EXIT_RETRY, EXIT_STOP = 0, 75, 78
+FAILOVER_UNIT = "nodeforge-failover.service"  # builder/node/nodeforge-failover.service
 
 
 class Stop(Exception):
@@ -332,6 +337,7 @@ class Agent:
             self.complete(enr)
             atomic_write(self.cfg.joined_marker, f"{int(self.clock())}\n", 0o644)
             log("done", "node enrolled and joined", address=enr["address"])
+            self.start_failover(enr)
             return EXIT_OK
         except Stop as exc:
             log("failed", f"permanent failure, not retrying: {exc}")
@@ -339,6 +345,19 @@ class Agent:
         except Retry as exc:
             log("failed", f"will retry (systemd restarts this unit): {exc}")
             return EXIT_RETRY
+
+    def start_failover(self, enr: dict[str, Any]) -> None:
+        """Several hubs: start the failover unit now. The image enables it with
+        ``ConditionPathExists=`` the joined marker, which was false when this boot began.
+        ``--no-block``: it is ordered after our own (still activating) unit."""
+        if not self.cfg.enable_wg_unit or not enr.get("other_hubs"):
+            return
+        unit = FAILOVER_UNIT
+        rc, out = self.sys.run([self.cfg.systemctl, "start", "--no-block", unit], timeout=60)
+        if rc != 0:
+            log("failover", f"could not start {unit}: {out.strip()[-200:]}")
+        else:
+            log("failover", "started", unit=unit)
 
     # 0. trust anchor
     def check_ca(self) -> None:
@@ -736,6 +755,11 @@ class Agent:
 
 
 # -- several hubs: which one carries the overlay route ----------------------------------------
+# 3 x WireGuard's RekeyTimeout (5 s): by then every node probing a returned hub has a session
+RETURN_SECONDS = 15.0
+RETURN_ALIGN = 10  # seconds: nodes move back on the same wall-clock tick (see HubRoute)
+
+
 class HubRoute:
     """Which hub carries the overlay route (the node's AllowedIPs for the overlay CIDR).
 
@@ -747,6 +771,19 @@ class HubRoute:
     probes in a row of the active hub, move to the first hub (in preference order) whose
     last probe succeeded; back to the preferred hub after ``back_after`` good probes in a
     row (no flapping on one good answer).
+
+    Every node prefers the same hub (the lowest overlay address, whichever hub it enrolled
+    at): WireGuard takes a packet from a peer only if its source is in that peer's allowed
+    IPs, so a node accepts other nodes' traffic only from the hub holding its overlay range;
+    two nodes routing through different hubs cannot reach each other. For the same reason
+    nodes move back together: on the first ``RETURN_ALIGN``-second tick of the (NTP-synced)
+    wall clock once the preferred hub has answered long enough.
+
+    Back only after the preferred hub has answered for ``RETURN_SECONDS``: a hub that comes
+    back has a session with no node yet; each node's next handshake to it comes within
+    WireGuard's RekeyTimeout (5 s, + <= 334 ms jitter: UPSTREAM.md), prompted by its probes.
+    A node that moved back sooner would send its peers' replies through a hub that cannot
+    reach them yet (seen in tests/integration/test_hub_failover_netns.py with 5 probes of 1 s).
     """
 
     def __init__(
@@ -764,14 +801,15 @@ class HubRoute:
         self.fails = dict.fromkeys(self.order, 0)
         self.oks = dict.fromkeys(self.order, 0)
 
-    def step(self, alive: dict[str, bool]) -> str | None:
-        """Feed one round of probe results; the hub to move the route to, or None."""
+    def step(self, alive: dict[str, bool], tick: bool = True) -> str | None:
+        """Feed one round of probe results; the hub to move the route to, or None.
+        ``tick``: a return tick passed since the last round (moves back happen on ticks)."""
         for h in self.order:
             ok = alive.get(h, False)
             self.oks[h] = self.oks[h] + 1 if ok else 0
             self.fails[h] = 0 if ok else self.fails[h] + 1
         preferred = self.order[0]
-        if self.active != preferred and self.oks[preferred] >= self.back_after:
+        if self.active != preferred and self.oks[preferred] >= self.back_after and tick:
             self.active = preferred
             return preferred
         if self.fails[self.active] >= self.fail_after:
@@ -843,19 +881,25 @@ def failover_loop(
     if len(hubs) < 2:
         log("failover", "one hub only: nothing to fail over to")
         return EXIT_OK
+    # one order on every node, whichever hub each enrolled at (see HubRoute)
+    hubs.sort(key=lambda h: ipaddress.IPv4Address(h["overlay_ip"]))
     port = urllib.parse.urlsplit(enr["join_url"]).port or 443
     system = System()
     holder = route_holder(cfg.wg, cfg.interface, enr, system)
-    route = HubRoute([h["pubkey"] for h in hubs], active=holder)
+    back = max(5, math.ceil(RETURN_SECONDS / max(interval, 0.1)))
+    route = HubRoute([h["pubkey"] for h in hubs], back_after=back, active=holder)
     by_key = {h["pubkey"]: h for h in hubs}
     http = Http(cfg.ca_file, min(cfg.http_timeout, 5.0))
     log("failover", "watching the hubs", hubs=len(hubs), route=by_key[route.active]["overlay_ip"])
     reported_at: float | None = None
+    epoch = int(time.time()) // RETURN_ALIGN
     n = 0
     while rounds is None or n < rounds:
         n += 1
         alive = {h["pubkey"]: probe(h["overlay_ip"], port) for h in hubs}
-        to = route.step(alive)
+        now_epoch = int(time.time()) // RETURN_ALIGN
+        to = route.step(alive, tick=now_epoch != epoch)
+        epoch = now_epoch
         if to is not None:
             for argv in route_argv(cfg.wg, cfg.interface, enr, to):
                 system.run(argv, timeout=30)
