@@ -885,7 +885,13 @@ def failover_loop(
     hubs.sort(key=lambda h: ipaddress.IPv4Address(h["overlay_ip"]))
     port = urllib.parse.urlsplit(enr["join_url"]).port or 443
     system = System()
+    # at boot this unit may start before wg-quick@ has brought the interface up: wait for it,
+    # the range is where its config put it (the hub that enrolled the node), not guessed
     holder = route_holder(cfg.wg, cfg.interface, enr, system)
+    while holder is None and (rounds is None or rounds > 0):
+        log("failover", "waiting for the interface to carry the overlay range", iface=cfg.interface)
+        time.sleep(interval)
+        holder = route_holder(cfg.wg, cfg.interface, enr, system)
     back = max(5, math.ceil(RETURN_SECONDS / max(interval, 0.1)))
     route = HubRoute([h["pubkey"] for h in hubs], back_after=back, active=holder)
     by_key = {h["pubkey"]: h for h in hubs}

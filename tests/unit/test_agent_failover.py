@@ -219,3 +219,34 @@ def test_after_the_join_the_agent_starts_the_failover_unit_only_with_several_hub
     cfg.enable_wg_unit = False  # not under systemd (tests, a plain process)
     a.start_failover(enrollment())
     assert len(sys_.calls) == 1
+
+
+def test_failover_loop_waits_for_the_interface_before_it_decides(tmp_path, monkeypatch):
+    """At boot the unit may start before wg-quick@: the route is where the interface's
+    config puts it (the enrolling hub, here B), not assumed to be on the preferred hub."""
+    enr = {**enrollment(), "node_secret": "S", "join_url": "https://10.100.0.1:8443/v1/join"}
+    (tmp_path / "enrollment.json").write_text(__import__("json").dumps(enr))
+    cfg = agent.Config(site="lab", enroll_url="https://x", ca_file="", token_file="")
+    cfg.state_dir = str(tmp_path)
+    answers = iter([(1, "Unable to access interface"), (1, "Unable to access interface")])
+
+    class BootSystem(FakeSystem):
+        def run(self, argv, timeout=None, **kw):
+            self.calls.append(argv)
+            if argv[:2] == ["wg", "show"]:
+                return next(answers, (0, f"{A}\t10.100.0.1/32\n{B}\t10.100.0.2/32 10.100.0.0/16\n"))
+            return 0, ""
+
+    system = BootSystem("")
+    http = FakeHttp(*[(200, {}, {})] * 10)
+    monkeypatch.setattr(agent, "System", lambda: system)
+    monkeypatch.setattr(agent, "Http", lambda *a: http)
+    monkeypatch.setattr(agent, "probe", lambda host, port: host != "10.100.0.1")  # A is down
+    monkeypatch.setattr(agent.time, "sleep", lambda s: None)
+    agent.failover_loop(cfg, interval=1, rounds=5)
+    assert [c for c in system.calls if c[:2] == ["wg", "show"]] == [
+        ["wg", "show", "wg0", "allowed-ips"]
+    ] * 3
+    # started on B (where the range is) and stays: hub A down is no reason to move
+    assert [c for c in system.calls if c[:2] == ["wg", "set"]] == []
+    assert [c[1] for c in http.calls] == ["https://10.100.0.2:8443/v1/route"]
