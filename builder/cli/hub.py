@@ -217,14 +217,17 @@ def hub_token_revoke(config_file: Path | None, token_id: str) -> None:
 @hub_config_option
 @click.option("--json", "as_json", is_flag=True)
 def hub_nodes(config_file: Path | None, as_json: bool) -> None:
-    """List enrolled and pending nodes."""
+    """List enrolled and pending nodes (ROUTE: the hub a node routes through, by its last
+    report and that report's age; several hubs only)."""
     from builder.hub import admin
 
     rows = admin.list_nodes(config_file)
     if as_json:
         echo_json(rows)
         return
-    click.echo(f"{'NODE':36}  {'HOSTNAME':20} {'ADDRESS':15}  {'STATE':8}  SITE  WAITING")
+    click.echo(
+        f"{'NODE':36}  {'HOSTNAME':20} {'ADDRESS':15}  {'STATE':8}  {'ROUTE':16}  SITE  WAITING"
+    )
     for r in rows:
         waiting = ""
         if r.get("rekey_pending"):
@@ -233,7 +236,8 @@ def hub_nodes(config_file: Path | None, as_json: bool) -> None:
             waiting = f"claims the hardware of {r['replaces']}"
         click.echo(
             f"{r['node_id']:36}  {r['hostname'][:20]:20} {r['ip'] or '-':15}  "
-            f"{r['state']:8}  {r['site']}  {waiting}".rstrip()
+            f"{r['state']:8}  {admin.route_text(r.get('route'))[:16]:16}  {r['site']}  "
+            f"{waiting}".rstrip()
         )
 
 

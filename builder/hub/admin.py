@@ -231,9 +231,34 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def list_nodes(config_file: Path | None) -> list[dict[str, Any]]:
+ROUTE_STALE_SECONDS = 90.0  # 3 missed reports (the agent reports every 30 s and on a move)
+
+
+def list_nodes(config_file: Path | None, now: float | None = None) -> list[dict[str, Any]]:
+    """The nodes; with several hubs (etcd) each with ``route``: the hub the node last
+    reported routing through, the report's age in seconds and whether it is stale (the
+    node may have moved since without being able to say so, or be down); else None."""
     _, store = open_store(config_file)
-    return store.list_nodes()
+    rows = store.list_nodes()
+    routes = getattr(store, "routes", None)
+    seen: dict[str, dict[str, Any]] = routes() if routes is not None else {}
+    now = time.time() if now is None else now
+    for r in rows:
+        rt = seen.get(r["node_id"])
+        if rt is not None:
+            age = max(0.0, now - float(rt.get("at", 0)))
+            rt = {**rt, "age": round(age, 1), "stale": age > ROUTE_STALE_SECONDS}
+        r["route"] = rt
+    return rows
+
+
+def route_text(route: dict[str, Any] | None) -> str:
+    """``hub-b 12s``, ``hub-b stale 5m`` or ``-`` (no report: one hub, or none yet)."""
+    if not route:
+        return "-"
+    age = float(route["age"])
+    ago = f"{age:.0f}s" if age < 120 else f"{age / 60:.0f}m" if age < 7200 else f"{age / 3600:.0f}h"
+    return f"{route['hub']} {'stale ' if route['stale'] else ''}{ago}"
 
 
 def approve_node(config_file: Path | None, node_id: str) -> dict[str, Any]:

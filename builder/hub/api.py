@@ -3,7 +3,8 @@
 Routes: ``POST /v1/enroll`` (Bearer enrollment token; or, to re-enroll an active node with
 a new key, its node secret), ``GET /v1/join`` and ``POST /v1/complete`` (only through the
 tunnel: the connection must arrive on the hub's overlay address from a node's overlay
-address whose WireGuard peer key matches, with the node secret as Bearer), ``GET /healthz``
+address whose WireGuard peer key matches, with the node secret as Bearer; so does
+``POST /v1/route``, a node's report of the hub it routes through), ``GET /healthz``
 (200 only while the writer is alive), ``GET /metrics`` (Prometheus text).
 
 Enrollments go to the single writer through ``dispatch.WriterLink`` (batches: one SQLite
@@ -46,11 +47,11 @@ from .store import EnrollRequest, Outcome
 from .stores import HubStore
 from .wg import WgInterface
 from .wire import NODE_SECRET_RE, HttpError, parse_enroll_body
-from .writer import open_store
+from .writer import open_store, store_counts
 
 log = logging.getLogger("nodeforge.hub")
 
-ROUTES = ("/v1/enroll", "/v1/join", "/v1/complete", "/healthz", "/metrics")
+ROUTES = ("/v1/enroll", "/v1/join", "/v1/complete", "/v1/route", "/healthz", "/metrics")
 T = TypeVar("T")
 
 
@@ -84,6 +85,7 @@ class Hub:
         self.token_limit = tok.RateLimiter(lim.per_token_rate, lim.per_token_burst)
         self.auth_budget = tok.RateLimiter(lim.failed_auth_rate, lim.failed_auth_burst)
         self.metrics = Metrics()
+        self.metrics.hub = cfg.store.name or "hub"
         self.link = WriterLink(cfg, self.metrics, on_fatal)
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="hub-io")
         self.hubs: list[dict[str, Any]] = []
@@ -150,6 +152,7 @@ class Hub:
             ("POST", "/v1/enroll"): self.enroll,
             ("GET", "/v1/join"): self.join,
             ("POST", "/v1/complete"): self.complete,
+            ("POST", "/v1/route"): self.route,
             ("GET", "/healthz"): self.healthz,
             ("GET", "/metrics"): self.metrics_text,
         }.get((req.method, path))
@@ -292,6 +295,29 @@ class Hub:
     async def complete(self, req: Request) -> Response:
         return json_response(200, await self.io(self._complete, req))
 
+    def _route_report(self, req: Request) -> dict[str, Any]:
+        """A node says its overlay route goes through this hub. Only the node knows: every
+        hub holds a live WireGuard session with every node (keepalives, probes), so no hub
+        can tell from its own interface which one carries the node's traffic. The report
+        comes through this hub's tunnel with the node secret (``tunnel_node``), names this
+        hub's key, and is stored with the time; ``builder hub nodes`` shows it and its age."""
+        node = self.tunnel_node(req.local, req.peer, req.header("authorization"))
+        try:
+            body = json.loads(req.body or b"{}")
+        except ValueError as exc:
+            raise HttpError(400, "body: not JSON") from exc
+        if not isinstance(body, dict) or body.get("hub") != self.hub_pubkey:
+            raise HttpError(400, "hub: a node reports its route to the hub it goes through")
+        set_route = getattr(self.store, "set_route", None)
+        if set_route is None:
+            raise HttpError(404, "one hub on this store: there is no route to choose")
+        info = {"hub": self.metrics.hub, "hub_ip": str(self.cfg.wg.hub_ip), "at": time.time()}
+        set_route(node["node_id"], info)
+        return {"status": "ok", **info}
+
+    async def route(self, req: Request) -> Response:
+        return json_response(200, await self.io(self._route_report, req))
+
     def _db_ok(self) -> None:
         self.store.ping()
 
@@ -308,7 +334,7 @@ class Hub:
         return self.store.node_states()
 
     async def metrics_text(self, req: Request) -> Response:
-        text = self.metrics.render(await self.io(self._node_states))
+        text = self.metrics.render(await self.io(self._node_states), store_counts(self.store))
         return Response(200, text.encode(), content_type="text/plain; version=0.0.4")
 
 

@@ -181,6 +181,8 @@ class WriterLink:
             self.metrics.db_seconds += res.db_seconds
             self.metrics.wg_seconds += res.wg_seconds
             self.metrics.wg_errors += res.wg_errors
+            self.metrics.store_conflicts += res.store_conflicts
+            self.metrics.store_giveups += res.store_giveups
         for j, o in zip(batch, res.outcomes, strict=True):
             _resolve(j.future, o)
 

@@ -25,6 +25,12 @@ class Metrics:
         self.auth_throttled = 0
         self.writer_restarts = 0
         self.dropped: Counter[str] = Counter()
+        self.hub = ""  # this hub's name in the store (label of the store counters)
+        # etcd compare-and-swap: failures (each one re-runs the change on a fresh snapshot)
+        # and give-ups (503); the writer's are added per batch, the server's own (join and
+        # complete bookkeeping, token and approval changes) are read at render time
+        self.store_conflicts = 0
+        self.store_giveups = 0
 
     def request(self, path: str, status: int) -> None:
         with self.lock:
@@ -50,7 +56,8 @@ class Metrics:
             else:
                 self.lat_buckets[-1] += 1
 
-    def render(self, node_states: dict[str, int]) -> str:
+    def render(self, node_states: dict[str, int], store: tuple[int, int] = (0, 0)) -> str:
+        """The text page; ``store``: the server process's own (conflicts, give-ups)."""
         out = []
         with self.lock:
             out.append("# HELP nodeforge_hub_requests_total HTTP requests by path and status.")
@@ -102,6 +109,22 @@ class Metrics:
             out.append("# TYPE nodeforge_hub_connections_dropped_total counter")
             for reason, n in sorted(self.dropped.items()):
                 out.append(f'nodeforge_hub_connections_dropped_total{{reason="{reason}"}} {n}')
+            hub = f'{{hub="{self.hub}"}}'
+            out.append(
+                "# HELP nodeforge_hub_store_conflicts_total Store transactions whose compare "
+                "failed because another hub committed first; each is run again (etcd; 0 on "
+                "SQLite)."
+            )
+            out.append("# TYPE nodeforge_hub_store_conflicts_total counter")
+            out.append(
+                f"nodeforge_hub_store_conflicts_total{hub} {self.store_conflicts + store[0]}"
+            )
+            out.append(
+                "# HELP nodeforge_hub_store_giveups_total Changes that gave up after too many "
+                "conflicts in a row (answered 503)."
+            )
+            out.append("# TYPE nodeforge_hub_store_giveups_total counter")
+            out.append(f"nodeforge_hub_store_giveups_total{hub} {self.store_giveups + store[1]}")
         out.append("# HELP nodeforge_hub_nodes Nodes by state.")
         out.append("# TYPE nodeforge_hub_nodes gauge")
         for state in ("pending", "active", "joined", "revoked"):

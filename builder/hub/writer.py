@@ -38,6 +38,8 @@ class BatchResult:
     db_seconds: float = 0.0
     wg_seconds: float = 0.0
     wg_errors: int = 0
+    store_conflicts: int = 0  # etcd compare failures (re-runs) during this batch
+    store_giveups: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -45,6 +47,12 @@ def open_store(cfg: HubConfig) -> HubStore:
     """The hub's store with everything the config says about it (backend, pool,
     quarantine, node secrets, replay window)."""
     return stores.open_store(cfg)
+
+
+def store_counts(store: HubStore) -> tuple[int, int]:
+    """(compare failures, give-ups) of an etcd store so far; (0, 0) on SQLite (one writer,
+    nothing to compare)."""
+    return getattr(store, "conflicts", 0), getattr(store, "giveups", 0)
 
 
 class WriterCore:
@@ -113,12 +121,15 @@ class WriterCore:
 
     def process(self, reqs: list[EnrollRequest]) -> BatchResult:
         t0 = time.monotonic()
+        before = store_counts(self.store)
         try:
             outcomes = self.store.enroll_many(reqs)
         except Exception as exc:  # database trouble: every request in the batch fails
             log.error("enrollment batch failed: %s", exc)
             outcomes = [Outcome(503, "database unavailable", retry_after=5) for _ in reqs]
         res = BatchResult(outcomes, db_seconds=time.monotonic() - t0)
+        after = store_counts(self.store)
+        res.store_conflicts, res.store_giveups = after[0] - before[0], after[1] - before[1]
         adds = [o.add_peer for o in outcomes if o.status == 200 and o.add_peer]
         removes = [k for o in outcomes if o.status == 200 for k in o.remove_peers]
         t1 = time.monotonic()

@@ -5,7 +5,10 @@ Runs once per boot from nodeforge-enroll.service until /var/lib/nodeforge/joined
 wait for route/DNS/clock -> keep wg.key + node_id -> POST /v1/enroll (TLS pinned to the hub
 CA) -> save the answer -> write /etc/wireguard/<iface>.conf, wg-quick up -> wait for a
 handshake -> GET join material through the tunnel -> kubeadm join --config (tmpfs) ->
-POST /v1/complete -> touch joined.
+POST /v1/complete -> touch joined -> with several hubs, start nodeforge-failover.service.
+
+``--failover`` (nodeforge-failover.service, after the join): keep the overlay route on a live
+hub and report the hub it goes through (``HubRoute``, ``failover_loop``).
 
 Every line it prints starts with ``nodeforge-enroll: step=<step>`` so ``journalctl -u
 nodeforge-enroll`` shows where it stopped. Exit codes: 0 done, 75 temporary failure
@@ -24,6 +27,7 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import random
 import re
@@ -44,6 +48,7 @@ from typing import Any
 PREFIX = "nodeforge-enroll:"
 DEFAULT_CONFIG = "/etc/nodeforge/node.json"
 EXIT_OK, EXIT_RETRY, EXIT_STOP = 0, 75, 78
+FAILOVER_UNIT = "nodeforge-failover.service"  # builder/node/nodeforge-failover.service
 
 
 class Stop(Exception):
@@ -332,6 +337,7 @@ class Agent:
             self.complete(enr)
             atomic_write(self.cfg.joined_marker, f"{int(self.clock())}\n", 0o644)
             log("done", "node enrolled and joined", address=enr["address"])
+            self.start_failover(enr)
             return EXIT_OK
         except Stop as exc:
             log("failed", f"permanent failure, not retrying: {exc}")
@@ -339,6 +345,19 @@ class Agent:
         except Retry as exc:
             log("failed", f"will retry (systemd restarts this unit): {exc}")
             return EXIT_RETRY
+
+    def start_failover(self, enr: dict[str, Any]) -> None:
+        """Several hubs: start the failover unit now. The image enables it with
+        ``ConditionPathExists=`` the joined marker, which was false when this boot began.
+        ``--no-block``: it is ordered after our own (still activating) unit."""
+        if not self.cfg.enable_wg_unit or not enr.get("other_hubs"):
+            return
+        unit = FAILOVER_UNIT
+        rc, out = self.sys.run([self.cfg.systemctl, "start", "--no-block", unit], timeout=60)
+        if rc != 0:
+            log("failover", f"could not start {unit}: {out.strip()[-200:]}")
+        else:
+            log("failover", "started", unit=unit)
 
     # 0. trust anchor
     def check_ca(self) -> None:
@@ -736,6 +755,11 @@ class Agent:
 
 
 # -- several hubs: which one carries the overlay route ----------------------------------------
+# 3 x WireGuard's RekeyTimeout (5 s): by then every node probing a returned hub has a session
+RETURN_SECONDS = 15.0
+RETURN_ALIGN = 10  # seconds: nodes move back on the same wall-clock tick (see HubRoute)
+
+
 class HubRoute:
     """Which hub carries the overlay route (the node's AllowedIPs for the overlay CIDR).
 
@@ -747,24 +771,45 @@ class HubRoute:
     probes in a row of the active hub, move to the first hub (in preference order) whose
     last probe succeeded; back to the preferred hub after ``back_after`` good probes in a
     row (no flapping on one good answer).
+
+    Every node prefers the same hub (the lowest overlay address, whichever hub it enrolled
+    at): WireGuard takes a packet from a peer only if its source is in that peer's allowed
+    IPs, so a node accepts other nodes' traffic only from the hub holding its overlay range;
+    two nodes routing through different hubs cannot reach each other. For the same reason
+    nodes move back together: on the first ``RETURN_ALIGN``-second tick of the (NTP-synced)
+    wall clock once the preferred hub has answered long enough.
+
+    Back only after the preferred hub has answered for ``RETURN_SECONDS``: a hub that comes
+    back has a session with no node yet; each node's next handshake to it comes within
+    WireGuard's RekeyTimeout (5 s, + <= 334 ms jitter: UPSTREAM.md), prompted by its probes.
+    A node that moved back sooner would send its peers' replies through a hub that cannot
+    reach them yet (seen in tests/integration/test_hub_failover_netns.py with 5 probes of 1 s).
     """
 
-    def __init__(self, order: list[str], fail_after: int = 3, back_after: int = 5) -> None:
+    def __init__(
+        self,
+        order: list[str],
+        fail_after: int = 3,
+        back_after: int = 5,
+        active: str | None = None,
+    ) -> None:
         self.order = list(order)
-        self.active = self.order[0]
+        # where the route is now (a restarted loop finds it on the interface); else preferred
+        self.active = active if active in self.order else self.order[0]
         self.fail_after = fail_after
         self.back_after = back_after
         self.fails = dict.fromkeys(self.order, 0)
         self.oks = dict.fromkeys(self.order, 0)
 
-    def step(self, alive: dict[str, bool]) -> str | None:
-        """Feed one round of probe results; the hub to move the route to, or None."""
+    def step(self, alive: dict[str, bool], tick: bool = True) -> str | None:
+        """Feed one round of probe results; the hub to move the route to, or None.
+        ``tick``: a return tick passed since the last round (moves back happen on ticks)."""
         for h in self.order:
             ok = alive.get(h, False)
             self.oks[h] = self.oks[h] + 1 if ok else 0
             self.fails[h] = 0 if ok else self.fails[h] + 1
         preferred = self.order[0]
-        if self.active != preferred and self.oks[preferred] >= self.back_after:
+        if self.active != preferred and self.oks[preferred] >= self.back_after and tick:
             self.active = preferred
             return preferred
         if self.fails[self.active] >= self.fail_after:
@@ -799,26 +844,76 @@ def probe(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def failover_loop(cfg: Config, interval: float = 2.0, rounds: int | None = None) -> int:
-    """``--failover``: keep the overlay route on a live hub (a long-running service)."""
+def route_holder(wg: str, iface: str, enr: dict[str, Any], system: System) -> str | None:
+    """The hub (public key) whose peer holds the overlay CIDR on the interface now."""
+    rc, out = system.run([wg, "show", iface, "allowed-ips"], timeout=30)
+    for line in out.splitlines() if rc == 0 else []:
+        key, _, ips = line.partition("\t")
+        if enr["overlay_cidr"] in ips.split():
+            return key
+    return None
+
+
+def report_route(http: Http, enr: dict[str, Any], hub: dict[str, Any], port: int) -> bool:
+    """Tell ``hub`` that this node's overlay route goes through it: ``POST /v1/route`` to
+    the hub's overlay address (so through that hub's tunnel), node secret as Bearer. The
+    hubs cannot see this choice themselves (every hub has a live session with every node);
+    ``builder hub nodes`` shows the last report and its age."""
+    url = f"https://{hub['overlay_ip']}:{port}/v1/route"
+    try:
+        status, _, data = http.request("POST", url, enr["node_secret"], {"hub": hub["pubkey"]})
+    except (OSError, HTTPException, ssl.SSLError) as exc:
+        log("failover", f"route report to {hub['overlay_ip']} failed: {exc}")
+        return False
+    if status != 200:
+        log("failover", f"route report to {hub['overlay_ip']}: HTTP {status}: {data.get('error')}")
+        return False
+    return True
+
+
+def failover_loop(
+    cfg: Config, interval: float = 2.0, rounds: int | None = None, report_every: float = 30.0
+) -> int:
+    """``--failover``: keep the overlay route on a live hub (a long-running service), and
+    report the hub it routes through after every move and every ``report_every`` seconds."""
     enr = json.loads((Path(cfg.state_dir) / "enrollment.json").read_text())
     hubs = [enr["hub"], *(enr.get("other_hubs") or [])]
     if len(hubs) < 2:
         log("failover", "one hub only: nothing to fail over to")
         return EXIT_OK
+    # one order on every node, whichever hub each enrolled at (see HubRoute)
+    hubs.sort(key=lambda h: ipaddress.IPv4Address(h["overlay_ip"]))
     port = urllib.parse.urlsplit(enr["join_url"]).port or 443
-    route = HubRoute([h["pubkey"] for h in hubs])
     system = System()
+    # at boot this unit may start before wg-quick@ has brought the interface up: wait for it,
+    # the range is where its config put it (the hub that enrolled the node), not guessed
+    holder = route_holder(cfg.wg, cfg.interface, enr, system)
+    while holder is None and (rounds is None or rounds > 0):
+        log("failover", "waiting for the interface to carry the overlay range", iface=cfg.interface)
+        time.sleep(interval)
+        holder = route_holder(cfg.wg, cfg.interface, enr, system)
+    back = max(5, math.ceil(RETURN_SECONDS / max(interval, 0.1)))
+    route = HubRoute([h["pubkey"] for h in hubs], back_after=back, active=holder)
+    by_key = {h["pubkey"]: h for h in hubs}
+    http = Http(cfg.ca_file, min(cfg.http_timeout, 5.0))
+    log("failover", "watching the hubs", hubs=len(hubs), route=by_key[route.active]["overlay_ip"])
+    reported_at: float | None = None
+    epoch = int(time.time()) // RETURN_ALIGN
     n = 0
     while rounds is None or n < rounds:
         n += 1
         alive = {h["pubkey"]: probe(h["overlay_ip"], port) for h in hubs}
-        to = route.step(alive)
+        now_epoch = int(time.time()) // RETURN_ALIGN
+        to = route.step(alive, tick=now_epoch != epoch)
+        epoch = now_epoch
         if to is not None:
-            ip = next(h["overlay_ip"] for h in hubs if h["pubkey"] == to)
             for argv in route_argv(cfg.wg, cfg.interface, enr, to):
                 system.run(argv, timeout=30)
-            log("failover", "overlay route moved", hub=ip)
+            log("failover", "overlay route moved", hub=by_key[to]["overlay_ip"])
+            reported_at = None
+        due = reported_at is None or time.monotonic() - reported_at >= report_every
+        if due and alive.get(route.active) and report_route(http, enr, by_key[route.active], port):
+            reported_at = time.monotonic()
         time.sleep(interval)
     return EXIT_OK
 

@@ -40,6 +40,8 @@ from .profile import Profile, thaw
 ENROLL_UNIT = f"{TOOL}-enroll.service"
 AGENT_SOURCE = NODE_DIR / "agent.py"
 UNIT_SOURCE = NODE_DIR / ENROLL_UNIT
+FAILOVER_UNIT = f"{TOOL}-failover.service"
+FAILOVER_SOURCE = NODE_DIR / FAILOVER_UNIT
 STATE_DIR = f"/var/lib/{TOOL}"
 ETC_DIR = f"/etc/{TOOL}"
 TOKEN_PATH = f"{ETC_DIR}/enroll-token"
@@ -326,6 +328,7 @@ def overlay_files(
         OverlayFile(f"{ETC_DIR}/provision.env", env_file(penv)),
         OverlayFile(f"/usr/lib/{TOOL}/{TOOL}-enroll", _read_node_file(AGENT_SOURCE), "0755"),
         OverlayFile(f"/etc/systemd/system/{ENROLL_UNIT}", _read_node_file(UNIT_SOURCE)),
+        OverlayFile(f"/etc/systemd/system/{FAILOVER_UNIT}", _read_node_file(FAILOVER_SOURCE)),
     ]
     if profile.spec.crio.registry_mirrors or profile.spec.crio.insecure_registries:
         files.append(

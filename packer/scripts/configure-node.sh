@@ -74,3 +74,8 @@ if [ -f "/etc/systemd/system/$NF_TOOL-enroll.service" ]; then
 else
     log "warning: $NF_TOOL-enroll.service not in the overlay; enrollment not enabled"
 fi
+# hub failover: runs only once the node has joined (ConditionPathExists in the unit)
+if [ -f "/etc/systemd/system/$NF_TOOL-failover.service" ]; then
+    enable_unit "$NF_TOOL-failover.service"
+    log "$NF_TOOL-failover.service enabled"
+fi

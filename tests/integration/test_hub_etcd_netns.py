@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -223,3 +224,20 @@ def test_kill_9_of_a_hub_and_an_etcd_member_mid_burst(lab, hubs, cluster):
     for h in live:
         wg = on_interface(lab, h)
         assert all(wg.get(r["pubkey"]) == f"{r['ip']}/32" for r in final), h["iface"]
+    # each live hub's /metrics counts the compare failures it ran into (its writer's batches
+    # and its server's own changes): 600 enrollments at once over 3 hubs cannot all commit
+    # in turn
+    conflicts = {}
+    for h in live:
+        r = lab.client(
+            lab.hub_ns, "request", "--url", h["url"], "--ca", str(h["ca"]), "--method", "GET",
+            "--path", "/metrics",
+        )  # fmt: skip
+        for name, n in re.findall(
+            r'^nodeforge_hub_store_conflicts_total\{hub="([^"]+)"\} (\d+)$', r["body"], re.M
+        ):
+            conflicts[name] = int(n)
+        assert re.search(r'^nodeforge_hub_store_giveups_total\{hub="[^"]+"\} \d+$', r["body"], re.M)
+    print(f"store conflicts (compare failures, re-run) per live hub: {conflicts}")
+    assert set(conflicts) == {"hub-b", "hub-c"}
+    assert sum(conflicts.values()) > 0

@@ -179,3 +179,35 @@ def test_migrate_sqlite_to_etcd_keeps_every_node_and_address(cluster, tmp_path):
     assert p.returncode == 2 and "already holds" in p.stderr and "Traceback" not in p.stderr
     assert (other / "hub.json").read_text() == raw
     assert json.loads(raw).get("store") is None
+
+
+def test_a_conflict_is_counted_and_shown_on_metrics(cluster, tmp_path, clock):
+    """Hub b commits between hub a's snapshot and a's commit: a's compare fails once, a runs
+    the change again on a fresh snapshot and succeeds; /metrics shows 1 conflict, 0 give-ups."""
+    from builder.hub.metrics import Metrics
+    from builder.hub.writer import store_counts
+
+    prefix = f"/conflict/{tmp_path.name}"
+    a = etcd_store(cluster, prefix, clock)
+    b = etcd_store(cluster, prefix, clock)
+    b.create_token("lab", 1, 60, False)
+    real = a.client.txn_rev
+    calls = []
+
+    def b_first(cmp, ops):
+        if not calls:  # the first commit of a: b gets in between
+            b.create_token("lab", 1, 60, False)
+        calls.append(cmp)
+        return real(cmp, ops)
+
+    a.client.txn_rev = b_first  # type: ignore[method-assign]
+    a.create_token("lab", 1, 60, False)
+    assert len(calls) == 2  # the compare failed once, the re-run committed
+    assert (a.conflicts, a.giveups, b.conflicts) == (1, 0, 0)
+    assert len(b.list_tokens()) == 3  # nothing lost, nothing doubled
+    m = Metrics()
+    m.hub = "hub-a"
+    m.store_conflicts = 2  # what the writer process reported with its batches
+    text = m.render({}, store_counts(a))
+    assert 'nodeforge_hub_store_conflicts_total{hub="hub-a"} 3\n' in text
+    assert 'nodeforge_hub_store_giveups_total{hub="hub-a"} 0\n' in text

@@ -285,7 +285,13 @@ def test_signed_nvidia_modules_not_dkms(gpu_root):
 def test_services_enabled_not_started(gpu_root):
     root, _ = gpu_root
     wants = root / "etc/systemd/system/multi-user.target.wants"
-    for unit in ("crio", "kubelet", "nodeforge-enroll", "nodeforge-gpu-check"):
+    for unit in (
+        "crio",
+        "kubelet",
+        "nodeforge-enroll",
+        "nodeforge-failover",
+        "nodeforge-gpu-check",
+    ):
         assert (wants / f"{unit}.service").is_symlink(), unit
     assert (root / REG["crio"]["unit_dir"].lstrip("/") / REG["crio"]["unit"]).exists()
     assert (root / "etc/systemd/system/sysinit.target.wants/systemd-timesyncd.service").exists()

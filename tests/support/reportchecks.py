@@ -89,6 +89,11 @@ def check_joined(r: dict[str, Any], e: Expect, *, max_handshake_age: float = 180
     for u in ("crio.service", "kubelet.service"):
         if r.get("units", {}).get(u, {}).get("enabled") != "enabled":
             p.append(f"{u} is not enabled: {r.get('units', {}).get(u)}")
+    # hub failover (issue 16): enabled in every image; with the lab's single hub the loop
+    # has nothing to do and ends at once ("inactive"), but it must never be "failed"
+    fo = r.get("units", {}).get("nodeforge-failover.service")
+    if fo is not None and (fo.get("enabled") != "enabled" or fo.get("active") == "failed"):
+        p.append(f"nodeforge-failover.service is not enabled or failed: {fo}")
     pk = r.get("packages", {})
     sv = e.standin_versions  # empty for a real image: then only the pinned prefix is checked
     for pkg in ("kubeadm", "kubelet", "kubectl"):

@@ -64,7 +64,11 @@ def report(**over):
         "modules": {"overlay": True, "br_netfilter": True},
         "sysctls": {k: "1" for k in REQUIRED_SYSCTLS},
         "swaps": [],
-        "units": {u: {"enabled": "enabled"} for u in ("crio.service", "kubelet.service")},
+        "units": {
+            **{u: {"enabled": "enabled"} for u in ("crio.service", "kubelet.service")},
+            # one hub in the lab: the failover loop ends at once, successfully
+            "nodeforge-failover.service": {"enabled": "enabled", "active": "inactive"},
+        },
         "packages": {p: "1.35.0-1.1" for p in ("kubeadm", "kubelet", "kubectl", "cri-o")},
         "held": ["cri-o", "kubeadm", "kubectl", "kubelet"],
         "wg": {
@@ -112,6 +116,12 @@ def test_a_good_report_passes_and_each_fault_is_named():
         "ordering cycles": {"ordering_cycles": ["Found ordering cycle on kubelet.service"]},
         "token is still on the node": {"files": {"/etc/nodeforge/enroll-token": "0o600"}},
         "crio.service is 'failed'": {"crio_active": "failed"},
+        "nodeforge-failover.service is not enabled or failed": {
+            "units": {
+                **report()["units"],
+                "nodeforge-failover.service": {"enabled": "enabled", "active": "failed"},
+            }
+        },
         "no container started through the default runtime": {
             "containers": {"default": {"rc": 1, "out": "", "err": "no runtime binary found"}}
         },

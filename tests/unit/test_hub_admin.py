@@ -61,3 +61,28 @@ def test_revoke_without_the_interface_leaves_the_peer_to_the_reconcile(workdir: 
     res = admin.revoke_node(d / "hub.json", "n1")
     assert res == admin.Revoked("n1", "A" * 43 + "=", "wg0", peer_removed=False)
     assert [n["state"] for n in admin.list_nodes(d / "hub.json")] == ["revoked"]
+
+
+def test_route_text_shows_the_hub_and_the_age_of_the_report():
+    from builder.hub.admin import route_text
+
+    assert route_text(None) == "-"
+    assert route_text({"hub": "hub-b", "age": 12.4, "stale": False}) == "hub-b 12s"
+    assert route_text({"hub": "hub-a", "age": 300, "stale": True}) == "hub-a stale 5m"
+
+
+def test_list_nodes_marks_a_route_report_stale_after_three_missed_reports(monkeypatch):
+    from builder.hub import admin
+
+    class FakeStore:
+        def list_nodes(self):
+            return [{"node_id": "n1"}, {"node_id": "n2"}, {"node_id": "n3"}]
+
+        def routes(self):
+            return {"n1": {"hub": "hub-b", "at": 1000.0}, "n2": {"hub": "hub-a", "at": 900.0}}
+
+    monkeypatch.setattr(admin, "open_store", lambda cfg: (None, FakeStore()))
+    rows = {r["node_id"]: r["route"] for r in admin.list_nodes(None, now=1010.0)}
+    assert rows["n1"] == {"hub": "hub-b", "at": 1000.0, "age": 10.0, "stale": False}
+    assert rows["n2"]["stale"] is True and rows["n2"]["age"] == 110.0  # > 90 s: 3 reports missed
+    assert rows["n3"] is None

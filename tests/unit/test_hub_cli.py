@@ -388,3 +388,25 @@ def test_token_list_columns_json_and_revoke_twice(hubdir, capsys):
     assert code == 0 and out.strip() == f"token {tid}: revoked" and "{" not in err
     code, out, _ = run_cli(capsys, "hub", "token", "revoke", "--config", conf, tid)
     assert code == 0 and out.startswith(f"token {tid}: already revoked (")
+
+
+def test_hub_nodes_shows_the_route_each_node_reported(capsys, monkeypatch):
+    from builder.hub import admin
+
+    rows = [
+        {"node_id": "n1", "hostname": "h1", "ip": "10.77.0.2", "state": "joined", "site": "lab",
+         "route": {"hub": "hub-b", "hub_ip": "10.77.0.3", "at": 1.0, "age": 4.0, "stale": False}},
+        {"node_id": "n2", "hostname": "h2", "ip": "10.77.0.4", "state": "joined", "site": "lab",
+         "route": {"hub": "hub-a", "hub_ip": "10.77.0.1", "at": 1.0, "age": 600.0, "stale": True}},
+        {"node_id": "n3", "hostname": "h3", "ip": None, "state": "pending", "site": "lab",
+         "route": None},
+    ]  # fmt: skip
+    monkeypatch.setattr(admin, "list_nodes", lambda cfg: rows)
+    code, out, _ = run_cli(capsys, "hub", "nodes")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == [
+        "NODE", "HOSTNAME", "ADDRESS", "STATE", "ROUTE", "SITE", "WAITING"
+    ]  # fmt: skip
+    assert lines[1].split() == ["n1", "h1", "10.77.0.2", "joined", "hub-b", "4s", "lab"]
+    assert lines[2].split() == ["n2", "h2", "10.77.0.4", "joined", "hub-a", "stale", "10m", "lab"]
+    assert lines[3].split() == ["n3", "h3", "-", "pending", "-", "lab"]

@@ -152,3 +152,36 @@ def test_kubelet_waits_for_the_wireguard_interface(tree: dict[str, tuple[bytes, 
 def test_no_script_writes_units_the_overlay_owns() -> None:
     for script in SCRIPTS.glob("*.sh"):
         assert not re.search(r"kubelet\.service\.d/", script.read_text()), script.name
+
+
+# -- issue 16: the failover loop runs on real nodes ------------------------------------------
+def test_failover_unit_runs_the_shipped_agent_once_joined(
+    tree: dict[str, tuple[bytes, int]],
+) -> None:
+    import json
+
+    cp = unit(tree["files/etc/systemd/system/nodeforge-failover.service"][0].decode())
+    argv = cp.get("Service", "ExecStart").split()
+    # the agent and the config it runs are the ones the same tree ships
+    assert argv[0] == "/usr/bin/python3" and f"files{argv[1]}" in tree
+    assert tree[f"files{argv[1]}"][0] == (REPO / "builder/node/agent.py").read_bytes()
+    config = argv[argv.index("--config") + 1]
+    node = json.loads(tree[f"files{config}"][0])
+    assert "--failover" in argv
+    # after the join: the marker the agent writes (Config.joined_marker)
+    assert cp.get("Unit", "ConditionPathExists") == f"{node['state_dir']}/joined"
+    assert "nodeforge-enroll.service" in words(cp, "Unit", "After")
+    assert cp.get("Service", "Restart") == "on-failure"
+    assert cp.get("Service", "StartLimitIntervalSec", fallback=None) is None  # [Unit] key
+    assert cp.get("Unit", "StartLimitIntervalSec") == "0"
+    assert cp.get("Install", "WantedBy") == "multi-user.target"
+    # the agent starts this very unit after the join (first boot)
+    assert (
+        'FAILOVER_UNIT = "nodeforge-failover.service"'
+        in (REPO / "builder/node/agent.py").read_text()
+    )
+
+
+def test_configure_node_enables_the_failover_unit() -> None:
+    text = (SCRIPTS / "configure-node.sh").read_text()
+    assert 'enable_unit "$NF_TOOL-failover.service"' in text

@@ -29,6 +29,7 @@ EXPECTED = [
     "files/etc/sysctl.d/90-nodeforge.conf",
     "files/etc/systemd/system/kubelet.service.d/20-nodeforge.conf",
     "files/etc/systemd/system/nodeforge-enroll.service",
+    "files/etc/systemd/system/nodeforge-failover.service",
     "files/usr/lib/nodeforge/nodeforge-enroll",
     "iso/nocloud/meta-data",
     "iso/nocloud/user-data",

@@ -7,6 +7,8 @@ Layout under ``prefix`` (``hub.json`` ``store.prefix``)::
     PREFIX/state/quarantine/<ip>   JSON row: an address that rests before it is reused
     PREFIX/state/rev               written by every state change: the compare-and-swap key
     PREFIX/audit/<ns>-<hub>-<n>    JSON list of the audit rows of one transaction
+    PREFIX/hubs/<name>             a hub: public key, endpoint, overlay address
+    PREFIX/routes/<node_id>        the hub a node last reported routing through (api.route)
 
 Every change is optimistic and serializable: read the whole ``state/`` range at one revision
 (one linearizable range call), run the SAME rules the SQLite store runs (``store.Store`` and
@@ -166,7 +168,8 @@ class EtcdStore:
         self.audit_prefix = cfg.prefix + "/audit/"
         self._seq = 0
         self._lock = threading.Lock()  # only for the sequence counter, never across I/O
-        self.conflicts = 0  # compare failures so far (metrics, tests)
+        self.conflicts = 0  # compare failures so far, each followed by a re-run (/metrics)
+        self.giveups = 0  # changes that gave up after ATTEMPTS compare failures (/metrics)
         self._tls = threading.local()  # each thread its own snapshot: no lock across I/O
 
     # -- snapshot and commit ------------------------------------------------------------------
@@ -251,6 +254,7 @@ class EtcdStore:
             c.execute("ROLLBACK")
             self.conflicts += 1
             time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+        self.giveups += 1
         raise StoreUnavailable(f"etcd: {ATTEMPTS} conflicting transactions in a row; try again")
 
     def _read(self, fn: Callable[[_Snapshot], T]) -> T:
@@ -339,6 +343,16 @@ class EtcdStore:
     def hubs(self) -> list[dict[str, Any]]:
         p = f"{self.cfg.prefix}/hubs/"
         return [json.loads(v) for _, v, _ in self.client.range(p, prefix_end(p))[1]]
+
+    # -- which hub each node routes through (the node's own report, see api.route) -----
+    def set_route(self, node_id: str, info: dict[str, Any]) -> None:
+        """Last writer wins, per node, outside ``state/``: no compare, no watch event."""
+        self.client.txn([], [put(f"{self.cfg.prefix}/routes/{node_id}", json.dumps(info))])
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        p = f"{self.cfg.prefix}/routes/"
+        kvs = self.client.range(p, prefix_end(p))[1]
+        return {k[len(p) :]: json.loads(v) for k, v, _ in kvs if v}
 
     def ping(self) -> None:
         self.client.range(self.marker)

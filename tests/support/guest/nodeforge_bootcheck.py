@@ -30,6 +30,7 @@ MARKER = "NODEFORGE-BOOTCHECK"
 DEFAULT_WAIT = 600.0  # seconds (TCG on a loaded host is slow)
 JOINED = "/var/lib/nodeforge/joined"
 ENROLL = "nodeforge-enroll.service"
+FAILOVER = "nodeforge-failover.service"
 ENROLL_PROPS = (
     "ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts", "ConditionResult",
     "ConditionTimestampMonotonic", "ExecMainStartTimestampMonotonic", "UnitFileState",
@@ -132,7 +133,7 @@ def node_config(rep: dict[str, Any]) -> None:
     rep["sysctls"] = {k: read("/proc/sys/" + k.replace(".", "/")).strip() or None for k in keys}
     rep["swaps"] = read("/proc/swaps").splitlines()[1:]
     rep["units"] = {}
-    for u in ("crio.service", "kubelet.service", ENROLL, "wg-quick@wg0.service"):
+    for u in ("crio.service", "kubelet.service", ENROLL, "wg-quick@wg0.service", FAILOVER):
         _, en, _ = sh("systemctl", "is-enabled", u)
         _, ac, _ = sh("systemctl", "is-active", u)
         rep["units"][u] = {"enabled": en.strip(), "active": ac.strip()}
