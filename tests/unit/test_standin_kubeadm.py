@@ -326,3 +326,25 @@ def test_kubelet_without_a_runtime_endpoint_it_can_reach_exits_1(node: Node) -> 
     r = node.kubelet(*KUBELET_ARGS)
     assert r.returncode == 1
     assert 'validate CRI v1 runtime API for endpoint "unix:///run/containerd' in r.stderr
+
+
+def test_crio_daemon_answers_on_its_cri_socket(tmp_path: Path) -> None:
+    # kubeadm's CRI preflight check and the kubelet connect to [crio.api] listen
+    conf = tmp_path / "crio.conf.d"
+    conf.mkdir()
+    sock = tmp_path / "run" / "crio.sock"
+    (conf / "10-crio.conf").write_text(
+        f'[crio.api]\nlisten = "{sock}"\n\n[crio.runtime]\ndefault_runtime = "sh"\n\n'
+        '[crio.runtime.runtimes.sh]\nruntime_path = "/bin/sh"\nmonitor_path = "/bin/sh"\n'
+    )
+    argv = [sys.executable, str(PROGRAMS / "crio.py"), "--config", "", "--config-dir", str(conf)]
+    env = {**os.environ, "NODEFORGE_STANDIN_LOG": str(tmp_path / "log")}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "config ok" in proc.stdout.readline()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(sock))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
