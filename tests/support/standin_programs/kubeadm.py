@@ -344,7 +344,11 @@ def systemctl(*args: str) -> int:
         print("[kubelet-start] No supported init system detected", file=sys.stderr)
         return 1
     log("systemctl " + " ".join(args))
-    return subprocess.run([exe, *args], timeout=120).returncode
+    try:  # the real kubeadm waits without bound; the stand-in gives up after 120 s
+        return subprocess.run([exe, *args], timeout=120).returncode
+    except subprocess.TimeoutExpired:
+        warn(f"{exe} {' '.join(args)}: no answer after 120 s (a job waiting on ordering?)")
+        return 124
 
 
 def kubelet_start(cfg: dict, ca: bytes) -> None:
