@@ -14,7 +14,9 @@ WG_PORT = 51820
 # a bootstrap token for the hub's `static` join provider: no cluster here, kubeadm on the
 # node only gets join material it cannot use against a real API server
 STATIC_JOIN_TOKEN = "nfboot.0123456789abcdef"
-STATIC_CA_HASH = "sha256:" + "ab" * 32
+# the public-key pin (sha256 of the DER SubjectPublicKeyInfo) of the stand-in cluster's CA
+# (tests/support/standin_programs/cluster-ca.crt), which the stand-in kubeadm verifies
+STATIC_CA_HASH = "sha256:fc5fc6e016af1ec2bdf9c4fe00af25201e9ee72df71cf2c02a8b3e0dfc16b30c"
 API_SERVER = "10.200.0.1:6443"
 BUILDER = [sys.executable, "-c", "from builder.cli import main; main()"]
 # direct kernel boot (--kernel): a whole-disk root file system on the first virtio disk

@@ -701,12 +701,14 @@ class Agent:
         ``kubeadm join`` runs; kubeadm's ``systemctl restart kubelet`` would queue a job that
         waits for our unit to finish, i.e. forever. The shim adds
         ``--job-mode=ignore-dependencies`` to systemctl calls about kubelet so the kubelet
-        starts now; every other call passes through unchanged.
+        starts now; every other call passes through unchanged. It lives in the state
+        directory, not under /run: initramfs-tools mounts /run noexec, and a PATH entry
+        there is skipped (kubeadm then reached the real systemctl and waited forever).
         """
         real = shutil.which(self.cfg.systemctl)
         if not real or not os.environ.get("INVOCATION_ID"):  # not started by systemd
             return {}
-        shim = Path(self.cfg.run_dir) / "shim"
+        shim = Path(self.cfg.state_dir) / "shim"
         shim.mkdir(parents=True, exist_ok=True)
         atomic_write(shim / "systemctl", SYSTEMCTL_SHIM.replace("@REAL@", real), 0o755)
         return {"PATH": f"{shim}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}

@@ -235,6 +235,8 @@ def node_config(lab: Lab, hub: dict, name: str, token: str) -> tuple[Path, dict]
     (d / "token").write_text(token + "\n")
     (d / "token").chmod(0o600)
     kubeadm = standin("kubeadm_node.py", d / "bin")
+    # the cluster CA the node's kubeadm finds through discovery (its pin must match)
+    shutil.copyfile(hub["dir"] / "cluster-ca.pem", d / "cluster-ca.pem")
     cfg = {
         "site": "lab",
         "enroll_url": hub["url"],

@@ -13,7 +13,11 @@ are read by ``register()``):
   real one refuses (tests/support/standin_programs/crio.py), and starts a container
   through a handler's conmon and runtime (stand-in subcommand ``crio run-container``);
 - ``kubeadm``/``kubelet``/``kubectl`` (kubelet.service, kubeadm's 10-kubeadm.conf drop-in,
-  /etc/default/kubelet as a conffile);
+  /etc/default/kubelet as a conffile); ``kubeadm join`` decodes, validates, runs the
+  preflight checks, verifies the CA pin against the stand-in cluster's CA, writes the
+  kubelet's files and restarts it through systemctl, then waits for it
+  (standin_programs/kubeadm.py); the ``kubelet`` refuses what the real one refuses
+  (standin_programs/kubelet.py);
 - the NVIDIA driver the way ``ubuntu-drivers install --gpgpu`` installs it:
   ``linux-modules-nvidia-<branch>-server-{generic,aws}`` (signed modules),
   ``nvidia-headless-no-dkms-<branch>-server``, ``nvidia-utils-<branch>-server``
@@ -144,18 +148,19 @@ def program(name: str, package: str, version: str, binary: str = "") -> str:
     )
 
 
-# `kubeadm join --config FILE`: keep a copy of the JoinConfiguration it was given (0600: it
-# holds a bootstrap token) so boot tests can check node-ip, labels and taints.
-_KUBEADM = """if [ "${1:-}" = join ]; then
-    prev=""
-    for a in "$@"; do
-        if [ "$prev" = --config ] && [ -f "$a" ]; then
-            (umask 077; cp "$a" @JOIN_CONFIG@) 2>/dev/null || true
-        fi
-        prev="$a"
-    done
-fi
-""".replace("@JOIN_CONFIG@", STANDIN_JOIN_CONFIG)
+# the control plane's side of `kubeadm join`, as the stand-in kubeadm reads it (no API server
+# here): the cluster CA (cluster-info; its public-key hash is boottest's STATIC_CA_HASH) and
+# the KubeletConfiguration kubeadm init uploads (kubelet-config ConfigMap; kubeadm's defaults)
+STANDIN_CLUSTER_DIR = "/usr/share/nodeforge-standin/cluster"
+STANDIN_CLUSTER_CA = PROGRAMS / "cluster-ca.crt"
+STANDIN_KUBELET_CONFIG = """apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: systemd
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+rotateCertificates: true
+staticPodPath: /etc/kubernetes/manifests
+"""
 
 _KUBELET_UNIT = """[Unit]
 Description=kubelet: The Kubernetes Node Agent (nodeforge STAND-IN)
@@ -253,8 +258,13 @@ def _kubernetes(v: str) -> list[Pkg]:
             "kubeadm",
             v,
             "kubeadm",
-            files={"/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf": _KUBEADM_DROPIN},
-            programs={"/usr/bin/kubeadm": _tool_script("kubeadm", v, "kubeadm", False, _KUBEADM)},
+            files={
+                "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf": _KUBEADM_DROPIN,
+                f"{STANDIN_CLUSTER_DIR}/ca.crt": STANDIN_CLUSTER_CA.read_text(),
+                f"{STANDIN_CLUSTER_DIR}/kubelet-config.yaml": STANDIN_KUBELET_CONFIG,
+            },
+            programs={"/usr/bin/kubeadm": program("kubeadm.py", "kubeadm", v)},
+            depends="python3, python3-yaml, openssl",
         ),
         Pkg(
             "kubelet",
@@ -264,8 +274,9 @@ def _kubernetes(v: str) -> list[Pkg]:
                 "/usr/lib/systemd/system/kubelet.service": _KUBELET_UNIT,
                 "/etc/default/kubelet": "KUBELET_EXTRA_ARGS=\n",
             },
-            programs={"/usr/bin/kubelet": _tool_script("kubelet", v, "kubelet", True)},
+            programs={"/usr/bin/kubelet": program("kubelet.py", "kubelet", v)},
             conffiles=("/etc/default/kubelet",),
+            depends="python3, python3-yaml",
         ),
         Pkg(
             "kubectl",

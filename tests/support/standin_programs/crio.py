@@ -9,8 +9,8 @@ Reproduces what nodeforge relies on (UPSTREAM.md, "CRI-O"):
 - validation: cgroup_manager, conmon_cgroup for that manager, default_runtime must have a
   table, each handler's runtime_path/monitor_path must resolve (empty -> $PATH lookup);
   a failing default handler is fatal, other failing handlers are dropped with a warning;
-- ``crio`` (daemon): validate, then stay running; ``crio config``: validate and print the
-  effective runtime settings.
+- ``crio`` (daemon): validate, then listen on the CRI socket (``[crio.api] listen``);
+  ``crio config``: validate and print the effective runtime settings.
 STAND-IN only (the real crio has no such command): ``crio run-container
 [--runtime-handler H] [--env K=V]...`` starts a container the way CRI-O does for a pod:
 the handler's monitor (conmon) runs the handler's runtime_path with ``--root runtime_root
@@ -19,9 +19,11 @@ run --bundle DIR ID``; the exit status is the runtime's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 import tomllib
@@ -31,6 +33,7 @@ VERSION = "@VERSION@"
 LOG = os.environ.get("NODEFORGE_STANDIN_LOG", "/var/log/nodeforge-standins.log")
 DEFAULT_CONFIG = "/etc/crio/crio.conf"
 DEFAULT_CONFIG_DIR = "/etc/crio/crio.conf.d"
+DEFAULT_LISTEN = "/var/run/crio/crio.sock"
 COMPILED_DEFAULT_RUNTIME = "crun"
 
 
@@ -245,9 +248,19 @@ def main(argv: list[str]) -> int:
     if rest:
         print(f"crio: unknown command {rest[0]} (stand-in)", file=sys.stderr)
         return 2
+    # the CRI socket, where the real crio serves gRPC ([crio.api] listen): kubeadm's CRI
+    # preflight check and the kubelet connect to it (the stand-ins only need it to answer)
+    listen = str((cfg.get("crio", {}).get("api", {}) or {}).get("listen") or DEFAULT_LISTEN)
+    os.makedirs(os.path.dirname(listen), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(listen)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(listen)
+    sock.listen(64)
     print(f"crio: config ok, default runtime {default}, handlers {sorted(valid)}", flush=True)
-    while True:  # the daemon
-        time.sleep(3600)
+    while True:  # the daemon: accept and drop connections
+        conn, _ = sock.accept()
+        conn.close()
 
 
 if __name__ == "__main__":
