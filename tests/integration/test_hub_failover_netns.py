@@ -47,8 +47,10 @@ if _missing:
 # box is shared by several test runs (measured 5-10 s: README "When you outgrow one hub")
 FAILOVER_BOUND = 20.0
 # hub A back: both nodes move on one wall-clock tick (agent.RETURN_ALIGN); between the two
-# moves a and b route through different hubs and cannot reach each other (one probe round)
-RETURN_GAP_BOUND = 5.0
+# moves a and b route through different hubs and cannot reach each other (one probe round),
+# and the gap is measured by everything(), whose failed probes each wait out their timeout:
+# 5.3 s seen at load average 25 on the 2 cores, so the bound is one probe round more than that
+RETURN_GAP_BOUND = 8.0
 ROUNDS = 3
 API = "10.103.0.254"  # the API address: on every hub's loopback, out of the address pool
 HUBS = (  # name, bridge address, overlay address
