@@ -101,11 +101,13 @@ def build_qcow2(
     overrides: Sequence[str] = (),
     edit_tree: Callable[[Path], None] | None = None,
     site_token_uses: int = 4,
-    timeout: float = 1500,
+    timeout: float = 3600,
 ) -> PackerImage:
     """Render ``site`` (target qcow2) for the lab hub with a site token and the stand-in
     repository, and run the real ``packer build``. ``edit_tree(tree)`` may change the
-    rendered tree before the build (e.g. to show a test fails on a broken image)."""
+    rendered tree before the build (e.g. to show a test fails on a broken image).
+    ``timeout``: 1500 s was not enough with 8 helpers on 2 cores (load ~30, 2026-11-30);
+    unloaded the build takes ~120 s."""
     t0 = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     ident = lab_identity(site, None, overrides)
