@@ -232,7 +232,7 @@ def run_site_token_no_seed(img: PackerImage, workdir: Path, *, nodes: int = 2,
     return out
 
 
-def run_no_seed_no_token(s: StandinSite, workdir: Path, *, timeout: float = 600) -> dict[str, Any]:
+def run_no_seed_no_token(s: StandinSite, workdir: Path, *, timeout: float = 900) -> dict[str, Any]:
     """No seed and no site token: the agent must say so at once, on the console and in the
     journal (what to attach), not wait 300 s in silence; the hub records nothing."""
     out: dict[str, Any] = {"problems": []}
