@@ -182,12 +182,16 @@ class System:
     def console(self, path: str, msg: str) -> None:
         """A line on the system console (the screen of a bare-metal machine, the serial
         port of a VM), best effort: what an operator must see without reading the journal."""
+        # blocking: a non-blocking write to a busy serial console is dropped (EAGAIN), as a
+        # boot with journald forwarding to the console showed
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_APPEND)
         except OSError:
             return
+        data = f"\r\n{msg}\r\n".encode(errors="replace")
         try:
-            os.write(fd, f"\r\n{msg}\r\n".encode(errors="replace"))
+            while data:
+                data = data[os.write(fd, data) :]
         except OSError:
             pass
         finally:

@@ -534,3 +534,11 @@ def test_reenrollment_presents_the_node_secret(tmp_path, ca):
         assert body["node_secret"] == "nfs1.secret" and body["node_id"] == node_id
         assert bearer == (token or "nfs1.secret")
         assert not (tmp_path / "token").exists()
+
+
+def test_the_console_line_is_written_whole(tmp_path):
+    out = tmp_path / "console"
+    out.write_text("")
+    agent.System().console(str(out), "nodeforge-enroll: no enrollment token in /x")
+    assert out.read_bytes() == b"\r\nnodeforge-enroll: no enrollment token in /x\r\n"
+    agent.System().console(str(tmp_path / "no" / "console"), "x")  # no console: no error
