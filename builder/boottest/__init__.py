@@ -3,9 +3,10 @@
 What ``builder boot-test SITE --image DISK`` does:
 
 1. The site is rendered with its enrollment and WireGuard settings pointing at a lab hub
-   (``site.prepare``): the node's per-boot config travels in the rendered user-data, so any
-   image of the site enrolls with the lab. The lab hub's identity (CA, keys) is made once
-   with ``builder hub init`` and cached; each run gets a fresh hub database.
+   (``site.prepare``); the node's enrollment config is baked into the image, so an image
+   enrolls with the lab when it was built from a render with the lab's overrides. The lab
+   hub's identity (CA, keys) is made once with ``builder hub init`` and cached; each run
+   gets a fresh hub database.
 2. In a private network namespace (``ip netns add``, loopback up) runs the REAL hub
    (``builder hub serve``, a wireguard-go interface); QEMU user networking inside that
    namespace lets the guest reach it at 10.0.2.2 (the namespace's loopback), for HTTPS and

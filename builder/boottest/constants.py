@@ -20,5 +20,9 @@ STATIC_CA_HASH = "sha256:fc5fc6e016af1ec2bdf9c4fe00af25201e9ee72df71cf2c02a8b3e0
 API_SERVER = "10.200.0.1:6443"
 BUILDER = [sys.executable, "-c", "from builder.cli import main; main()"]
 # direct kernel boot (--kernel): a whole-disk root file system on the first virtio disk
-APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.show_status=1"
+# no_timer_check: skip the kernel's boot-time test of the timer interrupt (x86 kernel
+# parameter, "x86_64: Add option to disable timer check", linux 14d98cad, 2005), which
+# a TCG guest on a loaded host fails ("IO-APIC + timer doesn't work!" panic, seen
+# 2026-11-30 with 8 helpers on 2 cores)
+APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.show_status=1 no_timer_check"
 HUB_POLL = 3.0  # seconds between looks at the hub while a node boots

@@ -106,7 +106,7 @@ class Node:
     name: str
     workdir: Path
     overlay: Path
-    seed: Path
+    seed: Path | None  # None: booted without a seed (the image's own config only)
     boots: list[NodeBoot] = field(default_factory=list)
     # a machine's identity (kept across its reboots): two QEMU guests otherwise share the
     # default MAC and have no SMBIOS UUID, i.e. look like ONE machine to the hub
@@ -124,15 +124,19 @@ def make_node(
     site: str,
     *,
     files: Mapping[str, bytes] | None = None,
+    with_seed: bool = True,
 ) -> Node:
     """A node on its own copy-on-write overlay of ``image`` (never written) + its seed:
     ``user_data`` with a fresh instance-id and ``name`` as host name, or the NoCloud
-    ``files`` as given (e.g. ``seed.node_seed``'s, what ``builder seed`` writes)."""
+    ``files`` as given (e.g. ``seed.node_seed``'s, what ``builder seed`` writes); no seed
+    at all with ``with_seed=False`` (a machine powered on with nothing but the image)."""
     wd = workdir / name
     wd.mkdir(parents=True, exist_ok=True)
     overlay = wd / "disk.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.path,
          overlay])  # fmt: skip
+    if not with_seed:
+        return Node(name, wd, overlay, None)
     if files is None:
         meta = f"instance-id: nodeforge-{site}-{name}-{os.urandom(4).hex()}\n"
         meta += f"local-hostname: {name}\n"
@@ -214,7 +218,8 @@ def boot_node(
     n = len(node.boots) + 1
     log_path = node.workdir / f"console-{n}.log"
     sock = node.workdir / f"qmp-{n}.sock"
-    vm = qemu.VM(memory_mb=1024, cpus=1, disk=node.overlay, seeds=[node.seed], network=True)
+    vm = qemu.VM(memory_mb=1024, cpus=1, disk=node.overlay, seeds=[node.seed] if node.seed else [],
+                 network=True)  # fmt: skip
     vm.firmware = image.firmware
     if image.kernel is not None:
         vm.kernel, vm.initrd, vm.append = image.kernel, image.initrd, image.append

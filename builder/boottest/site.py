@@ -51,8 +51,9 @@ def prepare(
 ) -> LabSite:
     """Render ``site`` with its enrollment and WireGuard settings pointing at the lab hub.
 
-    The node's per-boot config (``/etc/nodeforge/node.json``, the hub CA) travels in the
-    rendered user-data, so any image of the site, booted with it, enrolls with the lab.
+    The node's enrollment config (``/etc/nodeforge/node.json``, the hub CA) is baked into
+    the image (the rendered user-data does not carry it): an image enrolls with the lab when
+    it was built from a render with these overrides.
     ``overrides`` (``--set``) come last and win.
     """
     t0 = time.monotonic()

@@ -49,6 +49,11 @@ PREFIX = "nodeforge-enroll:"
 DEFAULT_CONFIG = "/etc/nodeforge/node.json"
 EXIT_OK, EXIT_RETRY, EXIT_STOP = 0, 75, 78
 FAILOVER_UNIT = "nodeforge-failover.service"  # builder/node/nodeforge-failover.service
+# host names that name no machine: none at all, and systemd's fallback when /etc/hostname is
+# missing or empty (hostname(5), "HOSTNAME SEMANTICS": static, then transient, then the
+# fallback, "localhost" unless built otherwise; manpages.ubuntu.com noble systemd 255, checked
+# 2026-11-30)
+PLACEHOLDER_HOSTNAMES = ("", "localhost")
 
 
 class Stop(Exception):
@@ -93,6 +98,12 @@ class Config:
     systemctl: str = "systemctl"
     enable_wg_unit: bool = True
     hostname: str = ""
+    # the image's placeholder host name (cleanup.sh writes it; subiquity's identity sets it
+    # on the ISO path): a node still called so names itself after its machine-id
+    hostname_default: str = ""
+    hostname_file: str = "/etc/hostname"
+    machine_id_file: str = "/etc/machine-id"
+    console_file: str = "/dev/console"
     handshake_timeout: float = 60
     http_timeout: float = 20
     join_attempts: int = 3
@@ -172,6 +183,24 @@ class System:
 
     def hostname(self) -> str:
         return socket.gethostname()
+
+    def console(self, path: str, msg: str) -> None:
+        """A line on the system console (the screen of a bare-metal machine, the serial
+        port of a VM), best effort: what an operator must see without reading the journal."""
+        # blocking: a non-blocking write to a busy serial console is dropped (EAGAIN), as a
+        # boot with journald forwarding to the console showed
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_APPEND)
+        except OSError:
+            return
+        data = f"\r\n{msg}\r\n".encode(errors="replace")
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 class Http:
@@ -310,6 +339,7 @@ class Agent:
         self.clock = clock
         self.sleep = sleep
         self.rand = rand
+        self._named = ""
         self.state = Path(cfg.state_dir)
 
     # backoff with full jitter, capped by retry_max_seconds
@@ -341,6 +371,7 @@ class Agent:
             return EXIT_OK
         except Stop as exc:
             log("failed", f"permanent failure, not retrying: {exc}")
+            self.sys.console(self.cfg.console_file, f"{PREFIX} FAILED, not retrying: {exc}")
             return EXIT_STOP
         except Retry as exc:
             log("failed", f"will retry (systemd restarts this unit): {exc}")
@@ -456,7 +487,31 @@ class Agent:
     def hostname(self) -> str:
         name = (self.cfg.hostname or self.sys.hostname()).split(".")[0].lower()
         name = re.sub(r"[^a-z0-9-]", "-", name).strip("-")[:63]
+        if name in PLACEHOLDER_HOSTNAMES or name == self.cfg.hostname_default.lower():
+            return self.own_hostname(name)
         return name or "node"
+
+    def own_hostname(self, placeholder: str) -> str:
+        """No seed named this node (it still has the image's placeholder name): name it
+        ``<site>-<first 8 of its machine-id>`` (as the ISO's seed does for an installed
+        system), set it as the system's host name, and use it."""
+        try:
+            mid = Path(self.cfg.machine_id_file).read_text().strip().lower()
+        except OSError:
+            mid = ""
+        if not re.fullmatch(r"[0-9a-f]{32}", mid):
+            raise Stop(f"{self.cfg.machine_id_file}: no machine-id to name the node after")
+        site = re.sub(r"[^a-z0-9-]", "-", self.cfg.site.lower()).strip("-")[:54]
+        name = f"{site}-{mid[:8]}"
+        if self._named != name:
+            atomic_write(Path(self.cfg.hostname_file), name + "\n", 0o644)
+            rc, out = self.sys.run(["hostname", name], timeout=30)
+            if rc != 0:
+                log("identity", f"could not set the host name now: {out.strip()[-200:]}")
+            log("identity", f"no host name from a seed ({placeholder or 'none'}): "
+                "named after the machine-id", hostname=name)  # fmt: skip
+            self._named = name
+        return name
 
     # 3. enroll
     def token(self, fallback: str = "") -> str:
@@ -479,6 +534,16 @@ class Agent:
                 return fallback
             if waited >= self.cfg.token_wait_seconds:
                 raise Stop(f"{self.cfg.token_file}: no enrollment token (missing or empty)")
+            if attempt == 0:  # say it once, where an operator looks, then wait
+                msg = (
+                    f"no enrollment token in {self.cfg.token_file}: this node has no seed "
+                    "and its image no site token. Attach a seed volume made by `builder seed` "
+                    "(label CIDATA) and reboot, or write a token from `builder hub token "
+                    f"create` to {self.cfg.token_file}; waiting "
+                    f"{self.cfg.token_wait_seconds:g}s for one"
+                )
+                log("token", msg)
+                self.sys.console(self.cfg.console_file, f"{PREFIX} {msg}")
             delay = min(10.0, 1.0 + self.backoff(attempt, 1.0))
             self.pause(delay, "token", f"waiting for {self.cfg.token_file}")
             waited += delay

@@ -205,6 +205,7 @@ def provision_env(profile: Profile, build_time: int) -> dict[str, str]:
     env = {
         "NF_TOOL": TOOL,
         "NF_SITE": profile.site,
+        "NF_HOSTNAME_DEFAULT": hostname_default(profile),
         "NF_PROFILE_HASH": profile.input_hash,
         "NF_BUILDER_VERSION": __version__,
         "NF_BUILDER_COMMIT": buildinfo.builder_commit(),
@@ -269,7 +270,15 @@ def node_config(profile: Profile, build_time: int) -> dict[str, Any]:
         "kubernetes_version": spec.kubernetes.version,
         "state_dir": STATE_DIR,
         "retry_max_seconds": spec.enrollment.retry_max_seconds,
+        "hostname_default": hostname_default(profile),
     }
+
+
+def hostname_default(profile: Profile) -> str:
+    """The image's placeholder host name: an image names no machine (cleanup.sh writes it,
+    the ISO's identity sets it); a node still called so at enrollment names itself after its
+    machine-id (the agent; the ISO's node seed)."""
+    return f"{profile.site}-node"
 
 
 def _taint(taint: Taint) -> dict[str, str]:
@@ -380,7 +389,7 @@ def context(profile: Profile, build_time: int) -> dict[str, Any]:
         "wg_interface": spec.wireguard.interface,
         "static": static.template_data() if static else None,
         "storage_layout": spec.iso.storage_layout,
-        "hostname_default": f"{profile.site}-node",
+        "hostname_default": hostname_default(profile),
         "instance_id": f"{profile.site}-{profile.input_hash[:12]}",
         "hostname": None,
         "build_time": build_time,

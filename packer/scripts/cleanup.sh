@@ -46,6 +46,12 @@ fi
 chmod 0444 /etc/machine-id
 if [ -d /var/lib/dbus ]; then ln -sfn /etc/machine-id /var/lib/dbus/machine-id; fi
 rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+# no host name of the build machine: the placeholder the enrollment agent replaces with
+# <site>-<machine-id> when no seed names the node (node.json hostname_default)
+if [ -n "${NF_HOSTNAME_DEFAULT:-}" ]; then
+    printf '%s\n' "$NF_HOSTNAME_DEFAULT" >/etc/hostname
+    chmod 0644 /etc/hostname
+fi
 rm -f "/var/lib/$NF_TOOL/joined" "/var/lib/$NF_TOOL/wg.key" "/var/lib/$NF_TOOL/node_id"
 rm -f /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
 

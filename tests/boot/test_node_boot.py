@@ -12,7 +12,13 @@ Scenarios run side by side (one vCPU each) to keep the lane short:
 - `builder boot-test aws --image … --nodes 2 --json`: two nodes at once, then a reboot;
 - onprem (GPU profile) on a GPT disk booted by OVMF (GRUB from the ESP), then a reboot;
 - hub unreachable for the first minute after the node's first attempt;
-- an expired token.
+- an expired token;
+- no seed and no token: the agent says so at once on the console and in the journal;
+- the qcow2 a REAL `packer build` makes for the aws site (target qcow2, from the STAND-IN
+  base image, tests/support/packerimage.py), built once for the module:
+  `builder boot-test aws --image THAT.qcow2` joins (the AMI/qcow2 path end to end), and two
+  machines booted from it with NO seed, only the site token baked into it, join under two
+  names of their own (`aws-<machine-id[:8]>`).
 """
 
 from __future__ import annotations
@@ -20,14 +26,20 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import ipaddress
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.boot.conftest import cli_boot_test, node_boot_missing
-from tests.support import nodedisk, scenarios
+from builder.run import which
+from tests.boot.conftest import REPO, cli_boot_test, node_boot_missing
+from tests.support import nodedisk, packerimage, scenarios
 from tests.support.guest.nodeforge_bootcheck import REQUIRED_SYSCTLS
 from tests.support.reportchecks import check_joined, check_reboot
 
@@ -40,6 +52,57 @@ if _missing:
 SITES = ("aws", "onprem")
 
 
+def chain(pool: concurrent.futures.Executor, first: concurrent.futures.Future,
+          fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:  # fmt: skip
+    """``fn(first's result, *args)`` in the pool once ``first`` is done, without holding a
+    worker while it waits."""
+    out: concurrent.futures.Future = concurrent.futures.Future()
+
+    def relay(f: concurrent.futures.Future) -> None:
+        exc = f.exception()
+        out.set_exception(exc) if exc else out.set_result(f.result())
+
+    def go(f: concurrent.futures.Future) -> None:
+        exc = f.exception()
+        if exc is not None:
+            out.set_exception(exc)
+        else:
+            pool.submit(fn, f.result(), *args).add_done_callback(relay)
+
+    first.add_done_callback(go)
+    return out
+
+
+def cli_boot_plain(site: str, workdir: Path, *args: str) -> dict[str, Any]:
+    """`builder boot-test SITE --json` for an image without the check program."""
+    p = subprocess.run(
+        [sys.executable, "-c", "from builder.cli import main; main()",
+         "boot-test", site, "--json", "--keep", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=1500,
+        env={**os.environ, "TMPDIR": str(workdir)},
+    )  # fmt: skip
+    try:
+        res = json.loads(p.stdout)
+    except ValueError:
+        res = None
+    return {"rc": p.returncode, "stderr": p.stderr, "result": res}
+
+
+@pytest.fixture(scope="module")
+def qcow2_build(boot_workdir: Path, boot_pool) -> concurrent.futures.Future | None:
+    """The real packer build of the aws site as a qcow2, started first (it is the longest
+    single step) and shared by the two boots of it; None without packer."""
+    if which("packer") is None:
+        return None
+    return boot_pool.submit(packerimage.build_qcow2, "aws", boot_workdir / "qcow2")
+
+
+def qcow2_run(runs, name: str) -> Any:
+    if name not in runs:
+        pytest.skip("packer not installed (make deps)")
+    return runs[name].result()
+
+
 @pytest.fixture(scope="module")
 def setups(boot_workdir: Path, boot_pool) -> dict[str, nodedisk.StandinSite]:
     futs = {
@@ -49,7 +112,9 @@ def setups(boot_workdir: Path, boot_pool) -> dict[str, nodedisk.StandinSite]:
 
 
 @pytest.fixture(scope="module")
-def runs(setups, boot_workdir: Path, boot_pool) -> dict[str, concurrent.futures.Future]:
+def runs(
+    qcow2_build, setups, boot_workdir: Path, boot_pool
+) -> dict[str, concurrent.futures.Future]:
     def wd(name: str) -> Path:
         d = boot_workdir / name
         d.mkdir(parents=True, exist_ok=True)
@@ -61,14 +126,23 @@ def runs(setups, boot_workdir: Path, boot_pool) -> dict[str, concurrent.futures.
     # the two CLI nodes also reach each other through the hub (the check program's peers)
     two = list(aws)
     two[two.index("--append") + 1] += " nodeforge.bootcheck.peers=2"
-    return {
+    out = {
         "aws-cli": boot_pool.submit(cli_boot_test, "aws", wd("cli"), *two, "--nodes", "2"),
         "hub-late": boot_pool.submit(scenarios.run_hub_late, setups["aws"], wd("late")),
         "onprem-uefi": boot_pool.submit(
             cli_boot_test, "onprem", wd("onprem-uefi"), *onprem, "--no-reboot"
         ),
         "expired": boot_pool.submit(scenarios.run_expired_token, setups["aws"], wd("expired")),
+        "no-token": boot_pool.submit(
+            scenarios.run_no_seed_no_token, setups["aws"], wd("no-token")
+        ),  # fmt: skip
     }
+    if qcow2_build is not None:  # after the packer build (the reboot is proven above)
+        out["qcow2-cli"] = chain(boot_pool, qcow2_build, lambda img: cli_boot_plain(
+            "aws", wd("qcow2-cli"), *img.boot_args(), "--no-reboot"))  # fmt: skip
+        out["site-token"] = chain(boot_pool, qcow2_build, lambda img: (
+            scenarios.run_site_token_no_seed(img, wd("site-token"))))  # fmt: skip
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +277,40 @@ def test_expired_token_stops_cleanly(runs):
     assert "token expired" in res["journal_message"]
     assert r["wg"]["conf_exists"] is False and r["wg"]["addresses"] == []
     assert r["joined_marker"] is None
+
+
+def test_no_seed_no_token_says_so_on_the_console_and_in_the_journal(runs):
+    """Issue 12: a machine with neither a seed nor a site token waited 300 s in silence."""
+    res = runs["no-token"].result()
+    assert res["problems"] == [], "\n".join(res["problems"])
+    lines = res["console_lines"]
+    # once written by the agent to the console, once from the journal (journald's copy)
+    assert any("]: nodeforge-enroll: step=token" in x for x in lines)
+    assert any("]: " not in x.split("nodeforge-enroll: no enrollment token")[0] for x in lines)
+    assert all("builder hub token create" in x for x in lines)
+
+
+def test_packer_built_qcow2_joins_through_boot_test(runs, qcow2_build):
+    """The qcow2 `builder image` makes for a qcow2 site (real packer, stand-in base) booted
+    by `builder boot-test aws --image THAT.qcow2`: joined, as the hub sees it."""
+    out = qcow2_run(runs, "qcow2-cli")
+    img = qcow2_build.result()
+    res = out["result"]
+    assert res is not None, out["stderr"][-4000:]
+    assert out["rc"] == 0 and res["problems"] == [], "\n".join(res["problems"])
+    assert res["image"] == str(img.qcow2.resolve())
+    (n,) = res["nodes"]
+    assert n["joined"] and n["handshake"] and n["seconds_to_joined"] > 0
+    net = ipaddress.ip_network(img.lab.ident.overlay_cidr)
+    assert ipaddress.ip_address(n["address"]) in net
+
+
+def test_no_seed_site_token_machines_join_under_names_of_their_own(runs):
+    """Issue 12: with no seed, every node enrolled under the image's one host name."""
+    res = qcow2_run(runs, "site-token")
+    assert res["problems"] == [], "\n".join(res["problems"]) + res.get("hub_log_tail", "")
+    names = sorted(r["hostname"] for r in res["hub_nodes"])
+    assert len(names) == 2 and names[0] != names[1]
+    assert all(r["state"] == "joined" for r in res["hub_nodes"])
+    assert "aws-node" not in names and "nodeforge-base" not in names
+    assert res["site_token_used"] == 2

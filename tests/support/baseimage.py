@@ -99,7 +99,8 @@ def prepare_from_base_image(
         d.mkdir(parents=True, exist_ok=True)
         img = boot_image(base_image, uefi=uefi)
         node = make_node("provision", img, workdir, provision_user_data(tree), site)
-        vm = qemu.VM(memory_mb=2048, cpus=2, disk=node.overlay, seeds=[node.seed], network=True)
+        seeds = [node.seed] if node.seed else []
+        vm = qemu.VM(memory_mb=2048, cpus=2, disk=node.overlay, seeds=seeds, network=True)
         vm.firmware = "uefi" if uefi else "bios"
         log.info("provisioning %s in a first boot (real repositories; needs internet)…",
                  base_image.name)  # fmt: skip

@@ -65,7 +65,11 @@ ROOTFS_EXTRA = ("e2fsprogs", "netplan.io")
 # the stand-in root's own DHCP config (rootfs.py) must not shadow what cloud-init renders:
 # networkd takes the first .network file by name, netplan writes 10-netplan-*.network
 STANDIN_DHCP = ("etc/systemd/network/10-dhcp.network", "etc/systemd/network/90-dhcp.network")
-APPEND_UEFI = "root=/dev/vda2 rw console=ttyS0 net.ifnames=0 systemd.show_status=1"
+# no_timer_check: skip the kernel's boot-time test of the timer interrupt (x86 kernel
+# parameter, "x86_64: Add option to disable timer check", linux 14d98cad, 2005), which
+# a TCG guest on a loaded host fails ("IO-APIC + timer doesn't work!" panic, seen
+# 2026-11-30 with 8 helpers on 2 cores)
+APPEND_UEFI = "root=/dev/vda2 rw console=ttyS0 net.ifnames=0 systemd.show_status=1 no_timer_check"
 _PREP_LOCK = threading.Lock()
 
 
@@ -260,7 +264,9 @@ GRUB_MODULES = (
 
 def build_uefi_disk(disk: NodeDisk) -> Path:
     """GPT image for OVMF: ESP (GRUB x86_64-efi, loads the kernel from partition 2) + ext4."""
-    out = disk.qcow2.with_name("disk-uefi.qcow2")
+    # named after its kernel command line: a new one is a new disk
+    tag = hashlib.sha256(APPEND_UEFI.encode()).hexdigest()[:8]
+    out = disk.qcow2.with_name(f"disk-uefi-{tag}.qcow2")
     if out.exists():
         return out
     for tool in ("grub-mkimage", "mkfs.vfat", "mcopy", "sfdisk"):

@@ -61,7 +61,11 @@ PACKAGES = (
     "kmod",
     "tzdata",
 )
-KERNEL_APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.show_status=1"
+# no_timer_check: skip the kernel's boot-time test of the timer interrupt (x86 kernel
+# parameter, "x86_64: Add option to disable timer check", linux 14d98cad, 2005), which
+# a TCG guest on a loaded host fails ("IO-APIC + timer doesn't work!" panic, seen
+# 2026-11-30 with 8 helpers on 2 cores)
+KERNEL_APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.show_status=1 no_timer_check"
 
 _NETWORK = """[Match]
 Name=eth* en*

@@ -1,4 +1,4 @@
-"""Negative boots of the stand-in node (tests only): the hub is late, the token expired.
+"""Boots of the stand-in node (tests only): the hub is late, the token expired, no seed.
 
 They drive the product's lab and node (``builder.boottest``) directly and read the TEST-ONLY
 check program's report from the console (``bootcheck``), since what they prove happens
@@ -7,6 +7,9 @@ inside the guest: the agent's retries, and a clean stop with nothing half-config
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
+import re
 import signal
 import sys
 import threading
@@ -17,9 +20,11 @@ from typing import Any
 from builder.boottest import Lab, make_node, node_user_data
 from builder.boottest.constants import HUB_PORT
 from builder.boottest.node import boot_node
+from builder.errors import BuilderError
 from builder.run import PIPE, popen, stop
 from tests.support import bootcheck
 from tests.support.nodedisk import StandinSite
+from tests.support.packerimage import PackerImage
 from tests.support.reportchecks import check_hub, check_joined, check_not_configured
 
 _REFUSER = """
@@ -152,4 +157,102 @@ def run_expired_token(s: StandinSite, workdir: Path, *, timeout: float = 900) ->
             p.append(f"no clear journal message about the refused token: {journal[-5:]}")
         if lab.nodes():
             p.append(f"the hub recorded nodes for an expired token: {lab.nodes()}")
+    return out
+
+
+# -- no seed at all: a machine powered on with nothing but the image -----------------------
+# journald copies every journal line to the console (systemd-journald.service(8), kernel
+# command line systemd.journald.forward_to_console=), as "<identifier>[<pid>]: <message>":
+# what the journal holds shows on the serial console beside what the agent writes there
+FORWARD_JOURNAL = "systemd.journald.forward_to_console=1"
+JOURNAL_LINE = r"nodeforge-enroll\[\d+\]: nodeforge-enroll: "
+# written by the agent itself to /dev/console (not through the journal: no "[pid]: " before)
+CONSOLE_LINE = r"(?<!\]: )nodeforge-enroll: "
+
+
+def _boot_or_reason(lab: Lab, node: Any, image: Any, **kw: Any) -> Any:
+    try:
+        return boot_node(lab, node, image, **kw)
+    except BuilderError as exc:
+        return exc.message
+
+
+def run_site_token_no_seed(img: PackerImage, workdir: Path, *, nodes: int = 2,
+                           timeout: float = 900) -> dict[str, Any]:  # fmt: skip
+    """``nodes`` machines boot the same image with NO seed: only the site token baked into
+    it. Each must join under a name of its own, derived from the machine (``<site>-`` +
+    8 hex of its machine-id), never the image's fixed name; the site token is used once
+    per machine."""
+    out: dict[str, Any] = {"problems": [], "names": {}}
+    p = out["problems"]
+    image = img.image(FORWARD_JOURNAL)
+    done = JOURNAL_LINE + r"step=done node enrolled and joined"
+    named = re.compile(JOURNAL_LINE + r"step=identity .*named after the machine-id "
+                       r"hostname=(\S+)")  # fmt: skip
+    with img.lab as lab:
+        lab.start_hub()
+        vms = [make_node(f"{img.site}-bare{i + 1}", image, workdir, b"", img.site,
+                         with_seed=False) for i in range(nodes)]  # fmt: skip
+        with concurrent.futures.ThreadPoolExecutor(max_workers=nodes) as pool:
+            futs = [pool.submit(_boot_or_reason, lab, n, image, until_joined=False,
+                                console=(done,), timeout=timeout) for n in vms]  # fmt: skip
+            outcomes = [f.result() for f in futs]
+        for n, b in zip(vms, outcomes, strict=True):
+            if isinstance(b, str):
+                p.append(f"{n.name}: no 'joined' on its console: {b[-1500:]}")
+                continue
+            m = named.search(Path(b.console).read_text(errors="replace"))
+            out["names"][n.name] = m.group(1) if m else None
+        rows = lab.nodes()
+        out["hub_nodes"] = [{k: r.get(k) for k in ("hostname", "state", "ip", "site")}
+                            for r in rows]  # fmt: skip
+        names = [r.get("hostname") for r in rows]
+        if len(rows) != nodes:
+            p.append(f"hub has {len(rows)} nodes, want {nodes}: {names}")
+        if len(set(names)) != len(names):
+            p.append(f"two machines enrolled under one name: {names}")
+        pat = re.compile(rf"{re.escape(img.site)}-[0-9a-f]{{8}}")
+        for r in rows:
+            if not pat.fullmatch(str(r.get("hostname"))):
+                p.append(f"hub: node named {r.get('hostname')!r}, not <site>-<machine-id>")
+            if r.get("state") != "joined" or r.get("site") != img.site:
+                p.append(f"hub: {r.get('hostname')} is {r.get('state')} for {r.get('site')}")
+        said = sorted(v for v in out["names"].values() if v)
+        if said != sorted(str(n) for n in names):
+            p.append(f"the nodes named themselves {said}, the hub has {names}")
+        hs = lab.handshakes()
+        if not all(hs.get(str(r.get("pubkey")), 0) > 0 for r in rows):
+            p.append("the hub has no WireGuard handshake with every node")
+        used = {t["id"]: t.get("used") for t in lab.tokens()}
+        out["site_token_used"] = used.get(img.site_token_id)
+        if used.get(img.site_token_id) != nodes:
+            p.append(f"site token used {used.get(img.site_token_id)} times, want {nodes}")
+        if p:
+            out["hub_log_tail"] = lab.hub_log()
+    return out
+
+
+def run_no_seed_no_token(s: StandinSite, workdir: Path, *, timeout: float = 900) -> dict[str, Any]:
+    """No seed and no site token: the agent must say so at once, on the console and in the
+    journal (what to attach), not wait 300 s in silence; the hub records nothing."""
+    out: dict[str, Any] = {"problems": []}
+    img = s.image()
+    image = dataclasses.replace(img, append=f"{img.append} {FORWARD_JOURNAL}")
+    hint = r"no enrollment token in /etc/nodeforge/enroll-token: .*`builder seed`"
+    said = (CONSOLE_LINE + hint, JOURNAL_LINE + r"step=token " + hint)
+    with Lab(workdir, s.ident) as lab:
+        lab.start_hub()
+        node = make_node(f"{s.site}-notoken", image, workdir, b"", s.site, with_seed=False)
+        b = _boot_or_reason(lab, node, image, until_joined=False, console=said,
+                            timeout=timeout)  # fmt: skip
+        if isinstance(b, str):
+            out["problems"].append(f"no clear message on the console and in the journal: "
+                                   f"{b[-2000:]}")  # fmt: skip
+        else:
+            out["boot"] = b.as_dict()
+            text = Path(b.console).read_text(errors="replace")
+            out["console_lines"] = [m.group(0) for m in re.finditer(r".*no enrollment token in.*",
+                                                                    text)]  # fmt: skip
+        if lab.nodes():
+            out["problems"].append(f"the hub recorded nodes without a token: {lab.nodes()}")
     return out

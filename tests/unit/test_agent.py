@@ -81,7 +81,12 @@ class FakeSystem:
         return self.route_ok
 
     def hostname(self):
-        return "Node-A.example"
+        return self.name
+
+    name = "Node-A.example"
+
+    def console(self, path, msg):
+        self.console_lines = [*getattr(self, "console_lines", []), (path, msg)]
 
 
 def enrollment(address="10.100.0.7"):
@@ -321,9 +326,83 @@ def test_ca_pin_mismatch_and_missing_token_stop(tmp_path, ca):
     cfg = make_cfg(tmp_path, ca, ca_pin="sha256:" + "0" * 64)
     assert run_agent(cfg, FakeSystem(), FakeHttp([]))[0] == agent.EXIT_STOP
     cfg = make_cfg(tmp_path, ca, token_file=str(tmp_path / "missing"), token_wait_seconds=30)
-    rc, sleeps = run_agent(cfg, FakeSystem(), FakeHttp([]))
+    sysm = FakeSystem()
+    rc, sleeps = run_agent(cfg, sysm, FakeHttp([]))
     assert rc == agent.EXIT_STOP
     assert 30 <= sum(sleeps) <= 45 and max(sleeps) <= 10  # waited, bounded, then stopped
+
+
+def test_missing_token_is_said_on_the_console_and_in_the_journal_at_once(tmp_path, ca, capsys):
+    """Issue 12: no seed and no site token was a silent 300 s wait."""
+    missing = tmp_path / "missing"
+    cfg = make_cfg(tmp_path, ca, token_file=str(missing), token_wait_seconds=30,
+                   console_file="/dev/test-console")  # fmt: skip
+    sysm = FakeSystem()
+    seen = []
+
+    def sleep(s):
+        if not seen:  # what was said before the first wait
+            seen.append((list(getattr(sysm, "console_lines", [])), capsys.readouterr().err))
+
+    a = agent.Agent(cfg, sysm, FakeHttp([]), clock=lambda: 1.8e9, sleep=sleep, rand=lambda: 0.5)
+    assert a.run() == agent.EXIT_STOP
+    console, journal = seen[0]
+    [(path, msg)] = console
+    assert path == "/dev/test-console"
+    for said in (msg, journal):
+        assert f"no enrollment token in {missing}" in said
+        assert "builder seed" in said and "builder hub token create" in said
+        assert "waiting 30s" in said
+    assert "step=token" in journal
+    # and the permanent failure at the end, on the console too
+    assert "FAILED, not retrying" in sysm.console_lines[-1][1]
+    assert len([m for _, m in sysm.console_lines if "no enrollment token in" in m]) == 1
+
+
+@pytest.mark.parametrize("given", ["lab-node", "localhost", "LOCALHOST.localdomain", ""])
+def test_a_node_without_a_seed_names_itself_after_its_machine_id(tmp_path, ca, given):
+    """Issue 12: no seed + a site token: every node enrolled under the image's one name."""
+    mid = tmp_path / "machine-id"
+    mid.write_text("0123abcd" + "e" * 24 + "\n")
+    hn = tmp_path / "hostname"
+    hn.write_text(given + "\n")
+    cfg = make_cfg(tmp_path, ca, hostname_default="lab-node", machine_id_file=str(mid),
+                   hostname_file=str(hn))  # fmt: skip
+    sysm, http = FakeSystem(handshake_after=1), FakeHttp([(200, {}, enrollment())])
+    sysm.name = given
+    real_run = sysm.run
+
+    def run(argv, timeout=600, env=None):
+        if argv[0] == "hostname":
+            sysm.calls.append(list(argv))
+            return 0, ""
+        return real_run(argv, timeout, env)
+
+    sysm.run = run
+    rc, _ = run_agent(cfg, sysm, http)
+    assert rc == 0
+    assert http.requests[0][3]["hostname"] == "lab-0123abcd"
+    assert hn.read_text() == "lab-0123abcd\n"
+    assert ["hostname", "lab-0123abcd"] in sysm.calls
+    jc = yaml.safe_load(sysm.join_configs[0])
+    assert jc["nodeRegistration"]["name"] == "lab-0123abcd"
+
+
+def test_a_seed_name_is_kept_and_no_machine_id_is_no_name(tmp_path, ca):
+    none, hn = str(tmp_path / "none"), str(tmp_path / "hn")
+    cfg = make_cfg(
+        tmp_path, ca, hostname_default="lab-node", machine_id_file=none, hostname_file=hn
+    )
+    sysm, http = FakeSystem(handshake_after=1), FakeHttp([(200, {}, enrollment())])
+    assert run_agent(cfg, sysm, http)[0] == 0
+    assert http.requests[0][3]["hostname"] == "node-a"  # the seed's name, untouched
+    assert not (tmp_path / "hn").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    sysm2 = FakeSystem()
+    sysm2.name = "lab-node"
+    cfg2 = make_cfg(other, ca, hostname_default="lab-node", machine_id_file=str(other / "none"))
+    assert run_agent(cfg2, sysm2, FakeHttp([]))[0] == agent.EXIT_STOP  # no machine-id: no name
 
 
 def test_token_written_late_is_waited_for(tmp_path, ca):
@@ -455,3 +534,11 @@ def test_reenrollment_presents_the_node_secret(tmp_path, ca):
         assert body["node_secret"] == "nfs1.secret" and body["node_id"] == node_id
         assert bearer == (token or "nfs1.secret")
         assert not (tmp_path / "token").exists()
+
+
+def test_the_console_line_is_written_whole(tmp_path):
+    out = tmp_path / "console"
+    out.write_text("")
+    agent.System().console(str(out), "nodeforge-enroll: no enrollment token in /x")
+    assert out.read_bytes() == b"\r\nnodeforge-enroll: no enrollment token in /x\r\n"
+    agent.System().console(str(tmp_path / "no" / "console"), "x")  # no console: no error

@@ -1,0 +1,149 @@
+"""The qcow2 `builder image` makes for a qcow2 site, for the boot lane (tests only).
+
+A REAL ``packer build`` (Packer's qemu builder, TCG here) from the STAND-IN base image
+(``rootfs.build_base_image``: Debian for Ubuntu's cloud image) with the site's real
+provisioning scripts against the STAND-IN apt repository served over HTTP on the host's
+loopback (the build VM reaches it at 10.0.2.2), exactly as tests/integration/
+test_packer_build.py does. The site is rendered for the boot lab's hub (the cached hub
+identity ``builder boot-test`` uses: its enrollment URL, CA and WireGuard key), as a user
+renders theirs for their hub; and with a SITE TOKEN baked in (``enrollment.site_token``),
+minted beforehand on a lab hub database that ``PackerImage.lab`` keeps, so the image can
+also be booted with no seed at all.
+
+The disk has no boot loader (the stand-in base has none): it boots by direct kernel boot
+with the base image's kernel and initrd (``boot_args``). Never cached: a site token is made
+per build, and the build is what is under test.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.boottest import BootImage, Lab, boot_image, hub_overrides
+from builder.boottest.site import lab_identity
+from builder.errors import BuilderError
+from builder.fsutil import atomic_write
+from builder.site.profile import load_profile
+from builder.site.render import render_site
+from builder.targets import packer
+from tests.support import rootfs, standins
+
+log = logging.getLogger("tests.support.packerimage")
+
+# the base image's kernel command line (rootfs.KERNEL_APPEND) as `builder boot-test` uses it
+APPEND = rootfs.KERNEL_APPEND
+
+
+@dataclass
+class PackerImage:
+    """A built qcow2, how to boot it, and the lab hub database that knows its site token."""
+
+    site: str
+    qcow2: Path
+    kernel: Path
+    initrd: Path
+    tree: Path
+    lab: Lab  # not entered: ``with image.lab:`` starts using it (the token is in its DB)
+    site_token_id: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def image(self, append_extra: str = "") -> BootImage:
+        return boot_image(self.qcow2, kernel=self.kernel, initrd=self.initrd,
+                          append=f"{APPEND} {append_extra}".strip())  # fmt: skip
+
+    def boot_args(self) -> list[str]:
+        """``builder boot-test SITE`` options that boot this image."""
+        return ["--image", str(self.qcow2), "--kernel", str(self.kernel),
+                "--initrd", str(self.initrd), "--append", APPEND]  # fmt: skip
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        pass
+
+
+@contextmanager
+def serve(directory: Path) -> Iterator[int]:
+    """Serve ``directory`` on 127.0.0.1 (an ephemeral port) while the block runs."""
+    handler = functools.partial(_Quiet, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def repo_overrides(url: str, key_url: str, gpu: bool) -> list[str]:
+    """``--set`` overrides pointing every package source at the stand-in repository."""
+    sets = [f"kubernetes.apt.url={url}", f"kubernetes.apt.key_url={key_url}",
+            f"crio.apt.url={url}", f"crio.apt.key_url={key_url}"]  # fmt: skip
+    if gpu:
+        sets += [f"gpu.nvidia.apt.url={url}", f"gpu.nvidia.apt.key_url={key_url}"]
+    return sets
+
+
+def build_qcow2(
+    site: str,
+    workdir: Path,
+    *,
+    overrides: Sequence[str] = (),
+    edit_tree: Callable[[Path], None] | None = None,
+    site_token_uses: int = 4,
+    timeout: float = 3600,
+) -> PackerImage:
+    """Render ``site`` (target qcow2) for the lab hub with a site token and the stand-in
+    repository, and run the real ``packer build``. ``edit_tree(tree)`` may change the
+    rendered tree before the build (e.g. to show a test fails on a broken image).
+    ``timeout``: 1500 s was not enough with 8 helpers on 2 cores (load ~30, 2026-11-30);
+    unloaded the build takes ~120 s."""
+    t0 = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ident = lab_identity(site, None, overrides)
+    lab = Lab(workdir / "site-token-lab", ident)
+    token = lab.token(site, uses=site_token_uses, ttl="6h")
+    token_file = workdir / "site-token"
+    atomic_write(token_file, token + "\n", 0o600)
+    base = rootfs.build_base_image()
+    repo = standins.build_standin_repo(workdir / "repo")
+    tree = workdir / "build" / site
+    with serve(repo.path) as port:
+        url = f"http://10.0.2.2:{port}/"
+        gpu = bool(load_profile(site, None, list(overrides)).spec.gpu.enabled)
+        profile = load_profile(site, None, [
+            *hub_overrides(ident), *repo_overrides(url, url + "Release.key", gpu),
+            "target=qcow2", f"enrollment.site_token=file:{token_file}", *overrides,
+        ])  # fmt: skip
+        render_site(profile, tree)
+        pkrvars = tree / "packer" / "site.auto.pkrvars.json"
+        data = json.loads(pkrvars.read_text())
+        data.update(ssh_username="nodeforge-build", qemu_ssh_timeout="15m",
+                    qemu_memory_mb=1024, disk_size_gb=4)  # fmt: skip
+        pkrvars.write_text(json.dumps(data, indent=2) + "\n")
+        if edit_tree is not None:
+            edit_tree(tree)
+        t1 = time.monotonic()
+        serial = workdir / "packer-serial.log"
+        result = packer.build_packer_image(
+            tree, "qcow2", base_image=base.qcow2,
+            qemu_args=[*base.qemu_args(), ["-serial", f"file:{serial}"]], timeout=timeout,
+        )  # fmt: skip
+    if not isinstance(result, packer.PackerResult):
+        raise BuilderError(f"packer build of {site} returned no image")
+    dist = tree.parent.parent / "dist" / site
+    [art] = json.loads((dist / "manifest.json").read_text())["artifacts"]
+    secs = {"render": round(t1 - t0, 1), "packer": round(time.monotonic() - t1, 1)}
+    log.info("%s: qcow2 built by packer in %.1f s", site, secs["packer"])
+    tid = token.split(".")[1]
+    return PackerImage(site, dist / art["name"], base.kernel, base.initrd, tree, lab, tid, secs)
