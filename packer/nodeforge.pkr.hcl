@@ -46,6 +46,8 @@ source "amazon-ebs" "node" {
     delete_on_termination = true
   }
   encrypt_boot = true
+  # empty: the region's default EBS key; the plugin refuses ami_users then (profile check)
+  kms_key_id = var.aws_kms_key_id
 
   # IMDSv2 only: on instances launched from the AMI (plugin >= 1.2.2) ...
   imds_support = "v2.0"

@@ -105,6 +105,11 @@ variable "aws_ami_users" {
   default     = []
   description = "Share the AMI with these account ids."
 }
+variable "aws_kms_key_id" {
+  type        = string
+  default     = ""
+  description = "Customer-managed KMS key (id, alias or ARN) for the AMI; empty = the default EBS key (cannot be shared)."
+}
 variable "aws_subnet_id" {
   type    = string
   default = ""

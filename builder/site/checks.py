@@ -207,6 +207,7 @@ _PATTERN_HINTS = {
     "driver_branch": ' (the 3-digit NVIDIA driver branch, like "570")',
     "container_toolkit_version": ' (like "1.17.8")',
     "sha256": " (64 lower-case hex digits)",
+    "kms_key_id": " (a KMS key id, alias/NAME, or key/alias ARN)",
 }
 
 
@@ -428,6 +429,19 @@ def check_target_needs(ctx: Ctx) -> list[str]:
     return problems
 
 
+def check_ami_sharing(ctx: Ctx) -> list[str]:
+    """The AMI is always encrypted (``encrypt_boot = true``); the Packer amazon plugin
+    refuses to share (``ami_users``) an AMI encrypted with the default KMS key, so sharing
+    needs a customer-managed key (UPSTREAM.md, Packer)."""
+    if ctx.get("aws.ami_users") and not ctx.get("aws.kms_key_id"):
+        return [
+            f"{ctx.at('aws.ami_users')}: sharing the AMI needs aws.kms_key_id (a "
+            "customer-managed KMS key): the AMI is encrypted, and one encrypted with the "
+            "default key cannot be shared"
+        ]
+    return []
+
+
 CROSS_CHECKS: tuple[Callable[[Ctx], list[str]], ...] = (
     check_versions,
     check_networks,
@@ -437,6 +451,7 @@ CROSS_CHECKS: tuple[Callable[[Ctx], list[str]], ...] = (
     check_labels,
     check_gpu_options,
     check_target_needs,
+    check_ami_sharing,
 )
 
 

@@ -169,6 +169,7 @@ class AwsSection:
     volume_size_gb: int
     ami_regions: tuple[str, ...]
     ami_users: tuple[str, ...]
+    kms_key_id: str | None
     subnet_id: str | None
     vpc_id: str | None
     ssh_interface: str
@@ -330,6 +331,7 @@ def build_spec(data: Mapping[str, Any], defaults: Mapping[str, Any]) -> SiteSpec
             volume_size_gb=a["volume_size_gb"],
             ami_regions=_strs(a["ami_regions"]),
             ami_users=_strs(a["ami_users"]),
+            kms_key_id=a.get("kms_key_id"),
             subnet_id=a.get("subnet_id"),
             vpc_id=a.get("vpc_id"),
             ssh_interface=a["ssh_interface"],

@@ -10,8 +10,11 @@ looks like once joined (tests/support/guest/); these tests check that report too
 
 Scenarios run side by side (one vCPU each) to keep the lane short:
 - `builder boot-test aws --image … --nodes 2 --json`: two nodes at once, then a reboot;
-- onprem (GPU profile) on a GPT disk booted by OVMF (GRUB from the ESP), then a reboot;
-- hub unreachable for the first minute after the node's first attempt;
+- onprem (GPU profile) on a GPT disk booted by OVMF (GRUB from the ESP), on a machine
+  WITHOUT an NVIDIA GPU, then a reboot;
+- hub unreachable for the first minute after the node's first attempt: onprem (GPU profile)
+  on a machine WITH the TEST-ONLY stand-in NVIDIA GPU (kernel argument
+  ``nodeforge.standin.gpu=1``: tests/support/guest/nodeforge_standin_gpu.sh);
 - an expired token;
 - no seed and no token: the agent says so at once on the console and in the journal;
 - the qcow2 a REAL `packer build` makes for the aws site (target qcow2, from the STAND-IN
@@ -19,6 +22,10 @@ Scenarios run side by side (one vCPU each) to keep the lane short:
   `builder boot-test aws --image THAT.qcow2` joins (the AMI/qcow2 path end to end), and two
   machines booted from it with NO seed, only the site token baked into it, join under two
   names of their own (`aws-<machine-id[:8]>`).
+
+So the runtime chain (kubelet -> CRI-O -> [nvidia-container-runtime ->] crun) starts a
+container on a CPU profile (aws), a GPU profile without a GPU and one with a GPU, each
+checked for what must differ (``reportchecks.check_containers``/``check_gpu``).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from builder.run import which
 from tests.boot.conftest import REPO, cli_boot_test, node_boot_missing
 from tests.support import nodedisk, packerimage, scenarios
 from tests.support.guest.nodeforge_bootcheck import REQUIRED_SYSCTLS
-from tests.support.reportchecks import check_joined, check_reboot
+from tests.support.reportchecks import GPU_LABEL, check_gpu, check_joined, check_reboot
 
 pytestmark = pytest.mark.boot
 
@@ -128,7 +135,9 @@ def runs(
     two[two.index("--append") + 1] += " nodeforge.bootcheck.peers=2"
     out = {
         "aws-cli": boot_pool.submit(cli_boot_test, "aws", wd("cli"), *two, "--nodes", "2"),
-        "hub-late": boot_pool.submit(scenarios.run_hub_late, setups["aws"], wd("late")),
+        "hub-late": boot_pool.submit(
+            scenarios.run_hub_late, setups["onprem"], wd("late"), standin_gpu=True
+        ),
         "onprem-uefi": boot_pool.submit(
             cli_boot_test, "onprem", wd("onprem-uefi"), *onprem, "--no-reboot"
         ),
@@ -259,6 +268,54 @@ def test_onprem_uefi_gpt_boot_joins_with_gpu_labels_and_taints(runs, setups):
     taints = [(t["key"], t.get("value"), t["effect"]) for t in jc["nodeRegistration"]["taints"]]
     assert taints == [("nvidia.com/gpu", "present", "NoSchedule")] == list(exp.taints)
     assert r["packages"]["nvidia-container-toolkit"] == exp.standin_versions["nvidia_toolkit"]
+    # no NVIDIA GPU in this machine: the GPU check said so, no GPU label, ordinary pods run
+    # through crun, a GPU request through the nvidia handler fails like the real one (NVML)
+    g = r["gpu"]
+    assert g["standin"] is None and g["standin_unit"]["ConditionResult"] == "no"
+    assert g["check_journal"] == ["gpu-check: no usable NVIDIA GPU, no GPU label"]
+    assert GPU_LABEL not in g["kubelet_extra_args"] and g["cdi_spec"] is False
+    runs = r["containers"]
+    assert runs["default"]["rc"] == 0 and " handler crun " in runs["default"]["out"]
+    assert runs["nvidia"]["rc"] == 0 and "crun: container" in runs["nvidia"]["out"]
+    assert (
+        runs["nvidia-gpu"]["rc"] != 0 and "failed to initialize NVML" in runs["nvidia-gpu"]["err"]
+    )
+
+
+def test_cpu_node_has_no_gpu_parts(aws_cli):
+    """The CPU profile: containers through crun, no nvidia handler, no GPU check unit."""
+    for r in aws_cli["reports"]:
+        runs = r["containers"]
+        assert runs["default"]["rc"] == 0 and " handler crun " in runs["default"]["out"]
+        assert "crun: container" in runs["default"]["out"]
+        assert "failed to find runtime handler nvidia" in runs["nvidia"]["err"]
+        assert r["gpu"]["check"]["LoadState"] == "not-found"
+        assert not any(p.startswith("nvidia-") for p in r["packages"])
+
+
+def test_gpu_node_with_a_gpu_gets_label_and_devices(runs, setups):
+    """The GPU profile on a machine with a (stand-in) NVIDIA GPU and its driver: the GPU
+    check finds it before the kubelet starts, labels the node, writes the CDI spec, and a
+    container with RuntimeClass nvidia asking for NVIDIA_VISIBLE_DEVICES=all gets them;
+    ordinary pods still run through crun."""
+    res = runs["hub-late"].result()
+    r = res["report"]
+    assert check_joined(r, setups["onprem"].expect, gpu_device=True) == []
+    g = r["gpu"]
+    assert g["standin"] == "1" and g["standin_unit"]["ActiveState"] == "active"
+    assert g["check_journal"] == [f"gpu-check: NVIDIA GPU present: {GPU_LABEL}"]
+    assert g["kubelet_extra_args"].split() == [GPU_LABEL] and g["cdi_spec"] is True
+    assert g["nvidia_smi"]["rc"] == 0 and "GPU 0:" in g["nvidia_smi"]["out"]
+    runs_ = r["containers"]
+    assert runs_["default"]["rc"] == 0 and " handler crun " in runs_["default"]["out"]
+    gpu = runs_["nvidia-gpu"]
+    assert gpu["rc"] == 0, gpu
+    assert "devices all injected" in gpu["out"] and "crun: container" in gpu["out"]
+    # the same checks fail on the report of the machine without a GPU, and vice versa
+    without = runs["onprem-uefi"].result()["reports"][0]
+    exp = setups["onprem"].expect
+    assert any("did not find the GPU" in p for p in check_gpu(without, exp, device=True))
+    assert any("carries the GPU label" in p for p in check_gpu(r, exp, device=False))
 
 
 def test_hub_unreachable_at_first_node_retries_then_joins(runs):

@@ -23,7 +23,7 @@ from builder.fsutil import sha256_file
 from builder.run import run, which
 from builder.targets import packer
 from tests.support.rootfs import build_base_image
-from tests.support.standins import build_standin_repo
+from tests.support.standins import build_standin_repo, register
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +176,24 @@ def test_real_qemu_build_from_standin_base(tmp_path, http_repo, monkeypatch):
     # applied at once over SSH (not a chroot): the modules file is there for the next boots
     assert "br_netfilter" in cat("/etc/modules-load.d/90-nodeforge.conf")
     assert not run(["debugfs", "-R", "ls /etc/ssh", raw]).stdout.count("ssh_host_")
+
+
+@pytest.mark.parametrize(
+    ("kms", "ok"), [("", False), ("alias/nodeforge-ami", True)], ids=["default-key", "cmk"]
+)
+def test_real_packer_refuses_sharing_an_ami_encrypted_with_the_default_key(tmp_path, kms, ok):
+    """The constraint behind the profile check `aws.ami_users` needs `aws.kms_key_id`
+    (UPSTREAM.md, Packer), from packer itself; and the key reaches the template."""
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
+
+    tree = tmp_path / "build" / "aws"
+    render_site(load_profile("aws", REPO_ROOT / "profiles"), tree)
+    set_pkrvars(tree, aws_ami_users=["123456789012"], aws_kms_key_id=kms)
+    if ok:
+        packer.validate_packer(tree, "ami")
+        return
+    with pytest.raises(BuilderError) as exc:
+        packer.validate_packer(tree, "ami")
+    msg = f"{exc.value.message} {exc.value.hint}"
+    assert register()["packer_amazon"]["share_default_key_error"] in msg

@@ -22,6 +22,13 @@ SCRIPT = GUEST_DIR / "nodeforge_bootcheck.py"
 UNIT = GUEST_DIR / "nodeforge-bootcheck.service"
 SCRIPT_IN_ROOT = "/usr/lib/nodeforge-test/nodeforge-bootcheck"
 UNIT_IN_ROOT = "/etc/systemd/system/nodeforge-bootcheck.service"
+# TEST-ONLY STAND-IN of an NVIDIA GPU (stand-in node disks only, not baseimage.py's real
+# images): active only with the kernel argument nodeforge.standin.gpu=1|nodriver
+STANDIN_GPU_SCRIPT = GUEST_DIR / "nodeforge_standin_gpu.sh"
+STANDIN_GPU_UNIT = GUEST_DIR / "nodeforge-standin-gpu.service"
+STANDIN_GPU_SCRIPT_IN_ROOT = "/usr/lib/nodeforge-test/nodeforge-standin-gpu"
+STANDIN_GPU_UNIT_IN_ROOT = "/etc/systemd/system/nodeforge-standin-gpu.service"
+STANDIN_GPU_ARG = "nodeforge.standin.gpu"
 MARKER = "NODEFORGE-BOOTCHECK"
 CONSOLE_MARKER = rf"^{MARKER} sha="
 
@@ -31,23 +38,33 @@ def files() -> list[tuple[str, bytes, int]]:
     return [(SCRIPT_IN_ROOT, SCRIPT.read_bytes(), 0o755), (UNIT_IN_ROOT, UNIT.read_bytes(), 0o644)]
 
 
+def standin_gpu_files() -> list[tuple[str, bytes, int]]:
+    """(path in the root, content, mode) of the STAND-IN GPU program and its unit."""
+    return [
+        (STANDIN_GPU_SCRIPT_IN_ROOT, STANDIN_GPU_SCRIPT.read_bytes(), 0o755),
+        (STANDIN_GPU_UNIT_IN_ROOT, STANDIN_GPU_UNIT.read_bytes(), 0o644),
+    ]
+
+
 def digest() -> bytes:
-    """What a cached disk depends on: both files."""
-    return hashlib.sha256(b"".join(data for _, data, _ in files())).digest()
+    """What a cached disk depends on: all of these files."""
+    return hashlib.sha256(b"".join(data for _, data, _ in files() + standin_gpu_files())).digest()
 
 
 def install(root: Path) -> None:
-    """Copy the check program and its unit into ``root`` and enable the unit."""
-    for path, data, mode in files():
+    """Copy the check program, the STAND-IN GPU and their units into ``root``; enable both
+    (the stand-in GPU unit does nothing without its kernel argument)."""
+    for path, data, mode in files() + standin_gpu_files():
         dest = root / path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
         dest.chmod(mode)
-    wants = root / "etc/systemd/system/multi-user.target.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    link = wants / Path(UNIT_IN_ROOT).name
-    if not link.is_symlink():
-        link.symlink_to(UNIT_IN_ROOT)
+    for target, unit in (("multi-user", UNIT_IN_ROOT), ("sysinit", STANDIN_GPU_UNIT_IN_ROOT)):
+        wants = root / f"etc/systemd/system/{target}.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / Path(unit).name
+        if not link.is_symlink():
+            link.symlink_to(unit)
 
 
 def parse_report(console: str) -> dict[str, Any]:

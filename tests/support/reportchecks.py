@@ -71,8 +71,11 @@ def _join_config(text: str | None) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def check_joined(r: dict[str, Any], e: Expect, *, max_handshake_age: float = 180) -> list[str]:
-    """Problems with a first boot that should have joined (empty list: all good)."""
+def check_joined(
+    r: dict[str, Any], e: Expect, *, max_handshake_age: float = 180, gpu_device: bool = False
+) -> list[str]:
+    """Problems with a first boot that should have joined (empty list: all good).
+    ``gpu_device``: the machine has a (stand-in) NVIDIA GPU with its driver loaded."""
     p: list[str] = []
     if r.get("outcome") != "joined":
         p.append(f"outcome is {r.get('outcome')!r}, not 'joined'; enroll journal tail: "
@@ -163,7 +166,8 @@ def check_joined(r: dict[str, Any], e: Expect, *, max_handshake_age: float = 180
     token_mode = (r.get("files") or {}).get("/etc/nodeforge/enroll-token")
     if token_mode is not None:
         p.append(f"the used enrollment token is still on the node (mode {token_mode})")
-    p += check_containers(r, e)
+    p += check_containers(r, e, gpu_device=gpu_device)
+    p += check_gpu(r, e, device=gpu_device)
     ci = ((r.get("cloud_init") or {}).get("v1") or {}).get("errors")
     if ci:
         p.append(f"cloud-init reported errors: {ci}")
@@ -246,22 +250,76 @@ def check_hub(lab: Lab, reports: Sequence[dict[str, Any]], site: str) -> list[st
     return p
 
 
-def check_containers(r: dict[str, Any], e: Expect) -> list[str]:
-    """A container starts through the runtime chain on every node (issue 11); on a GPU
-    image without an NVIDIA device the nvidia handler still runs GPU-less containers and
-    refuses a GPU request the way the real runtime does (NVML)."""
+GPU_LABEL = "--node-labels=nvidia.com/gpu.present=true"  # install-nvidia.sh's gpu-check
+
+
+def check_containers(r: dict[str, Any], e: Expect, *, gpu_device: bool = False) -> list[str]:
+    """A container starts through the runtime chain on every node (issue 11): every pod
+    through CRI-O's default handler, crun (kubelet -> CRI-O -> conmon -> crun), on a GPU
+    image too. The "nvidia" handler (RuntimeClass nvidia: -> nvidia-container-runtime ->
+    crun) exists on GPU images only; it runs GPU-less containers everywhere, injects the
+    devices of a GPU request where a GPU and its driver are, and refuses a GPU request
+    without them the way the real runtime does (NVML)."""
     p: list[str] = []
     if r.get("crio_active") != "active":
         p.append(f"crio.service is {r.get('crio_active')!r}, not active")
     runs = r.get("containers") or {}
     default = runs.get("default") or {}
-    if default.get("rc") != 0 or "crun: container" not in default.get("out", ""):
+    out = default.get("out", "")
+    if default.get("rc") != 0 or "crun: container" not in out:
         p.append(f"no container started through the default runtime: {default}")
-    if e.gpu:
-        nv = runs.get("nvidia") or {}
-        if nv.get("rc") != 0 or "crun: container" not in nv.get("out", ""):
-            p.append(f"no container started through the nvidia handler: {nv}")
-        gpu = runs.get("nvidia-gpu") or {}
-        if gpu.get("rc") == 0 or "failed to initialize NVML" not in gpu.get("err", ""):
-            p.append(f"a GPU request without a GPU did not fail like the real runtime: {gpu}")
+    elif not re.search(r"\bhandler crun\b", out):
+        p.append(f"the default runtime handler is not crun: {default}")
+    nv = runs.get("nvidia") or {}
+    gpu = runs.get("nvidia-gpu") or {}
+    if not e.gpu:
+        if nv.get("rc") == 0 or "failed to find runtime handler nvidia" not in nv.get("err", ""):
+            p.append(f"a CPU image has an nvidia runtime handler: {nv}")
+        return p
+    if nv.get("rc") != 0 or "crun: container" not in nv.get("out", ""):
+        p.append(f"no container started through the nvidia handler: {nv}")
+    if gpu_device:
+        got = gpu.get("out", "")
+        if gpu.get("rc") != 0 or "devices all injected" not in got or "crun: container" not in got:
+            p.append(f"a GPU container on a GPU node did not get its devices: {gpu}")
+    elif gpu.get("rc") == 0 or "failed to initialize NVML" not in gpu.get("err", ""):
+        p.append(f"a GPU request without a GPU did not fail like the real runtime: {gpu}")
+    return p
+
+
+def check_gpu(r: dict[str, Any], e: Expect, *, device: bool) -> list[str]:
+    """The image's GPU check ran before the kubelet and left the GPU label for it exactly
+    when an NVIDIA GPU and its driver are there; a CPU image has no GPU check at all."""
+    p: list[str] = []
+    g = r.get("gpu") or {}
+    check = g.get("check") or {}
+    labelled = GPU_LABEL in (g.get("kubelet_extra_args") or "").split()
+    said = " | ".join(g.get("check_journal") or [])
+    smi = g.get("nvidia_smi") or {}
+    if not e.gpu:
+        if check.get("LoadState") != "not-found":
+            p.append(f"a CPU image has a GPU check unit: {check}")
+        if labelled:
+            p.append("a CPU node carries the GPU label")
+        return p
+    if device and g.get("standin") is not None and g.get("standin") != "1":
+        p.append(f"the stand-in GPU was asked for as {g.get('standin')!r}, not '1'")
+    if check.get("Result") != "success" or not said:
+        p.append(f"the GPU check did not run (or failed) this boot: {check} {said!r}")
+    if device:
+        if "gpu-check: NVIDIA GPU present" not in said:
+            p.append(f"the GPU check did not find the GPU: {said!r}")
+        if not labelled:
+            p.append(f"a GPU node without the GPU label: {g.get('kubelet_extra_args')!r}")
+        if not g.get("cdi_spec"):
+            p.append("no CDI spec for the GPU (nvidia-ctk cdi generate)")
+        if smi.get("rc") != 0 or "GPU 0:" not in smi.get("out", ""):
+            p.append(f"nvidia-smi does not list the GPU: {smi}")
+    else:
+        if "gpu-check: no usable NVIDIA GPU" not in said:
+            p.append(f"the GPU check did not report 'no GPU': {said!r}")
+        if labelled:
+            p.append("a node without a GPU carries the GPU label")
+        if smi.get("rc") == 0:
+            p.append(f"nvidia-smi answers on a machine without a GPU: {smi}")
     return p

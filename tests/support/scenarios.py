@@ -23,6 +23,7 @@ from builder.boottest.node import boot_node
 from builder.errors import BuilderError
 from builder.run import PIPE, popen, stop
 from tests.support import bootcheck
+from tests.support.bootcheck import STANDIN_GPU_ARG
 from tests.support.nodedisk import StandinSite
 from tests.support.packerimage import PackerImage
 from tests.support.reportchecks import check_hub, check_joined, check_not_configured
@@ -67,12 +68,21 @@ class HubOutage:
 
 
 def run_hub_late(
-    s: StandinSite, workdir: Path, *, outage: float = 60.0, timeout: float = 900
+    s: StandinSite,
+    workdir: Path,
+    *,
+    outage: float = 60.0,
+    timeout: float = 900,
+    standin_gpu: bool = False,
 ) -> dict[str, Any]:
     """The hub is unreachable for ``outage`` seconds after the node's first attempt; the
-    node must retry (backoff) and then enroll and join."""
+    node must retry (backoff) and then enroll and join. ``standin_gpu``: the machine has
+    the TEST-ONLY stand-in NVIDIA GPU with its driver loaded (kernel argument, see
+    tests/support/guest/nodeforge_standin_gpu.sh), and the report is checked for it."""
     out: dict[str, Any] = {"problems": []}
     image = s.image()
+    if standin_gpu:
+        image = dataclasses.replace(image, append=f"{image.append} {STANDIN_GPU_ARG}=1")
     with Lab(workdir, s.ident) as lab:
         user_data = (s.tree / "cloud-init/user-data").read_bytes()
         name = f"{s.site}-late"
@@ -124,7 +134,7 @@ def run_hub_late(
             p.append("the agent logged no retry while the hub was down")
         if not boot.joined:
             p.append("the hub did not see the node joined")
-        p += check_joined(report, s.expect)
+        p += check_joined(report, s.expect, gpu_device=standin_gpu)
         p += check_hub(lab, [report], s.site)
         if p:
             out["hub_log_tail"] = lab.hub_log()

@@ -56,6 +56,9 @@ nodeRegistration:
 """
 
 
+NO_HANDLER = "failed to find runtime handler nvidia from runtime list [crun runc]"
+
+
 def report(**over):
     r = {
         "outcome": "joined",
@@ -85,9 +88,10 @@ def report(**over):
         "crio_active": "active",
         "containers": {
             "default": {"rc": 0, "out": "handler crun\ncrun: container\n", "err": ""},
-            "nvidia": {"rc": 0, "out": "handler nvidia\ncrun: container\n", "err": ""},
-            "nvidia-gpu": {"rc": 1, "out": "", "err": "failed to initialize NVML"},
+            "nvidia": {"rc": 1, "out": "", "err": NO_HANDLER},
+            "nvidia-gpu": {"rc": 1, "out": "", "err": NO_HANDLER},
         },
+        "gpu": {"check": {"LoadState": "not-found"}, "kubelet_extra_args": ""},
     }
     r.update(over)
     return r
@@ -191,6 +195,17 @@ def test_the_check_program_is_real_python_and_its_unit_does_not_order_a_cycle(tm
     assert script.read_bytes() == bootcheck.SCRIPT.read_bytes() and script.stat().st_mode & 0o111
     link = tmp_path / "etc/systemd/system/multi-user.target.wants/nodeforge-bootcheck.service"
     assert link.is_symlink() and str(link.readlink()) == bootcheck.UNIT_IN_ROOT
+    # the STAND-IN GPU: only with its kernel argument, before the image's GPU check
+    gpu_unit = bootcheck.STANDIN_GPU_UNIT.read_text()
+    for line in ("ConditionKernelCommandLine=|nodeforge.standin.gpu=1",
+                 "ConditionKernelCommandLine=|nodeforge.standin.gpu=nodriver",
+                 "DefaultDependencies=no", "WantedBy=sysinit.target"):  # fmt: skip
+        assert line in gpu_unit.splitlines(), line
+    before = next(x for x in gpu_unit.splitlines() if x.startswith("Before="))
+    assert "nodeforge-gpu-check.service" in before.split() and "sysinit.target" in before
+    link = tmp_path / "etc/systemd/system/sysinit.target.wants/nodeforge-standin-gpu.service"
+    assert str(link.readlink()) == bootcheck.STANDIN_GPU_UNIT_IN_ROOT
+    assert (tmp_path / bootcheck.STANDIN_GPU_SCRIPT_IN_ROOT.lstrip("/")).stat().st_mode & 0o111
 
 
 class FakeLab:
@@ -312,17 +327,84 @@ def test_a_changed_standin_program_changes_the_disk_key(tmp_path, monkeypatch):
     assert nodedisk.disk_key(tar, tree, {"kubeadm": "1.35.0-1.1"}) != before
 
 
+GPU_RUNS = {
+    "default": {"rc": 0, "out": "crio: container c1 handler crun runtime x\ncrun: container\n"},
+    "nvidia": {"rc": 0, "out": "handler nvidia\ncrun: container\n", "err": ""},
+    "nvidia-gpu": {"rc": 1, "out": "", "err": "failed to initialize NVML"},
+}
+GPU_NONE = {
+    "check": {"LoadState": "loaded", "Result": "success", "ExecMainStatus": "0"},
+    "check_journal": ["gpu-check: no usable NVIDIA GPU, no GPU label"],
+    "kubelet_extra_args": "",
+    "cdi_spec": False,
+    "nvidia_smi": {"rc": 9, "out": "couldn't communicate with the NVIDIA driver"},
+    "standin": None,
+}
+GPU_PRESENT = {
+    **GPU_NONE,
+    "check_journal": ["gpu-check: NVIDIA GPU present: --node-labels=nvidia.com/gpu.present=true"],
+    "kubelet_extra_args": "--node-labels=nvidia.com/gpu.present=true",
+    "cdi_spec": True,
+    "nvidia_smi": {"rc": 0, "out": "GPU 0: NVIDIA stand-in GPU (0000:01:00.0)"},
+    "standin": "1",
+}
+
+
+def _problems(e, *, device=False, **over):
+    from tests.support.reportchecks import check_containers, check_gpu
+
+    r = report(**over)
+    return "\n".join(check_containers(r, e, gpu_device=device) + check_gpu(r, e, device=device))
+
+
 def test_gpu_image_container_checks():
     import dataclasses
 
-    from tests.support.reportchecks import check_containers
+    gpu = dataclasses.replace(EXPECT, gpu=True)
+    assert _problems(gpu, containers=GPU_RUNS, gpu=GPU_NONE) == ""
+    bad = {**GPU_RUNS, "nvidia-gpu": {"rc": 0, "out": "crun: container", "err": ""}}
+    assert "did not fail like the real runtime" in _problems(gpu, containers=bad, gpu=GPU_NONE)
+    bad = {**GPU_RUNS, "nvidia": {"rc": 1, "out": "", "err": "error locating runtime"}}
+    assert "nvidia handler" in _problems(gpu, containers=bad, gpu=GPU_NONE)
+
+
+def test_gpu_checks_with_and_without_a_gpu_and_on_a_cpu_image():
+    """Each state passes with its own report and fails with the others' (issue 11)."""
+    import dataclasses
 
     gpu = dataclasses.replace(EXPECT, gpu=True)
-    assert check_containers(report(), gpu) == []
-    ok = report()["containers"]
-    bad = {**ok, "nvidia-gpu": {"rc": 0, "out": "crun: container", "err": ""}}
-    assert "did not fail like the real runtime" in "\n".join(
-        check_containers(report(containers=bad), gpu)
+    injected = {
+        **GPU_RUNS,
+        "nvidia-gpu": {"rc": 0, "out": "devices all injected (stand-in)\ncrun: container\n"},
+    }
+    assert _problems(EXPECT) == ""  # CPU image
+    assert _problems(gpu, containers=GPU_RUNS, gpu=GPU_NONE) == ""
+    assert _problems(gpu, device=True, containers=injected, gpu=GPU_PRESENT) == ""
+    # a GPU node whose gpu-check was skipped / found nothing: no label, no CDI spec
+    skipped = {**GPU_PRESENT, "check_journal": [], "kubelet_extra_args": "", "cdi_spec": False}
+    got = _problems(gpu, device=True, containers=injected, gpu=skipped)
+    for needle in ("GPU check did not run", "did not find the GPU", "without the GPU label",
+                   "no CDI spec"):  # fmt: skip
+        assert needle in got, got
+    # the GPU request on a GPU node was not given its devices
+    got = _problems(gpu, device=True, containers=GPU_RUNS, gpu=GPU_PRESENT)
+    assert "did not get its devices" in got
+    # a node without a GPU labelled as one; nvidia-smi answering there
+    assert "without a GPU carries the GPU label" in _problems(
+        gpu,
+        containers=GPU_RUNS,
+        gpu={**GPU_NONE, "kubelet_extra_args": GPU_PRESENT["kubelet_extra_args"]},
     )
-    bad = {**ok, "nvidia": {"rc": 1, "out": "", "err": "error locating runtime"}}
-    assert "nvidia handler" in "\n".join(check_containers(report(containers=bad), gpu))
+    # nvidia made the default handler: every pod would go through it
+    nv_default = {**GPU_RUNS, "default": {"rc": 0, "out": "handler nvidia\ncrun: container"}}
+    assert "default runtime handler is not crun" in _problems(
+        gpu, containers=nv_default, gpu=GPU_NONE
+    )
+    # ... and without the runtimes list it cannot find crun: no pod starts
+    broken = {**GPU_RUNS, "default": {"rc": 1, "out": "", "err": "no runtime binary found"}}
+    assert "no container started through the default runtime" in _problems(
+        gpu, containers=broken, gpu=GPU_NONE
+    )
+    # a CPU image with the GPU bits
+    assert "CPU image has an nvidia runtime handler" in _problems(EXPECT, containers=GPU_RUNS)
+    assert "CPU image has a GPU check unit" in _problems(EXPECT, gpu=GPU_NONE)

@@ -220,6 +220,8 @@ def test_templates_amazon_source_requirements():
     assert src["metadata_options"][0]["http_tokens"] == "required"
     for key in ("ami_regions", "ami_users", "subnet_id", "ssh_interface", "tags"):
         assert key in src
+    assert src["kms_key_id"] == "${var.aws_kms_key_id}"  # sharing needs it (UPSTREAM.md)
+    assert variables["aws_kms_key_id"]["default"] == ""
     locals_ = doc["locals"][0]
     assert "nodeforge:profile-hash" in str(locals_["tags"])
 

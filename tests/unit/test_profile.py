@@ -138,6 +138,15 @@ BASE_SERVICE_CIDR_LINE = next(
         ("kubernetes.taints=[{key: a, effect: Sometimes}]", "'Sometimes' is not one of"),
         ("target=iso", "iso.base.url: required for target iso"),
         ("aws.region=null", "aws.region: required for target ami"),
+        (
+            "aws.ami_users=['123456789012']",
+            "--set: aws.ami_users: sharing the AMI needs aws.kms_key_id",
+        ),
+        (
+            "aws.kms_key_id=arn:aws:kms:eu-west-1:123456789012:nokey",
+            "--set: aws.kms_key_id: 'arn:aws:kms:eu-west-1:123456789012:nokey' is not in the "
+            "expected form (a KMS key id, alias/NAME, or key/alias ARN)",
+        ),
         ("iso.volume_id=lower", "--set: iso.volume_id: 'lower' is not in the expected form"),
         ("os.release=24", "--set: os.release: expected string, got an integer"),
         ("os.release='24'", "--set: os.release: '24' is not in the expected form"),
@@ -151,6 +160,23 @@ BASE_SERVICE_CIDR_LINE = next(
 def test_each_rule_fails(workdir: Path, override: str, expected: str) -> None:
     problems = problems_of("aws", override)
     assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        # the forms the Packer amazon plugin accepts (ValidateKmsKey; UPSTREAM.md, Packer)
+        "1234abcd-12ab-34cd-56ef-1234567890ab",
+        "mrk-1234abcd12ab34cd56ef1234567890ab",
+        "alias/nodeforge-ami",
+        "arn:aws:kms:us-east-1:012345678910:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "arn:aws-us-gov:kms:us-gov-west-1:012345678910:alias/ExampleAlias",
+    ],
+)
+def test_sharing_an_ami_with_a_customer_managed_key_is_fine(workdir: Path, key: str) -> None:
+    profile = load_profile("aws", None, ["aws.ami_users=['123456789012']", f"aws.kms_key_id={key}"])
+    assert profile.spec.aws.kms_key_id == key and profile.spec.aws.ami_users == ("123456789012",)
+    assert load_profile("aws", None, [f"aws.kms_key_id={key}"]).spec.aws.ami_users == ()
 
 
 def test_every_problem_reported_at_once_and_sorted(workdir: Path) -> None:

@@ -230,6 +230,34 @@ def containers(rep: dict[str, Any]) -> None:
     rep["containers"] = runs
 
 
+GPU_CHECK = "nodeforge-gpu-check.service"
+STANDIN_GPU = "nodeforge.standin.gpu="  # the TEST-ONLY stand-in GPU (nodeforge_standin_gpu.sh)
+
+
+def gpu(rep: dict[str, Any]) -> None:
+    """The image's GPU check (packer/scripts/install-nvidia.sh): its unit, what it said,
+    and what it left for the kubelet (KUBELET_EXTRA_ARGS in /etc/default/kubelet, which
+    kubeadm's drop-in hands to the kubelet); the CDI spec; what nvidia-smi says; and
+    whether the TEST-ONLY stand-in GPU was asked for on the kernel command line."""
+    props = ("LoadState", "ActiveState", "Result", "ExecMainStatus", "UnitFileState")
+    g: dict[str, Any] = {"check": show(GPU_CHECK, *props)}
+    _, out, _ = sh("journalctl", "-b", "-u", GPU_CHECK, "-o", "cat", "--no-pager")
+    g["check_journal"] = [x for x in out.splitlines() if x.startswith("gpu-check:")][-5:]
+    extra = ""
+    for line in read("/etc/default/kubelet").splitlines():
+        if line.startswith("KUBELET_EXTRA_ARGS="):
+            extra = line.split("=", 1)[1].strip().strip('"')
+    g["kubelet_extra_args"] = extra
+    g["cdi_spec"] = any(os.path.exists(p) for p in ("/var/run/cdi/nvidia.yaml",
+                                                    "/run/cdi/nvidia.yaml"))  # fmt: skip
+    rc, out, err = sh("nvidia-smi", "-L")
+    g["nvidia_smi"] = {"rc": rc, "out": (out + err)[-300:]}
+    args = [a.split("=", 1)[1] for a in read("/proc/cmdline").split() if a.startswith(STANDIN_GPU)]
+    g["standin"] = args[-1] if args else None
+    g["standin_unit"] = show("nodeforge-standin-gpu.service", "ActiveState", "ConditionResult")
+    rep["gpu"] = g
+
+
 PEER_PORT = 7946
 
 
@@ -302,6 +330,7 @@ def report(outcome: str, start: float) -> dict[str, Any]:
     enrollment(rep)
     system(rep, now)
     containers(rep)
+    gpu(rep)
     return rep
 
 
