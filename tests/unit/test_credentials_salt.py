@@ -88,3 +88,48 @@ def test_every_salt_character_is_from_the_crypt_alphabet_and_they_differ(tmp_pat
     # crypt(5) of libxcrypt 4.4.33 allows any character but `$`, `:` and newline, 1-16 of them
     assert sha512_crypt.salt_chars == credentials.CRYPT_ALPHABET
     assert credentials.SALT_LENGTH == sha512_crypt.max_salt_size == 16
+
+
+def test_creating_the_salt_tells_the_operator_to_keep_it(tmp_path, caplog):
+    path = tmp_path / ".secrets" / "lab.salt"
+    with caplog.at_level("INFO", logger="builder.render"):
+        _create_salt(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"created {path} (the admin password's salt for this site; keep it)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "abcdefghABCDEFG$",  # 16 characters, one not in ./0-9A-Za-z
+        "abcdefghABCDEFG",  # the alphabet, 15 characters
+        "abcdefghABCDEFGHI",  # 17
+    ],
+)
+def test_a_salt_file_wrong_in_one_way_is_refused_with_the_fix(workdir, stored):
+    from builder.site.profile import load_profile
+
+    secrets = workdir / "profiles/.secrets"
+    secrets.mkdir(mode=0o700)
+    (secrets / "onprem.salt").write_text(stored + "\n")
+    with pytest.raises(BuilderError) as exc:
+        credentials.site_salt(load_profile("onprem"))
+    assert exc.value.message == (
+        "profiles/.secrets/onprem.salt: not a salt (16 characters of ./0-9A-Za-z)"
+    )
+    assert exc.value.hint == (
+        "delete it and render again: a new salt is created (the password hash changes, "
+        "the password does not)"
+    )
+
+
+def test_an_unreadable_salt_file_is_a_clear_error(workdir):
+    from builder.site.profile import load_profile
+
+    (workdir / "profiles/.secrets/onprem.salt").mkdir(parents=True)  # exists, cannot be read
+    with pytest.raises(BuilderError) as exc:
+        credentials.site_salt(load_profile("onprem"))
+    assert exc.value.message == (
+        "profiles/.secrets/onprem.salt: cannot read the site's salt: Is a directory"
+    )
