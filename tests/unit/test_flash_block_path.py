@@ -43,6 +43,16 @@ class Recorder:
         self.closed = True
 
 
+def takes_o_direct(path: Path) -> bool:
+    """Whether the filesystem under ``path`` accepts O_DIRECT (tmpfs does not; ext4 does)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_DIRECT))
+    except OSError as exc:
+        assert exc.errno == errno.EINVAL
+        return False
+    return True
+
+
 @pytest.fixture
 def image(tmp_path) -> Path:
     p = tmp_path / "nodeforge.iso"
@@ -80,6 +90,7 @@ def test_writes_verifies_and_reports(image, device):
         True,
     )
     assert res.seconds >= 0
+    assert res.direct is takes_o_direct(device)  # asked for O_DIRECT: used where it works
     # one display for writing, one for reading back; both full, both closed
     assert [(r.label, r.total) for r in log][0] == ("writing", 3 * MiB + 4000)
     assert len(log) == 2 and log[0].seen == 3 * MiB + 4000
@@ -180,3 +191,39 @@ def test_counted_counts_and_passes_through():
     assert c.done == 7 and inner.seen == 7 and not inner.closed
     c.close()
     assert inner.closed
+
+
+def test_verify_target_names_the_target_and_hashes_the_image_first(image, device):
+    log: list[Recorder] = []
+    device.write_bytes(image.read_bytes())
+    got = flasher.verify_target(
+        image, device, progress_factory=lambda label, total: Recorder(label, total, log)
+    )
+    assert got == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert [(r.label, r.total, r.seen, r.closed) for r in log] == [
+        ("hashing", 3 * MiB + 4000, 3 * MiB + 4000, True),
+        ("verifying", 3 * MiB + 4000, 3 * MiB + 4000, True),
+    ]
+    with open(device, "r+b") as fh:
+        fh.write(b"X")  # the image starts with 0x00
+    bad = hashlib.sha256(device.read_bytes()[: 3 * MiB + 4000]).hexdigest()
+    with pytest.raises(VerifyFailed) as exc:
+        flasher.verify_target(
+            image, device, progress_factory=lambda label, total: Recorder(label, total, [])
+        )
+    assert exc.value.message == (
+        f"{device}: verification failed: sha256 of the {3 * MiB + 4000} bytes read back is "
+        f"{bad}, the image's is {got}"
+    )
+    assert exc.value.hint == (
+        "the write did not stick: try another USB port or stick, then flash again"
+    )
+    with pytest.raises(VerifyFailed) as exc:  # a name given is what the message calls it
+        flasher.verify_target(
+            image,
+            device,
+            expected=got,
+            name="the stick",
+            progress_factory=lambda label, total: Recorder(label, total, []),
+        )
+    assert exc.value.message.startswith("the stick: verification failed: ")
