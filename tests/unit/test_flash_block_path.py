@@ -227,3 +227,62 @@ def test_verify_target_names_the_target_and_hashes_the_image_first(image, device
             progress_factory=lambda label, total: Recorder(label, total, []),
         )
     assert exc.value.message.startswith("the stick: verification failed: ")
+
+
+class Sizes(Recorder):
+    """A Recorder that keeps every update's size."""
+
+    def update(self, n: int) -> None:
+        self.sizes = [*getattr(self, "sizes", []), n]
+        super().update(n)
+
+
+def test_a_file_target_is_written_whole_in_blocks_and_verified(image, tmp_path):
+    out = tmp_path / "stick.img"
+    log: list[Recorder] = []
+    res = flasher.flash(
+        image,
+        str(out),
+        yes=True,
+        progress_factory=lambda label, total: Sizes(label, total, log),
+        block_size=256 * KiB,
+    )
+    length = 3 * MiB + 4000
+    assert out.read_bytes() == image.read_bytes()
+    assert (res.image, res.target, res.bytes, res.verified) == (image, out, length, True)
+    assert res.sha256 == hashlib.sha256(image.read_bytes()).hexdigest()
+    # the digest from writing is reused: no separate "hashing" pass; both in 256 KiB blocks
+    assert [(r.label, r.total, r.seen, r.closed) for r in log] == [
+        ("writing", length, length, True),
+        ("verifying", length, length, True),
+    ]
+    assert all(max(r.sizes) == 256 * KiB for r in log)
+
+
+def test_a_file_target_that_reads_back_wrong_is_named_and_left_absent(image, tmp_path, monkeypatch):
+    real = flasher.write_image
+
+    def write_then_corrupt(src, fd, **k):
+        res = real(src, fd, **k)
+        os.pwrite(fd, b"\xff", MiB)  # the image has 0x00 there
+        return res
+
+    monkeypatch.setattr(flasher, "write_image", write_then_corrupt)
+    out = tmp_path / "stick.img"
+    with pytest.raises(VerifyFailed) as exc:
+        flasher.flash(
+            image,
+            str(out),
+            yes=True,
+            direct=False,
+            progress_factory=lambda label, total: Recorder(label, total, []),
+        )
+    assert exc.value.message.startswith(f"{out}: verification failed: sha256 of the ")
+    assert not out.exists() and os.listdir(tmp_path) == ["nodeforge.iso"]
+
+
+@pytest.mark.parametrize("size", [0, -4096, 1000, 4096 + 512])
+def test_block_sizes_must_be_positive_multiples_of_4096(image, tmp_path, size):
+    with pytest.raises(flasher.UsageError) as exc:
+        flasher.flash(image, str(tmp_path / "x.img"), yes=True, block_size=size)
+    assert exc.value.message == f"block size {size} is not a positive multiple of 4096"
