@@ -19,6 +19,7 @@ import pytest
 
 from builder.errors import BuilderError
 from builder.flash import flasher
+from builder.flash.blockdev import SysView
 from builder.flash.blockio import VerifyFailed
 from builder.flash.flasher import FlashInterrupted, Target, _Counted, _flash_block
 
@@ -95,6 +96,19 @@ def test_writes_verifies_and_reports(image, device):
     assert [(r.label, r.total) for r in log][0] == ("writing", 3 * MiB + 4000)
     assert len(log) == 2 and log[0].seen == 3 * MiB + 4000
     assert all(r.closed for r in log)
+    # written and read back in the block size given (64 KiB), never in the 4 MiB default
+    sizes: list[Sizes] = []
+    _flash_block(
+        image,
+        Target(device, "block"),
+        image.stat().st_size,
+        True,
+        lambda label, total: Sizes(label, total, sizes),
+        64 * KiB,
+        True,
+    )
+    assert [r.label for r in sizes] == ["writing", "verifying"]
+    assert all(max(r.sizes) == 64 * KiB for r in sizes)
 
 
 def test_without_verify_there_is_no_read_back_and_no_digest(image, device):
@@ -286,3 +300,40 @@ def test_block_sizes_must_be_positive_multiples_of_4096(image, tmp_path, size):
     with pytest.raises(flasher.UsageError) as exc:
         flasher.flash(image, str(tmp_path / "x.img"), yes=True, block_size=size)
     assert exc.value.message == f"block size {size} is not a positive multiple of 4096"
+
+
+FIXTURES = Path(__file__).with_name("fixtures") / "blockdev"
+
+
+def test_a_file_target_is_written_with_a_fixture_device_view(image, tmp_path):
+    """Only block devices need this machine's view; a file target never does."""
+    root = FIXTURES / sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())[0]
+    view = SysView(root / "sys", root / "mountinfo", root / "swaps")
+    assert not view.is_host
+    out = tmp_path / "stick.img"
+    res = flasher.flash(image, str(out), yes=True, view=view, progress_factory=quiet)
+    assert res.bytes == 3 * MiB + 4000 and out.read_bytes() == image.read_bytes()
+
+
+def quiet(label, total):
+    return flasher.NoProgress()
+
+
+def test_overwriting_a_file_asks_first_or_refuses_without_a_terminal(image, tmp_path):
+    out = tmp_path / "stick.img"
+    out.write_bytes(b"old" * 1000)
+    with pytest.raises(flasher.UsageError) as exc:
+        flasher.flash(image, str(out), progress_factory=quiet)
+    assert exc.value.message == (
+        f"refusing to overwrite {out} without confirmation: there is no terminal to ask on"
+    )
+    assert exc.value.hint == "check the device with `builder devices`, then pass --yes"
+    asked: list[str] = []
+    flasher.flash(
+        image, str(out), confirm=lambda text: asked.append(text) or True, progress_factory=quiet
+    )
+    assert asked == [
+        f"About to overwrite {out}: regular file, 2.9 KiB (will be replaced)\n"
+        f"with {image} (3.0 MiB).\nEverything on it will be lost."
+    ]
+    assert out.read_bytes() == image.read_bytes()
