@@ -279,10 +279,25 @@ def q(s: Any) -> str:
     return json.dumps(str(s))
 
 
-def join_configuration(mat: dict[str, Any], cfg: Config, address: str, hostname: str) -> str:
+GPU_STATE_NAME = "gpu"  # <run_dir>/gpu: the image's gpu-check verdict (install-nvidia.sh)
+GPU_TAINT_KEY = "nvidia.com/gpu"  # the device plugin's resource name, the GPU taints' key
+
+
+def without_gpu_taints(taints: list[dict[str, Any]], gpu_state: str | None) -> list[dict[str, Any]]:
+    """A GPU image booted on a machine without a usable GPU (gpu-check said ``absent`` or
+    ``no-driver``) must not claim one: its ``nvidia.com/gpu*`` taints would keep every
+    ordinary pod off a CPU node. No verdict (a CPU image, no gpu-check): taints as given."""
+    if gpu_state is None or gpu_state == "present":
+        return taints
+    return [t for t in taints if not str(t.get("key", "")).startswith(GPU_TAINT_KEY)]
+
+
+def join_configuration(
+    mat: dict[str, Any], cfg: Config, address: str, hostname: str, gpu_state: str | None = None
+) -> str:
     """kubeadm v1beta4 JoinConfiguration: node-ip = overlay address, labels, taints."""
     labels = {**(mat.get("labels") or {}), **cfg.labels}
-    taints = list(mat.get("taints") or []) + list(cfg.taints)
+    taints = without_gpu_taints(list(mat.get("taints") or []) + list(cfg.taints), gpu_state)
     lines = [
         "apiVersion: kubeadm.k8s.io/v1beta4",
         "kind: JoinConfiguration",
@@ -778,13 +793,32 @@ class Agent:
         atomic_write(shim / "systemctl", SYSTEMCTL_SHIM.replace("@REAL@", real), 0o755)
         return {"PATH": f"{shim}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
 
+    def gpu_state(self) -> str | None:
+        """This boot's gpu-check verdict (``present``/``no-driver``/``absent``), None on an
+        image without the check; GPU taints dropped from the join are said in the log."""
+        try:
+            state = (Path(self.cfg.run_dir) / GPU_STATE_NAME).read_text().strip()
+        except OSError:
+            return None
+        dropped = [
+            t for t in self.cfg.taints if t not in without_gpu_taints(self.cfg.taints, state)
+        ]
+        if dropped:
+            log("join", f"no usable NVIDIA GPU on this machine ({state}): joining without the GPU "
+                f"taints {[t.get('key') for t in dropped]}")  # fmt: skip
+        return state
+
     def join(self, enr: dict[str, Any]) -> None:
         run_dir = Path(self.cfg.run_dir)
         path = run_dir / "join.yaml"
         for attempt in range(self.cfg.join_attempts):
             mat = self.fetch_join(enr)
             atomic_write(
-                path, join_configuration(mat, self.cfg, enr["address"], self.hostname()), 0o600
+                path,
+                join_configuration(
+                    mat, self.cfg, enr["address"], self.hostname(), self.gpu_state()
+                ),
+                0o600,
             )
             log("join", "running kubeadm join", config=path, node_ip=enr["address"])
             rc, out = self.sys.run(

@@ -70,15 +70,18 @@ for dev in /sys/bus/pci/devices/*; do
 done
 if [ "$gpu" = 1 ] && nvidia-smi -L >/dev/null 2>&1; then
     nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml || true
-    want=1
+    want=1 state=present
     echo "gpu-check: NVIDIA GPU present: $label"
 elif [ "$gpu" = 1 ]; then
-    want=0
+    want=0 state=no-driver
     echo "gpu-check: NVIDIA GPU present but its driver does not answer (Secure Boot? see README): no GPU label"
 else
-    want=0
+    want=0 state=absent
     echo "gpu-check: no usable NVIDIA GPU, no GPU label"
 fi
+# the verdict for this boot, read by the enrollment agent: it leaves the profile's GPU taints
+# (nvidia.com/gpu*) out of the join when this machine has no usable GPU
+mkdir -p /run/nodeforge && echo "$state" >/run/nodeforge/gpu
 current="$(sed -n 's/^KUBELET_EXTRA_ARGS=//p' "$file" 2>/dev/null | tail -n 1 | tr -d '"')"
 args="$(printf ' %s ' "$current" | sed "s| $label | |g; s/^ *//; s/ *$//")"
 if [ "$want" = 1 ]; then args="${args:+$args }$label"; fi

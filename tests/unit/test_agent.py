@@ -542,3 +542,34 @@ def test_the_console_line_is_written_whole(tmp_path):
     agent.System().console(str(out), "nodeforge-enroll: no enrollment token in /x")
     assert out.read_bytes() == b"\r\nnodeforge-enroll: no enrollment token in /x\r\n"
     agent.System().console(str(tmp_path / "no" / "console"), "x")  # no console: no error
+
+
+GPU_TAINTS = [
+    {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+    {"key": "dedicated", "value": "ml", "effect": "NoSchedule"},
+]
+
+
+@pytest.mark.parametrize(
+    ("verdict", "keys"),
+    [
+        (None, ["nvidia.com/gpu", "dedicated"]),  # no gpu-check in the image (a CPU image)
+        ("present", ["nvidia.com/gpu", "dedicated"]),
+        ("absent", ["dedicated"]),  # a GPU image on a CPU-only machine
+        ("no-driver", ["dedicated"]),  # GPU on the bus, driver not loaded (Secure Boot)
+    ],
+)
+def test_gpu_taints_follow_this_machines_gpu_check(tmp_path, ca, capsys, verdict, keys):
+    """A GPU image booted on a machine without a usable GPU joined with the profile's
+    `nvidia.com/gpu` NoSchedule taint: no ordinary pod could run there (issue 11)."""
+    cfg = make_cfg(tmp_path, ca, taints=GPU_TAINTS)
+    if verdict is not None:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "gpu").write_text(verdict + "\n")  # as install-nvidia.sh writes it
+    sysm, http = FakeSystem(), FakeHttp([(200, {}, enrollment())])
+    rc, _ = run_agent(cfg, sysm, http)
+    assert rc == 0
+    jc = yaml.safe_load(sysm.join_configs[0])
+    assert [t["key"] for t in jc["nodeRegistration"]["taints"]] == keys
+    said = "joining without the GPU taints ['nvidia.com/gpu']" in capsys.readouterr().err
+    assert said == (verdict in ("absent", "no-driver"))
