@@ -131,6 +131,7 @@ def disk_key(tarball: Path, tree: Path, versions: dict[str, str], kind: str = "d
         h.update(kind.encode())
         _hash_tree(h, tree, "iso")
         h.update(Path(__file__).with_name("installer.py").read_bytes())
+        h.update(Path(__file__).with_name("standin_installer.py").read_bytes())
     _hash_tree(h, tree, "files")
     _hash_tree(h, tree, "scripts")
     h.update(json.dumps(versions, sort_keys=True).encode())
