@@ -172,14 +172,15 @@ def build_node_disk(
     rebuild: bool = False,
     installer: Callable[[Path], None] | None = None,
     kind: str = "disk",
+    packages: Sequence[str] = (),
 ) -> NodeDisk:
     """Build (or reuse) the stand-in node disk for a rendered build tree ``tree``.
 
     The root is provisioned by ``scripts/provision.sh`` in a chroot (as Packer would), or
     by ``installer(root)`` (the stand-in installer step of the ISO path, installer.py);
-    ``kind`` names the recipe in the cache."""
+    ``kind`` names the recipe in the cache; ``packages`` go into the root beforehand."""
     t0 = time.monotonic()
-    tarball = rootfs.build_rootfs(ROOTFS_EXTRA)
+    tarball = rootfs.build_rootfs((*ROOTFS_EXTRA, *packages))
     versions = versions or dict(standins.DEFAULT_VERSIONS)
     key = disk_key(tarball, tree, versions, kind)
     d = cache_root() / kind / f"{site}-{key}"

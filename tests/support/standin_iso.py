@@ -20,11 +20,14 @@ direct kernel boot options (the root's own kernel and initrd) with ``--iso``.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from builder.boottest import hub_overrides, prepare
 from builder.boottest.constants import APPEND
@@ -57,6 +60,18 @@ class IsoSite:
                 "--expect-console", bootcheck.CONSOLE_MARKER]  # fmt: skip
 
 
+def _shrink(raw: Path, free_mib: int = 768) -> None:
+    """Shrink the ext4 image to its content + ``free_mib`` (room for the provisioning):
+    the in-guest installer writes every byte of it, and TCG writes slowly."""
+    run(["e2fsck", "-f", "-y", raw], check=False, timeout=600)  # resize2fs wants it checked
+    run(["resize2fs", "-M", raw], timeout=900)
+    head = run(["dumpe2fs", "-h", raw], timeout=120).stdout
+    info = dict(line.split(":", 1) for line in head.splitlines() if ":" in line)
+    size = int(info["Block count"]) * int(info["Block size"]) + free_mib * 1024 * 1024
+    run(["resize2fs", raw, f"{size // 1024}K"], timeout=900)
+    os.truncate(raw, size)
+
+
 def installer_base(disk: nodedisk.NodeDisk) -> Path:
     """The stand-in live ISO + ``disk``'s root as its installable payload (cached)."""
     fixture = ubuntu_like_iso.build_fixture()
@@ -69,6 +84,7 @@ def installer_base(disk: nodedisk.NodeDisk) -> Path:
     gz = disk.qcow2.with_name("standin-root.img.gz")
     try:
         run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk.qcow2, raw], timeout=900)
+        _shrink(raw)
         run(["gzip", "-1", "-f", raw], timeout=900)  # -> root.img.gz, then renamed
         raw.with_name("root.img.gz").rename(gz)
     finally:
@@ -96,9 +112,13 @@ def prepare_iso_site(
     from builder.site.render import render_site
 
     render_site(profile, tree)
+    # subiquity installs the autoinstall's `packages:` (from the ISO's pool or the archive)
+    # before the late-commands run; the stand-in root carries them (the installer is offline)
+    auto = yaml.safe_load((tree / "cloud-init/autoinstall.yaml").read_text())
     disk = nodedisk.build_node_disk(site, tree, versions, size_gb=ROOT_GB, rebuild=rebuild,
                                     installer=lambda _root: None,  # installed in the guest
-                                    kind="standin-root")  # fmt: skip
+                                    kind="standin-root",
+                                    packages=tuple(auto.get("packages") or ()))  # fmt: skip
     t1 = time.monotonic()
     base = installer_base(disk)
     t2 = time.monotonic()

@@ -234,6 +234,12 @@ if grep -qw autoinstall /proc/cmdline && [ -f /cdrom/casper/standin-root.img.gz 
   say "STANDIN-INSTALL: late-commands"
   (cd / && PATH=/standin/bin:$PATH sh /tmp/late-commands.sh) > $OUT 2>&1 || fail "late-commands"
   rm -f /target/var/log/nodeforge-standins.log  # test support, as nodedisk.py does
+  # what a package script left running in the target (curtin kills it too) must not keep
+  # the root busy
+  for p in /proc/[0-9]*; do
+    case "$(readlink $p/root)" in /target*) kill -9 ${p#/proc/} 2>/dev/null ;; esac
+  done
+  sleep 1
   umount /target || fail "cannot unmount the installed root"
   sync
   say "STANDIN-INSTALL-DONE"
