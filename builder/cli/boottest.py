@@ -91,6 +91,13 @@ log = logging.getLogger("builder")
     help="Give each node a static address on QEMU's network through its seed (as "
     "`builder seed --ip` does), not DHCP.",
 )
+@click.option(
+    "--boot-timeout",
+    type=click.IntRange(min=30),
+    default=900,
+    show_default=True,
+    help="Seconds each node's boot may take to join.",
+)
 @click.option("--keep", is_flag=True, help="Keep the work directory (consoles, hub DB, seeds).")
 @click.option(
     "--reboot/--no-reboot",
@@ -116,6 +123,7 @@ def boot_test(
     expect_console: tuple[str, ...],
     node_seed_only: bool,
     static: bool,
+    boot_timeout: int,
     keep: bool,
     reboot: bool,
     as_json: bool,
@@ -140,7 +148,7 @@ def boot_test(
             site, iso, seed=seed, nodes=nodes, uefi=uefi, kernel=kernel, initrd=initrd,
             append=append, keep=keep, profiles_dir=profiles_dir, overrides=overrides,
             reboot=reboot, console=expect_console, install_timeout=install_timeout,
-            online=online_install, static=static,
+            online=online_install, static=static, timeout=boot_timeout,
         )  # fmt: skip
         _report(site, result, as_json)
         return
@@ -160,6 +168,7 @@ def boot_test(
         console=expect_console,
         node_seed_only=node_seed_only,
         static=static,
+        timeout=boot_timeout,
     )
     _report(site, result, as_json)
 

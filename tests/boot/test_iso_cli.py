@@ -71,7 +71,17 @@ def test_iso_installs_in_the_guest_and_two_machines_join(iso_site, tmp_path_fact
     wd = tmp_path_factory.mktemp("iso-cli")
     before = sha256_file(iso_site.iso)
     t0 = time.monotonic()
-    out = _cli(wd, *iso_site.boot_args(), "--nodes", "2", "--no-reboot")
+    out = _cli(
+        wd,
+        *iso_site.boot_args(),
+        "--nodes",
+        "2",
+        "--no-reboot",
+        "--boot-timeout",
+        "2400",
+        "--install-timeout",
+        "3600",
+    )
     wall = time.monotonic() - t0
     res = out["result"]
     assert res is not None, out["stderr"][-4000:]
