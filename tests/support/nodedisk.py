@@ -127,7 +127,7 @@ class NodeDisk:
 def disk_key(tarball: Path, tree: Path, versions: dict[str, str], kind: str = "disk") -> str:
     h = hashlib.sha256()
     h.update(f"{FORMAT}|{tarball.name}|{APPEND}\n".encode())
-    if kind != "disk":  # the ISO path: the whole ISO payload and the installer step
+    if kind == "installed":  # the ISO path: the whole ISO payload and the installer step
         h.update(kind.encode())
         _hash_tree(h, tree, "iso")
         h.update(Path(__file__).with_name("installer.py").read_bytes())
