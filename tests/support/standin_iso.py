@@ -81,20 +81,21 @@ def installer_base(disk: nodedisk.NodeDisk) -> Path:
     if out.exists():
         return out
     raw = disk.qcow2.with_name("root.img")
-    gz = disk.qcow2.with_name("standin-root.img.gz")
-    try:
-        run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk.qcow2, raw], timeout=900)
-        _shrink(raw)
-        run(["gzip", "-1", "-f", raw], timeout=900)  # -> root.img.gz, then renamed
-        raw.with_name("root.img.gz").rename(gz)
-    finally:
-        raw.unlink(missing_ok=True)
+    gz = disk.qcow2.with_name("standin-root.img.gz")  # kept: a new live ISO reuses it
+    if not gz.exists():
+        try:
+            run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk.qcow2, raw],
+                timeout=900)  # fmt: skip
+            _shrink(raw)
+            run(["gzip", "-1", "-f", raw], timeout=900)  # -> root.img.gz, then renamed
+            raw.with_name("root.img.gz").rename(gz)
+        finally:
+            raw.unlink(missing_ok=True)
     with atomic_output(out) as t:
         run(["xorriso", "-indev", fixture, "-outdev", t, "-boot_image", "any", "replay",
              "-map", gz, "/casper/standin-root.img.gz",
              "-map", standin_installer.__file__, "/casper/standin_installer.py"],
             timeout=900)  # fmt: skip
-    gz.unlink(missing_ok=True)
     return out
 
 

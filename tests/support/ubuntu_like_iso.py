@@ -168,6 +168,10 @@ mkdir -p /proc /sys /dev /cdrom /tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# what udev/systemd give a real installer's /dev (bash process substitution needs /dev/fd)
+ln -s /proc/self/fd /dev/fd; ln -s /proc/self/fd/0 /dev/stdin
+ln -s /proc/self/fd/1 /dev/stdout; ln -s /proc/self/fd/2 /dev/stderr
+mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
 OUT=/dev/ttyS0
 say() { echo "$*" > $OUT; }
 say "FIXTURE-START"
