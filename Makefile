@@ -141,7 +141,7 @@ IMAGE ?=	# a built disk image to boot (dist/SITE/NAME.qcow2|.raw); empty: the st
 # (tests/support/nodedisk.py prints the options that boot it; --uefi picks its GPT variant)
 NODEDISK = $(VENV)/bin/python -m tests.support.nodedisk
 
-.PHONY: boot-test boot-test-all bench-boot
+.PHONY: boot-test boot-test-all bench-boot bench-firstboot
 boot-test: deps ## Boot SITE's node in QEMU with a real hub and check it joins (make boot-test SITE=aws [IMAGE=dist/aws/x.qcow2] ARGS="--nodes 2")
 	disk=$(if $(strip $(IMAGE)),"--image $(IMAGE)",$$($(NODEDISK) $(SITE) --args $(filter --uefi,$(ARGS)) $(SET))); \
 	eval "$(BUILDER) boot-test $(SITE) $$disk $(SET) $(ARGS)"
@@ -153,6 +153,9 @@ boot-test-all: deps ## boot-test every site profile on its stand-in disk, one af
 
 bench-boot: deps ## Benchmark: bare cloud-init boot of the base vs our first boot to "joined"
 	$(VENV)/bin/python tests/bench/bench_boot.py $(ARGS)
+
+bench-firstboot: deps ## Benchmark (issue 12): installed disk's first boot to "joined" vs the same disk without our unit (ARGS="--rounds 3 [--iso]")
+	$(VENV)/bin/python tests/bench/bench_firstboot.py $(ARGS)
 
 ##@ Help
 

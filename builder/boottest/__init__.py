@@ -33,8 +33,16 @@ Modules, one purpose each (imports flow down this list, never up):
 ``lab``        the cached hub identity; ``Lab`` (namespace + real hub, what the hub sees)
 ``node``       the image to boot; one node: seed, overlay, boot, ``JoinWatch``
 ``site``       render a site for the lab: ``prepare``
+``install``    ``install_iso``: an ISO installs itself onto a blank virtual disk
 ``scenarios``  ``run_boot_test``: N nodes join, a reboot does not re-enroll
 this file      the entry points: ``preflight``, ``workspace``, ``boot_test``
+
+``builder boot-test SITE --iso ISO [--seed SEED.iso]`` first installs: the ISO boots (never
+written) against a blank qcow2 disk made here until the autoinstall ends (the installer
+reboots or powers off; bounded, the console tail on failure; ``install.install_iso``), then
+the installed disk is the image of steps 3-4. Without ``--seed`` each node gets the seed
+``--image`` gives it; with it, the one node keeps that seed's host name, instance-id and
+network-config, and gets the lab's user-data and token (``scenarios.user_seed_files``).
 
 Test-only machinery (the stand-in node disk, the in-guest check program and the checks over
 its report) lives in ``tests/support``; the package never imports it.
@@ -51,13 +59,22 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from builder.errors import BuilderError
+from builder.errors import BuilderError, UsageError
 from builder.run import require
 
-from . import qemu
+from . import install, qemu
 from .constants import log
 from .lab import HubIdentity, Lab, hub_identity, hub_overrides
-from .node import BootImage, Node, NodeBoot, boot_image, boot_node, make_node, node_user_data
+from .node import (
+    BootImage,
+    Node,
+    NodeBoot,
+    boot_image,
+    boot_node,
+    check_boot_options,
+    make_node,
+    node_user_data,
+)
 from .scenarios import run_boot_test
 from .site import LabSite, prepare
 
@@ -71,6 +88,7 @@ __all__ = [
     "boot_image",
     "boot_node",
     "boot_test",
+    "boot_test_iso",
     "hub_identity",
     "hub_overrides",
     "make_node",
@@ -139,11 +157,71 @@ def boot_test(
         result["timings"]["total"] = round(time.monotonic() - t0, 1)
         if keep:
             result["workdir"] = str(wd)
+    _log_timings(result)
+    return result
+
+
+def boot_test_iso(
+    site: str,
+    iso: Path,
+    *,
+    seed: Path | None = None,
+    nodes: int = 1,
+    uefi: bool = False,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    append: str | None = None,
+    keep: bool = False,
+    profiles_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+    reboot: bool = True,
+    console: Sequence[str] = (),
+    timeout: float = 900,
+    install_timeout: float = 3600,
+    online: bool = False,
+    static: bool = False,
+) -> dict[str, Any]:
+    """``builder boot-test SITE --iso ISO [--seed SEED]``: install the ISO onto a blank
+    disk, then boot the installed disk as ``boot_test`` boots an image."""
+    iso = install.check_iso(iso)
+    check_boot_options(uefi=uefi, kernel=kernel, initrd=initrd, append=append)
+    if seed is not None:
+        if not seed.is_file():
+            raise UsageError(f"--seed: {seed}: no such file")
+        if nodes != 1:
+            raise UsageError("--seed: one seed is one machine (use --nodes 1)")
+        if static:
+            raise UsageError("--seed and --static exclude each other (the seed has the network)")
+    preflight(uefi=uefi)
+    require("xorriso")
+    with workspace(keep) as wd:
+        t0 = time.monotonic()
+        user_seed = install.seed_files(seed, wd) if seed is not None else None
+        lab_site = prepare(site, wd, profiles_dir=profiles_dir, overrides=overrides)
+        inst = install.install_iso(iso, wd / "install", timeout=install_timeout, online=online,
+                                   uefi=uefi)  # fmt: skip
+        img = boot_image(inst.disk, uefi=uefi, kernel=kernel, initrd=initrd, append=append)
+        name = install.seed_hostname(user_seed) if user_seed is not None else None
+        result = run_boot_test(lab_site, img, wd, nodes=nodes, reboot=reboot, console=console,
+                               timeout=timeout, static=static, user_seed=user_seed,
+                               user_seed_name=name)  # fmt: skip
+        result["iso"] = str(iso)
+        result["seed"] = str(seed) if seed is not None else None
+        result["install_console"] = str(inst.console)
+        result["timings"]["install"] = inst.seconds
+        result["timings"]["total"] = round(time.monotonic() - t0, 1)
+        if keep:
+            result["workdir"] = str(wd)
+    _log_timings(result)
+    return result
+
+
+def _log_timings(result: dict[str, Any]) -> None:
     t = result["timings"]
     joined = [n.get("seconds_to_joined") for n in result["nodes"]]
     log.info(
-        "timings (s): render %s, hub %s, first boot %s (joined after %s), reboot %s, total %s",
-        t.get("render"), t.get("hub_start"), t.get("first_boot"),
-        "/".join(str(s) for s in joined), t.get("reboot", "-"), t.get("total"),
+        "timings (s): render %s, %shub %s, first boot %s (joined after %s), reboot %s, total %s",
+        t.get("render"), f"install {t['install']}, " if "install" in t else "", t.get("hub_start"),
+        t.get("first_boot"), "/".join(str(s) for s in joined), t.get("reboot", "-"),
+        t.get("total"),
     )  # fmt: skip
-    return result

@@ -53,6 +53,24 @@ def image_format(path: Path) -> str:
     return fmt
 
 
+def check_boot_options(
+    *,
+    uefi: bool = False,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    append: str | None = None,
+) -> None:
+    """The boot options agree (``--kernel`` excludes ``--uefi``; ``--initrd``/``--append``
+    need ``--kernel``) and name files that exist."""
+    if kernel is not None and uefi:
+        raise UsageError("--kernel: direct kernel boot and --uefi exclude each other")
+    if kernel is None and (initrd is not None or append is not None):
+        raise UsageError("--initrd/--append: need --kernel (direct kernel boot)")
+    for opt, p in (("--kernel", kernel), ("--initrd", initrd)):
+        if p is not None and not p.is_file():
+            raise UsageError(f"{opt}: {p}: no such file")
+
+
 def boot_image(
     path: Path,
     *,
@@ -62,13 +80,7 @@ def boot_image(
     append: str | None = None,
 ) -> BootImage:
     """Check a user's image (and kernel/initrd) and describe how to boot it."""
-    if kernel is not None and uefi:
-        raise UsageError("--kernel: direct kernel boot and --uefi exclude each other")
-    if kernel is None and (initrd is not None or append is not None):
-        raise UsageError("--initrd/--append: need --kernel (direct kernel boot)")
-    for opt, p in (("--kernel", kernel), ("--initrd", initrd)):
-        if p is not None and not p.is_file():
-            raise UsageError(f"{opt}: {p}: no such file")
+    check_boot_options(uefi=uefi, kernel=kernel, initrd=initrd, append=append)
     return BootImage(path.resolve(), image_format(path), "uefi" if uefi else "bios",
                      kernel, initrd, append or APPEND)  # fmt: skip
 

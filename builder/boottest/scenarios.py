@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,20 @@ def static_address(i: int) -> str:
     """Node ``i``'s static address on QEMU's user network (10.0.2.0/24: the host, i.e. the
     hub, is 10.0.2.2, the DNS 10.0.2.3, DHCP hands out from 10.0.2.15)."""
     return f"10.0.2.{100 + i}/24"
+
+
+def user_seed_files(lab_site: LabSite, name: str, token: str, user_seed: Mapping[str, bytes]
+                    ) -> dict[str, bytes]:  # fmt: skip
+    """A node seed from the user's own seed volume (``--seed``): its meta-data (instance-id,
+    host name) and network-config as they are; its user-data replaced by the lab's (the
+    site's rendered user-data + host name + a one-time token of the lab hub: a token of the
+    user's hub means nothing to the lab's)."""
+    files = {"meta-data": user_seed["meta-data"]}
+    files["user-data"] = node_user_data(lab_site.user_data, site=lab_site.site, hostname=name,
+                                        token=token)  # fmt: skip
+    if "network-config" in user_seed:
+        files["network-config"] = user_seed["network-config"]
+    return files
 
 
 def node_files(
@@ -89,6 +103,8 @@ def run_boot_test(
     timeout: float = 900,
     node_seed_only: bool = False,
     static: bool = False,
+    user_seed: Mapping[str, bytes] | None = None,
+    user_seed_name: str | None = None,
 ) -> dict[str, Any]:
     """N nodes at once to "joined" (as the hub sees it), then a reboot of the first.
 
@@ -97,11 +113,14 @@ def run_boot_test(
     carries the site's rendered user-data plus the per-node entries, or, with
     ``node_seed_only``, only what ``builder seed`` writes (an image installed from the
     site's ISO carries its node config); ``static`` gives each node a static address
-    (``static_address``) through its seed. The result's ``problems`` lists every failed
-    check (empty: passed).
+    (``static_address``) through its seed; ``user_seed`` (one node, named
+    ``user_seed_name``): a seed made from the user's own (``user_seed_files``). The
+    result's ``problems`` lists every failed check (empty: passed).
     """
     if nodes < 1:
         raise UsageError("--nodes: must be at least 1")
+    if user_seed is not None and nodes != 1:
+        raise UsageError("--seed: one seed is one machine (use --nodes 1)")
     site = lab_site.site
     result: dict[str, Any] = {"site": site, "image": str(image.path), "nodes": [],
                               "problems": [], "timings": dict(lab_site.seconds),
@@ -114,7 +133,11 @@ def run_boot_test(
         vms = []
         for i in range(nodes):
             name = f"{site}-node{i + 1}"
-            files = node_files(lab_site, name, lab.token(site), i, node_seed_only, static)
+            if user_seed is not None:
+                name = user_seed_name or name
+                files = user_seed_files(lab_site, name, lab.token(site), user_seed)
+            else:
+                files = node_files(lab_site, name, lab.token(site), i, node_seed_only, static)
             vms.append(make_node(name, image, workdir, b"", site, files=files))
             if static:
                 result.setdefault("static_addresses", {})[name] = static_address(i)

@@ -1,13 +1,15 @@
-"""``builder boot-test``: boot a built disk image as a site's nodes in QEMU with a real hub."""
+"""``builder boot-test``: boot a built disk image (or install an ISO, then boot what it
+installed) as a site's nodes in QEMU with a real hub."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 
-from builder.errors import BuilderError
+from builder.errors import BuilderError, UsageError
 
 from .common import cli, echo_json, profiles_dir_option, set_option
 
@@ -19,8 +21,35 @@ log = logging.getLogger("builder")
 @click.option(
     "--image",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
+    default=None,
     help="The disk image to boot (qcow2 or raw, e.g. dist/SITE/NAME.qcow2); never modified.",
+)
+@click.option(
+    "--iso",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Or: the site's ISO (dist/SITE/NAME.iso; never modified): install it onto a blank "
+    "virtual disk, then boot the installed disk.",
+)
+@click.option(
+    "--seed",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --iso: a `builder seed` volume; the node keeps its host name, instance-id and "
+    "network-config (token and hub settings come from the lab). Default: a seed per node.",
+)
+@click.option(
+    "--install-timeout",
+    type=click.IntRange(min=60),
+    default=3600,
+    show_default=True,
+    help="With --iso: seconds the install may take.",
+)
+@click.option(
+    "--online-install",
+    is_flag=True,
+    help="With --iso: the installer gets this machine's network (a real Ubuntu ISO whose "
+    "autoinstall installs packages needs the archive); default: no network beyond QEMU's.",
 )
 @click.option(
     "--nodes",
@@ -62,6 +91,13 @@ log = logging.getLogger("builder")
     help="Give each node a static address on QEMU's network through its seed (as "
     "`builder seed --ip` does), not DHCP.",
 )
+@click.option(
+    "--boot-timeout",
+    type=click.IntRange(min=30),
+    default=900,
+    show_default=True,
+    help="Seconds each node's boot may take to join.",
+)
 @click.option("--keep", is_flag=True, help="Keep the work directory (consoles, hub DB, seeds).")
 @click.option(
     "--reboot/--no-reboot",
@@ -74,7 +110,11 @@ log = logging.getLogger("builder")
 @profiles_dir_option
 def boot_test(
     site: str,
-    image: Path,
+    image: Path | None,
+    iso: Path | None,
+    seed: Path | None,
+    install_timeout: int,
+    online_install: bool,
     nodes: int,
     uefi: bool,
     kernel: Path | None,
@@ -83,15 +123,36 @@ def boot_test(
     expect_console: tuple[str, ...],
     node_seed_only: bool,
     static: bool,
+    boot_timeout: int,
     keep: bool,
     reboot: bool,
     as_json: bool,
     overrides: tuple[str, ...],
     profiles_dir: Path | None,
 ) -> None:
-    """Boot IMAGE as SITE's nodes in QEMU with a real hub; check they join on their own."""
-    from builder.boottest import boot_test as run_boot_test
+    """Boot IMAGE as SITE's nodes in QEMU with a real hub; check they join on their own.
 
+    With --iso, the ISO first installs itself onto a blank virtual disk (as on a bare-metal
+    machine); the installed disk is then booted the same way."""
+    from builder.boottest import boot_test as run_boot_test
+    from builder.boottest import boot_test_iso
+
+    if (image is None) == (iso is None):
+        raise UsageError("boot-test: give exactly one of --image DISK or --iso ISO")
+    if iso is None and (seed is not None or online_install):
+        raise UsageError("--seed/--online-install: only with --iso")
+    if iso is not None:
+        if node_seed_only:
+            raise UsageError("--node-seed-only: not with --iso (its nodes get per-node seeds)")
+        result = boot_test_iso(
+            site, iso, seed=seed, nodes=nodes, uefi=uefi, kernel=kernel, initrd=initrd,
+            append=append, keep=keep, profiles_dir=profiles_dir, overrides=overrides,
+            reboot=reboot, console=expect_console, install_timeout=install_timeout,
+            online=online_install, static=static, timeout=boot_timeout,
+        )  # fmt: skip
+        _report(site, result, as_json)
+        return
+    assert image is not None
     result = run_boot_test(
         site,
         image,
@@ -107,7 +168,12 @@ def boot_test(
         console=expect_console,
         node_seed_only=node_seed_only,
         static=static,
+        timeout=boot_timeout,
     )
+    _report(site, result, as_json)
+
+
+def _report(site: str, result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         echo_json(result)
     else:

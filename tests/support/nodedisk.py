@@ -131,10 +131,11 @@ class NodeDisk:
 def disk_key(tarball: Path, tree: Path, versions: dict[str, str], kind: str = "disk") -> str:
     h = hashlib.sha256()
     h.update(f"{FORMAT}|{tarball.name}|{APPEND}\n".encode())
-    if kind != "disk":  # the ISO path: the whole ISO payload and the installer step
+    if kind == "installed":  # the ISO path: the whole ISO payload and the installer step
         h.update(kind.encode())
         _hash_tree(h, tree, "iso")
         h.update(Path(__file__).with_name("installer.py").read_bytes())
+        h.update(Path(__file__).with_name("standin_installer.py").read_bytes())
     _hash_tree(h, tree, "files")
     _hash_tree(h, tree, "scripts")
     h.update(json.dumps(versions, sort_keys=True).encode())
@@ -175,14 +176,15 @@ def build_node_disk(
     rebuild: bool = False,
     installer: Callable[[Path], None] | None = None,
     kind: str = "disk",
+    packages: Sequence[str] = (),
 ) -> NodeDisk:
     """Build (or reuse) the stand-in node disk for a rendered build tree ``tree``.
 
     The root is provisioned by ``scripts/provision.sh`` in a chroot (as Packer would), or
     by ``installer(root)`` (the stand-in installer step of the ISO path, installer.py);
-    ``kind`` names the recipe in the cache."""
+    ``kind`` names the recipe in the cache; ``packages`` go into the root beforehand."""
     t0 = time.monotonic()
-    tarball = rootfs.build_rootfs(ROOTFS_EXTRA)
+    tarball = rootfs.build_rootfs((*ROOTFS_EXTRA, *packages))
     versions = versions or dict(standins.DEFAULT_VERSIONS)
     key = disk_key(tarball, tree, versions, kind)
     d = cache_root() / kind / f"{site}-{key}"

@@ -22,6 +22,17 @@ command line, the medium and its volume label, the seed files under ``/nocloud``
 sha256 of ``/nocloud/user-data``; then it powers off. ``FIXTURE-DONE`` ends a run,
 ``FIXTURE-ERROR`` reports a failure.
 
+It is also the STAND-IN for subiquity + curtin when the medium carries a stand-in installed
+root (``/casper/standin-root.img.gz`` + ``/casper/standin_installer.py``, added by
+standin_iso.py): with ``autoinstall`` on its command line and a blank virtio disk it writes
+that root file system to the disk (curtin's extract step; one whole-disk ext4, no partitions
+and no boot loader, as the stand-in node disks of nodedisk.py: the installed disk boots by
+direct kernel boot), runs standin_installer.py with the installed root's ``python3`` for
+subiquity's cloud-init files, then the autoinstall ``late-commands`` from its busybox shell
+(the installer environment: ``/target``, ``/cdrom``, ``TARGET_MOUNT_POINT``) with the
+``curtin in-target`` stand-in (a chroot with /dev /proc /sys /run bound), prints
+``STANDIN-INSTALL-DONE`` and reboots (``STANDIN-INSTALL-FAILED: …`` and a power-off on error).
+
 The result is cached under ``$XDG_CACHE_HOME/nodeforge/test-fixtures/<hash>/`` keyed by a
 hash of this file, so it is built once (~20 s) and reused by later runs.
 
@@ -44,6 +55,7 @@ import tempfile
 from pathlib import Path
 
 from builder.run import run
+from tests.support.standin_installer import CURTIN
 
 FIXTURE_VOLID = "Ubuntu-Server 24.04.3 LTS amd64"
 KERNEL_META = "linux-image-amd64"
@@ -68,8 +80,14 @@ WANTED_MODULES = [
     "uhci_hcd",
     "usb_storage",
     "uas",
+    # the stand-in installer mounts the installed root (ext4 with metadata_csum: crc32c)
+    "crc32c_generic",
+    "ext4",
 ]
 
+# `no_timer_check` (after `---`, like console=ttyS0: the fixture's, not Ubuntu's): on a
+# starved TCG host the Debian kernel's IO-APIC timer check can miss its ticks and panic
+# ("IO-APIC + timer doesn't work!"), seen under OVMF at load average ~35
 GRUB_CFG = f"""\
 serial --unit=0 --speed=115200
 terminal_input serial console
@@ -83,12 +101,12 @@ set menu_color_highlight=black/light-gray
 
 menuentry "Try or Install Ubuntu Server" {{
 \tset gfxpayload=keep
-\tlinux\t/casper/vmlinuz  --- console=ttyS0
+\tlinux\t/casper/vmlinuz  --- console=ttyS0 no_timer_check
 \tinitrd\t/casper/initrd
 }}
 menuentry "Ubuntu Server with the HWE kernel" {{
 \tset gfxpayload=keep
-\tlinux\t/casper/hwe-vmlinuz  --- console=ttyS0
+\tlinux\t/casper/hwe-vmlinuz  --- console=ttyS0 no_timer_check
 \tinitrd\t/casper/hwe-initrd
 }}
 grub_platform
@@ -109,12 +127,12 @@ fi
 LOOPBACK_CFG = """\
 menuentry "Try or Install Ubuntu Server" {
 \tset gfxpayload=keep
-\tlinux\t/casper/vmlinuz  iso-scan/filename=${iso_path} --- console=ttyS0
+\tlinux\t/casper/vmlinuz  iso-scan/filename=${iso_path} --- console=ttyS0 no_timer_check
 \tinitrd\t/casper/initrd
 }
 menuentry "Ubuntu Server with the HWE kernel" {
 \tset gfxpayload=keep
-\tlinux\t/casper/hwe-vmlinuz  iso-scan/filename=${iso_path} --- console=ttyS0
+\tlinux\t/casper/hwe-vmlinuz  iso-scan/filename=${iso_path} --- console=ttyS0 no_timer_check
 \tinitrd\t/casper/hwe-initrd
 }
 """
@@ -153,6 +171,10 @@ mkdir -p /proc /sys /dev /cdrom /tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# what udev/systemd give a real installer's /dev (bash process substitution needs /dev/fd)
+ln -s /proc/self/fd /dev/fd; ln -s /proc/self/fd/0 /dev/stdin
+ln -s /proc/self/fd/1 /dev/stdout; ln -s /proc/self/fd/2 /dev/stderr
+mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
 OUT=/dev/ttyS0
 say() { echo "$*" > $OUT; }
 say "FIXTURE-START"
@@ -189,8 +211,49 @@ if [ -f /cdrom/nocloud/user-data ]; then
 else
   say "FIXTURE-USERDATA-SHA256: none"
 fi
-umount /cdrom
 say "FIXTURE-DONE"
+# --- STAND-IN subiquity + curtin ---------------------------------------------------------
+# With `autoinstall` on the command line, a stand-in installed root on the medium
+# (/casper/standin-root.img.gz, standing in for the squashfs curtin extracts) and a blank
+# virtio disk: install as subiquity + curtin do (tests/support/standin_installer.py, run
+# with the installed root's python3), then reboot as the autoinstall's `shutdown: reboot`
+# says (QEMU's -no-reboot turns that into an exit).
+fail() { say "STANDIN-INSTALL-FAILED: $*"; sync; poweroff -f; }
+blank() { [ -z "$(dd if=$1 bs=65536 count=16 2>/dev/null | tr -d '\000' | head -c 1)" ]; }
+if grep -qw autoinstall /proc/cmdline && [ -f /cdrom/casper/standin-root.img.gz ]; then
+  disk=""
+  for d in /dev/vd?; do
+    [ -b "$d" ] && blank "$d" && { disk=$d; break; }
+  done
+  [ -n "$disk" ] || fail "no blank virtio disk to install to"
+  say "STANDIN-INSTALL: installing to $disk"
+  gunzip -c /cdrom/casper/standin-root.img.gz | dd of=$disk bs=1M conv=fsync 2>/dev/null \
+    || fail "writing the root file system"
+  mkdir -p /target /run
+  mount -t ext4 $disk /target || fail "cannot mount the installed root"
+  cp /cdrom/casper/standin_installer.py /target/tmp/nf-installer.py
+  cp /cdrom/nocloud/user-data /target/tmp/nf-user-data
+  chroot /target /usr/bin/python3 /tmp/nf-installer.py files /tmp/nf-user-data / > $OUT 2>&1 \
+    || fail "writing subiquity's files"
+  chroot /target /usr/bin/python3 /tmp/nf-installer.py late /tmp/nf-user-data \
+    > /tmp/late-commands.sh || fail "reading the late-commands"
+  rm -f /target/tmp/nf-installer.py /target/tmp/nf-user-data
+  say "STANDIN-INSTALL: late-commands"
+  (cd / && PATH=/standin/bin:$PATH sh /tmp/late-commands.sh) > $OUT 2>&1 || fail "late-commands"
+  rm -f /target/var/log/nodeforge-standins.log  # test support, as nodedisk.py does
+  # what a package script left running in the target (curtin kills it too) must not keep
+  # the root busy
+  for p in /proc/[0-9]*; do
+    case "$(readlink $p/root)" in /target*) kill -9 ${p#/proc/} 2>/dev/null ;; esac
+  done
+  sleep 1
+  umount /target || fail "cannot unmount the installed root"
+  sync
+  say "STANDIN-INSTALL-DONE"
+  umount /cdrom
+  reboot -f
+fi
+umount /cdrom
 sync
 poweroff -f
 """
@@ -202,7 +265,9 @@ def cache_root() -> Path:
 
 
 def fixture_key() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(CURTIN.encode())
+    return h.hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -224,7 +289,8 @@ def build_fixture(cache: Path | None = None) -> Path:
     with _locked(root / ".lock"):
         if iso.is_file():
             return iso
-        kernel_dir = _kernel(root / "kernel")
+        mods = hashlib.sha256(" ".join(WANTED_MODULES).encode()).hexdigest()[:8]
+        kernel_dir = _kernel(root / f"kernel-{mods}")
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             part = Path(tmp) / iso.name
@@ -381,6 +447,10 @@ def _initrd(kernel_dir: Path) -> bytes:
         ("sys", d, b""),
         ("cdrom", d, b""),
         ("tmp", d, b""),
+        ("run", d, b""),
+        ("standin", d, b""),
+        ("standin/bin", d, b""),
+        ("standin/bin/curtin", x, CURTIN.encode()),
         ("bin/busybox", x, Path(shutil.which("busybox") or "/bin/busybox").read_bytes()),
         ("bin/sh", 0o120777, b"busybox"),
         ("init", x, INIT.encode()),
