@@ -129,7 +129,7 @@ bench-render: deps ## Benchmark render + validate for SITE
 bench-remaster: deps ## Benchmark ISO remaster vs cp of the same >= 1 GiB base ISO
 	$(VENV)/bin/python tests/bench/bench_remaster.py $(ARGS)
 
-bench-packer: deps ## Benchmark a qemu packer build vs a bare boot of the same base image
+bench-packer: deps ## Benchmark a qcow2 rebuild (same package set: cached layer) vs a bare boot of the base
 	$(VENV)/bin/python tests/bench/bench_packer.py $(ARGS)
 
 ##@ Boot tests

@@ -115,7 +115,7 @@ build {
   }
 
   provisioner "shell" {
-    environment_vars = concat(var.provision_env, ["NF_FILES_DIR=/tmp/nodeforge/files"])
+    environment_vars = concat(var.provision_env, ["NF_FILES_DIR=/tmp/nodeforge/files", "NF_STEPS=${var.provision_steps}"])
     execute_command  = "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} bash '{{ .Path }}'"
     inline = [
       "bash /tmp/nodeforge/scripts/provision.sh",

@@ -53,6 +53,11 @@ variable "provision_env" {
   default     = []
   description = "The NF_* variables (KEY=value), also in build_dir/scripts/provision.env."
 }
+variable "provision_steps" {
+  type        = string
+  default     = ""
+  description = "NF_STEPS for provision.sh (empty = every step); the qcow2 layer cache splits the build (builder/targets/layers.py)."
+}
 variable "disk_size_gb" {
   type    = number
   default = 20

@@ -422,6 +422,7 @@ def build(
             overrides=overrides,
             dist=dist,
             base_image=base_image,
+            force=force,
         )
         if isinstance(result, PackerPlan) and demo_refusal is not None:
             result.problems.append(demo_refusal)

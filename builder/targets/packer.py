@@ -337,6 +337,7 @@ class PackerResult:
     plan: PackerPlan
     manifest: Path
     artifacts: list[dict[str, Any]]
+    layer: Any = None  # qcow2: the package layer used (builder.targets.layers.LayerUse)
 
 
 def build_packer_image(
@@ -350,12 +351,22 @@ def build_packer_image(
     qemu_args: Sequence[Sequence[str]] | None = None,
     extra_vars: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    layers: bool | None = None,
+    force: bool = False,
 ) -> PackerResult | PackerPlan:
     """Build ``target`` (ami|qcow2) from the rendered ``site_tree`` (build/<site>).
 
     With ``dry_run`` nothing is run or written: the returned plan's ``command()`` is the
     exact command a real run executes (its run dir is ``dist/<site>/.packer-run``).
+    qcow2 builds on the cached package layer (``layers``); ``force`` rebuilds that layer.
     """
+    from . import layers as layer_cache
+
+    if target == "qcow2" and not dry_run and layer_cache.enabled(layers):
+        return layer_cache.build_layered(  # type: ignore[no-any-return]
+            Path(site_tree), dist_dir=dist_dir, templates=templates, base_image=base_image,
+            qemu_args=qemu_args, extra_vars=extra_vars, timeout=timeout, force=force,
+        )  # fmt: skip
     plan = plan_packer(
         Path(site_tree),
         target,
@@ -570,6 +581,7 @@ def build_site_image(
     overrides: Sequence[str] = (),
     dist: Path | None = None,
     base_image: Path | None = None,
+    force: bool = False,
 ) -> PackerResult | PackerPlan:
     """Load ``site``, render ``build/<site>`` and build its Packer target (ami or qcow2)."""
     from builder.site.profile import load_profile
@@ -583,7 +595,9 @@ def build_site_image(
             f"(choose from {', '.join(TARGETS)})"
         )
     tree = render_site(profile).path
-    return build_packer_image(tree, kind, dry_run, dist_dir=dist, base_image=base_image)
+    return build_packer_image(
+        tree, kind, dry_run, dist_dir=dist, base_image=base_image, force=force
+    )
 
 
 def result_lines(result: PackerResult | PackerPlan) -> list[str]:

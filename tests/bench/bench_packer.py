@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Benchmark: a real qemu `packer build` vs the bare boot of the same base image.
+"""Benchmark: a qcow2 rebuild with an unchanged package set vs a bare boot of the base.
 
 Baseline: QEMU (TCG, same memory/CPUs, same direct kernel boot, same NoCloud seed shape)
-boots the STAND-IN base qcow2 (Debian, builder/rootfs.py) until its sshd answers.
-Measured: `builder.packer.build_packer_image(…, "qcow2")` end to end (boot, SSH, upload,
-provisioning against the stand-in repo on loopback, cleanup, shutdown, qcow2 conversion).
-Prints both wall times, the overhead ratio, and the size of the output qcow2 vs the base.
+boots the STAND-IN base qcow2 (Debian, tests/support/rootfs.py) until its sshd answers.
+Measured: `builder.targets.packer.build_packer_image(…, "qcow2")` end to end, against the
+stand-in repo on loopback:
+- BEFORE: the layer cache off (``layers=False``): one Packer run, every step, every time;
+- COLD: the first build of a package set (the package layer is made, then the site build);
+- AFTER: a rebuild with the same package set and another site setting (the NTP server):
+  the cached layer is booted and only the site steps run.
+Rounds alternate bare boot and rebuild; the ratio is median(AFTER) / median(bare).
+Prints every run, the medians, the ratios, and the size of the output qcow2 vs the base.
 
-    .venv/bin/python tests/bench/bench_packer.py [--runs N]
+    .venv/bin/python tests/bench/bench_packer.py [--runs N] [--before-runs N]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import sys
 import tempfile
 import threading
@@ -116,10 +122,16 @@ def bare_boot(base, work: Path) -> float:
         return time.monotonic() - start
 
 
-def packer_build(base, work: Path, http_port: int) -> tuple[float, Path]:
+def packer_build(
+    base, work: Path, http_port: int, ntp: str, layers: bool | None = None
+) -> tuple[float, Path, object]:
     url = f"http://10.0.2.2:{http_port}/"
     tree = render_standin_site(
-        "aws", work / "build" / "aws", url, url + "Release.key", extra=["target=qcow2"]
+        "aws",
+        work / "build" / "aws",
+        url,
+        url + "Release.key",
+        extra=["target=qcow2", f"time_sync.servers=[{ntp}]"],
     )
     set_pkrvars(
         tree,
@@ -135,48 +147,86 @@ def packer_build(base, work: Path, http_port: int) -> tuple[float, Path]:
         base_image=base.qcow2,
         qemu_args=[*base.qemu_args(), ["-serial", f"file:{work / 'packer-serial.log'}"]],
         timeout=1800,
+        layers=layers,
     )
     took = time.monotonic() - start
     assert isinstance(result, packer.PackerResult)
     art = json.loads(result.manifest.read_text())["artifacts"][0]
-    return took, result.plan.dist_dir / art["path"]
+    return took, result.plan.dist_dir / art["name"], result.layer
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=1)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    ap.add_argument("--runs", type=int, default=5, help="rounds of bare boot + rebuild")
+    ap.add_argument("--before-runs", type=int, default=1, help="builds with the cache off")
+    ap.add_argument(
+        "--layer-cache",
+        type=Path,
+        default=None,
+        help="keep the layer cache here (default: a fresh one); with --port, a later run "
+        "finds the layer an earlier run made (then --no-cold)",
+    )
+    ap.add_argument("--port", type=int, default=0, help="the stand-in repo's port (in the key)")
+    ap.add_argument("--no-cold", action="store_true", help="the layer exists: rounds only")
     args = ap.parse_args()
     os.environ.setdefault("BUILDER_QEMU_ACCEL", "tcg")
     base = build_base_image()
     with tempfile.TemporaryDirectory(prefix="nf-bench-packer-") as tmp:
         work = Path(tmp)
+        os.environ["BUILDER_LAYER_CACHE_DIR"] = str(args.layer_cache or work / "layers")
         repo = build_standin_repo(work / "repo")
         server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Quiet, directory=str(repo.path))
+            ("127.0.0.1", args.port), functools.partial(Quiet, directory=str(repo.path))
         )
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        bare, build = [], []
-        out = None
+        port = server.server_address[1]
+        bare, after, before = [], [], []
+
+        def say(msg: str) -> None:
+            print(f"{msg}   (load {load()})", file=sys.stderr, flush=True)
+
+        for i in range(args.before_runs):
+            d = work / f"before{i}"
+            d.mkdir()
+            took, _, _ = packer_build(base, d, port, f"ntp-b{i}.example.net", layers=False)
+            before.append(took)
+            say(f"before {i + 1}: packer build, layer cache off {took:.1f} s")
+        cold = 0.0
+        if not args.no_cold:
+            d = work / "cold"
+            d.mkdir()
+            cold, out, layer = packer_build(base, d, port, "ntp-cold.example.net")
+            assert layer is not None and not layer.hit
+            say(f"cold: package layer made + site build {cold:.1f} s")
         for i in range(args.runs):
             d = work / f"run{i}"
             d.mkdir()
             bare.append(bare_boot(base, d))
-            print(f"run {i + 1}: bare boot to sshd {bare[-1]:.1f} s", file=sys.stderr)
-            took, out = packer_build(base, d, server.server_address[1])
-            build.append(took)
-            print(f"run {i + 1}: packer build {took:.1f} s", file=sys.stderr)
+            say(f"round {i + 1}: bare boot to sshd {bare[-1]:.1f} s")
+            took, out, layer = packer_build(base, d, port, f"ntp{i}.example.net")
+            assert layer is not None and layer.hit, layer
+            after.append(took)
+            say(f"round {i + 1}: rebuild, same package set {took:.1f} s")
         server.shutdown()
-        b, p = min(bare), min(build)
+        b, a = statistics.median(bare), statistics.median(after)
         base_size = os.path.getsize(base.qcow2)
-        out_size = os.path.getsize(out) if out else 0
+        out_size = os.path.getsize(out)
         print(f"accelerator            tcg, {MEMORY_MB} MiB, {CPUS} vCPUs")
-        print(f"bare boot to sshd      {b:7.1f} s   (baseline, best of {args.runs})")
-        print(f"qemu packer build      {p:7.1f} s   (best of {args.runs})")
-        print(f"overhead ratio         {p / b:7.2f} x  (packer build / bare boot)")
-        print(f"base qcow2             {base_size / 2**20:7.1f} MiB")
+        print(f"bare boot to sshd      {b:7.1f} s   (baseline, median of {len(bare)})")
+        if before:
+            m = statistics.median(before)
+            print(f"BEFORE: build, no cache {m:6.1f} s   {m / b:5.2f} x  (median of {len(before)})")
+        if cold:
+            print(f"COLD: layer + build    {cold:7.1f} s   {cold / b:5.2f} x  (once)")
+        print(f"AFTER: rebuild         {a:7.1f} s   {a / b:5.2f} x  (median of {len(after)})")
+        print(f"ratio (goal <= 1.5)    {a / b:7.2f} x  (rebuild / bare boot)")
         print(
             f"output qcow2           {out_size / 2**20:7.1f} MiB  "
-            f"({out_size / base_size:.2f} x base)"
+            f"({out_size / base_size:.2f} x base {base_size / 2**20:.1f} MiB)"
         )
 
 
