@@ -14,16 +14,16 @@ from builder.site.validate import Check, validate_site_tree
 
 
 def _check_packer(tree: Path) -> list[str]:
-    # both Packer targets, offline, Packer 1.6 compatible: see builder/targets/packer.py
-    from builder.targets.packer import check_packer_tree
+    # both Packer targets, offline, Packer 1.6 compatible: see builder/targets/packer_check.py
+    from builder.targets.packer_check import check_packer_tree
 
     return check_packer_tree(tree)
 
 
 def _packer_inputs() -> tuple[Path, ...]:
-    from builder.targets import packer
+    from builder.targets import packer, packer_check
 
-    return (Path(__file__), Path(packer.__file__), packer.packer_dir())
+    return (Path(__file__), Path(packer.__file__), Path(packer_check.__file__), packer.packer_dir())
 
 
 # packer validate reads the rendered variables and the scripts they name: the whole tree
