@@ -196,9 +196,10 @@ def run_site_token_no_seed(img: PackerImage, workdir: Path, *, nodes: int = 2,
     out: dict[str, Any] = {"problems": [], "names": {}}
     p = out["problems"]
     image = img.image(FORWARD_JOURNAL)
-    done = JOURNAL_LINE + r"step=done node enrolled and joined"
-    named = re.compile(JOURNAL_LINE + r"step=identity .*named after the machine-id "
-                       r"hostname=(\S+)")  # fmt: skip
+    # the agent's line: PREFIX step=<step> <key=value ...> <message> (agent.log)
+    done = JOURNAL_LINE + r"step=done (?:\S+=\S+ )*node enrolled and joined"
+    named = re.compile(JOURNAL_LINE + r"step=identity hostname=(\S+) .*named after the "
+                       r"machine-id")  # fmt: skip
     with img.lab as lab:
         lab.start_hub()
         vms = [make_node(f"{img.site}-bare{i + 1}", image, workdir, b"", img.site,
