@@ -38,6 +38,7 @@ from packer_site import render_standin_site, set_pkrvars  # noqa: E402
 
 from builder.run import run, spawn  # noqa: E402
 from builder.targets import packer  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 from tests.support.rootfs import build_base_image  # noqa: E402
 from tests.support.standins import build_standin_repo  # noqa: E402
 
@@ -47,12 +48,6 @@ MEMORY_MB, CPUS = 1024, 2
 class Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ssh_banner(port: int) -> bool:

@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from builder.hub.pki import init_hub
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.allow_subprocess
 
@@ -39,12 +39,6 @@ SMALL = [0, 1, U8A, U8B, P - 1, P, P + 1, P + U8A, P + U8B, 2 * P - 1, 2 * P, 2 
 
 def b64(u: int) -> str:
     return base64.b64encode(u.to_bytes(32, "little")).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LiveHub:

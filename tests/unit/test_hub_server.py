@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 from builder.hub.config import DEFAULTS, Limits
 from builder.hub.metrics import Metrics
 from builder.hub.server import HttpServer, LogLimiter, Request, Response
+from tests.support.ports import free_port
 
 
 def limits(**over: float) -> Limits:
@@ -34,9 +34,7 @@ def err(status: int, message: str) -> Response:
 async def with_server(lim: Limits, fn):
     m = Metrics()
     srv = HttpServer(echo, err, None, lim, m, max_body=4096)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     await srv.start("127.0.0.1", port)
     try:
         return await fn(port, m, srv)

@@ -25,6 +25,7 @@ import yaml
 
 from builder.boottest.constants import STATIC_CA_HASH
 from builder.hub import provider
+from tests.support.ports import free_port
 from tests.support.standins import (
     PROGRAMS,
     STANDIN_CLUSTER_CA,
@@ -60,12 +61,6 @@ case "$*" in
 esac
 exit 0
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def openssl_pin(pem: Path) -> str:
