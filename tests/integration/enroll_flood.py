@@ -8,7 +8,8 @@
         the hub closes it, until --seconds have passed; prints {"opened", "refused"} as JSON.
   probe  --n well-formed enrollments from --sources (fresh TLS connection each, a few at a
         time); prints {"latencies": [...], "statuses": [...]} (latency -1: no answer).
-Everything stops by itself after --seconds (flood) or --n requests (probe).
+Everything stops by itself after --seconds (flood) or --n requests (probe); SIGTERM stops a
+flood early (its connections are dropped) and it still prints its figures.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import ssl
 import sys
 import time
@@ -71,11 +73,16 @@ async def flood(a) -> None:
     stats = {"opened": 0, "refused": 0}
     stop_at = time.monotonic() + a.seconds
     tasks = [
-        one_hostile(a.mode, a.host, a.port, ctx, src, stop_at, stats, a.retry)
+        asyncio.ensure_future(
+            one_hostile(a.mode, a.host, a.port, ctx, src, stop_at, stats, a.retry)
+        )
         for src in a.sources.split(",")
         for _ in range(a.per_source)
     ]
-    await asyncio.gather(*tasks)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGTERM, lambda: [t.cancel() for t in tasks]
+    )
+    await asyncio.gather(*tasks, return_exceptions=True)
     print(json.dumps(stats))
 
 
