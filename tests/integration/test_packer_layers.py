@@ -3,7 +3,8 @@
 loopback, whose every request is counted.
 
 1. a cold build installs the package set (packages fetched from the repository) and stores
-   the layer;
+   the layer; it is also THE real qemu ``packer build`` test: its artifact (manifest,
+   SHA256SUMS, qcow2, no build key left) and what provisioning did inside the image;
 2. a rebuild with another NTP server (same package set) asks the repository for nothing at
    all, and the image has the new setting and the same package set;
 3. a corrupted layer is detected (sha256), dropped and rebuilt from the repository, never
@@ -126,6 +127,33 @@ def check_image(raw: Path, ntp: str) -> dict[str, tuple[str, str]]:
     return status
 
 
+def check_artifact(tmp: Path, raw: Path) -> None:
+    """A real `packer build` (qemu, TCG): boot, upload, provision, clean, shut down."""
+    dist = tmp / "dist" / "aws"
+    manifest = json.loads((dist / "manifest.json").read_text())
+    [art] = manifest["artifacts"]
+    image = dist / art["name"]
+    assert art["type"] == "qcow2" and image.suffix == ".qcow2"
+    assert art["sha256"] == run(["sha256sum", image]).stdout.split()[0]
+    assert manifest["packer"]["builds"][0]["builder_type"] == "qemu"
+    assert (dist / "SHA256SUMS").read_text() == f"{art['sha256']}  {art['name']}\n"
+    assert not (dist / ".packer-run").exists()  # build key and seed gone
+    info = json.loads(run(["qemu-img", "info", "--output=json", image]).stdout)
+    assert info["format"] == "qcow2"
+    release = cat(raw, "/etc/nodeforge-release")
+    assert 'KUBERNETES_VERSION="1.35.0-1.1"' in release
+    assert "signed-by=/etc/apt/keyrings/nodeforge-crio.gpg" in cat(
+        raw, "/etc/apt/sources.list.d/nodeforge-crio.list"
+    )
+    # the overlay's CRI-O drop-in beside the package's own (one renderer per node file)
+    crio_dir = run(["debugfs", "-R", "ls /etc/crio/crio.conf.d", raw]).stdout
+    assert "10-crio.conf" in crio_dir and "20-nodeforge.conf" in crio_dir
+    # applied at once over SSH (not a chroot): the modules file is there for the next boots
+    assert "br_netfilter" in cat(raw, "/etc/modules-load.d/90-nodeforge.conf")
+    assert not run(["debugfs", "-R", "ls /etc/ssh", raw]).stdout.count("ssh_host_")
+    assert "nodeforge-build-" not in cat(raw, "/home/nodeforge-build/.ssh/authorized_keys")
+
+
 def debs(log: list[str]) -> list[str]:
     return [p for p in log if p.endswith(".deb")]
 
@@ -151,6 +179,7 @@ def test_layer_cold_then_hit_asks_the_repository_nothing(tmp_path, served, layer
     assert any(p.endswith("/cri-o_1.35.0-1.1_amd64.deb") for p in log)
     assert len(debs(log)) >= 4
     first = check_image(raw, "ntp1.example.net")
+    check_artifact(tmp_path / "b1", raw)
     [entry] = root.glob("*.qcow2")
     record = json.loads(entry.with_suffix(".json").read_text())
     assert record["sha256"] == run(["sha256sum", entry]).stdout.split()[0]

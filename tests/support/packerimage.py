@@ -4,7 +4,7 @@ A REAL ``packer build`` (Packer's qemu builder, TCG here) from the STAND-IN base
 (``rootfs.build_base_image``: Debian for Ubuntu's cloud image) with the site's real
 provisioning scripts against the STAND-IN apt repository served over HTTP on the host's
 loopback (the build VM reaches it at 10.0.2.2), exactly as tests/integration/
-test_packer_build.py does. The site is rendered for the boot lab's hub (the cached hub
+test_packer_layers.py does. The site is rendered for the boot lab's hub (the cached hub
 identity ``builder boot-test`` uses: its enrollment URL, CA and WireGuard key), as a user
 renders theirs for their hub; and with a SITE TOKEN baked in (``enrollment.site_token``),
 minted beforehand on a lab hub database that ``PackerImage.lab`` keeps, so the image can
