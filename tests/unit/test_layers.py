@@ -193,6 +193,7 @@ def test_a_hit_hashes_the_layer_once_until_it_changes(tmp_path, monkeypatch):
     assert layers.lookup(tmp_path, "k1", 3600) == (img, "hit")
     assert hashed == [img]
     st = img.stat()
+    time.sleep(0.02)  # kernels without fine-grained ctime stamp in clock ticks (<= 10 ms)
     img.write_bytes(b"layer bytez")
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
     found, why = layers.lookup(tmp_path, "k1", 3600)
@@ -207,6 +208,7 @@ def test_a_local_base_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch, "sha256_file", lambda p, *a, **k: calls.append(p) or real(p))
     assert layers.base_digest(base, {}) == layers.base_digest(base, {})
     assert len(calls) == 1
+    time.sleep(0.02)
     base.write_bytes(b"BASE")
     assert layers.base_digest(base, {}) == hashlib.sha256(b"BASE").hexdigest()
     assert len(calls) == 2
