@@ -77,7 +77,7 @@ bench-flash: deps ## Benchmark flash throughput vs dd bs=4M conv=fsync (loop dev
 
 ##@ Test
 
-.PHONY: test test-unit test-integration lint bench bench-hub bench-render bench-remaster bench-packer mutation mutation-ci
+.PHONY: test test-unit test-integration lint bench bench-hub bench-render bench-validate bench-remaster bench-packer mutation mutation-ci
 test: deps lint ## Lint, then every test lane (unit, integration, boot)
 	$(PYTEST) -q --durations=15 tests $(ARGS)
 
@@ -123,8 +123,12 @@ bench-hub: deps ## Enrollment hub load benchmark: 1,000 enrollments, throughput,
 	$(VENV)/bin/python tests/bench/bench_hub.py $(ARGS)
 	$(VENV)/bin/python tests/bench/bench_hub_etcd.py  # 3 hubs on a 3-member etcd vs SQLite
 
-bench-render: deps ## Benchmark render + validate for SITE
+bench-render: deps ## Benchmark render + validate for SITE (then bench-validate)
 	$(VENV)/bin/python tests/bench/bench_render.py $(SITE)
+	$(VENV)/bin/python tests/bench/bench_validate.py $(SITE)
+
+bench-validate: deps ## Benchmark builder validate SITE before/after, cold and unchanged (ARGS='--warm-only'; BEFORE_REV=rev)
+	$(VENV)/bin/python tests/bench/bench_validate.py $(SITE) $(ARGS)
 
 bench-remaster: deps ## Benchmark ISO remaster vs cp of the same >= 1 GiB base ISO
 	$(VENV)/bin/python tests/bench/bench_remaster.py $(ARGS)

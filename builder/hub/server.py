@@ -295,8 +295,9 @@ class HttpServer:
             if close:
                 return
             if not buf:  # kept alive: wait (bounded) for the next request
-                try:
-                    chunk = await asyncio.wait_for(reader.read(4096), self.lim.keepalive_seconds)
+                try:  # asyncio.timeout, not wait_for: no extra task per request
+                    async with asyncio.timeout(self.lim.keepalive_seconds):
+                        chunk = await reader.read(4096)
                 except TimeoutError:
                     return
                 if not chunk:

@@ -16,8 +16,12 @@ the build is one boot of the layer, the site steps and the shutdown.
 
 Integrity: an entry is ``<key>.qcow2`` plus ``<key>.json`` (its size and sha256, the inputs
 and when it was made), each written atomically (temp file, fsync, rename), the qcow2 first.
-Before use the qcow2 is hashed and compared with the record (and Packer checks the same
-sha256 again); a mismatch deletes the entry and the layer is rebuilt from the repositories,
+Before use the qcow2's sha256 is compared with the record (and Packer checks the same
+sha256 again); the qcow2 is hashed on its first use and then again only when its identity or
+change stamps differ (``fetch.file_sha256``: device, inode, size, mtime, ctime; ctime is set
+by the kernel on every change and cannot be set back, see builder/targets/fetch.py), as is
+a local base image (issue 17: the two re-hashes were 14-19 s of a rebuild on a busy disk,
+more than 5 % of it); a mismatch deletes the entry and the layer is rebuilt from the repositories,
 where apt verifies every package against the signed indexes as on any build. Entries older
 than ``BUILDER_LAYER_MAX_AGE_DAYS`` (default 7) are rebuilt, so the main archive's updates
 reach the image at least weekly; ``builder image --force`` rebuilds the layer now.
@@ -42,6 +46,8 @@ from typing import Any
 from builder.errors import BuilderError
 from builder.fsutil import atomic_output, atomic_write, sha256_file
 from builder.paths import cache_dir
+
+from . import fetch
 
 log = logging.getLogger("builder.layers")
 
@@ -134,7 +140,7 @@ def lookup(root: Path, key: str, max_age: float) -> tuple[Path | None, str]:
     have_size = img.stat().st_size
     if have_size != size:
         return _drop(img, meta, f"corrupt: size {have_size}, recorded {size}")
-    have = sha256_file(img)
+    have = fetch.file_sha256(img)  # hashed again only if the file changed since (see above)
     if have != want:
         return _drop(img, meta, f"corrupt: sha256 {have}, recorded {want}")
     return img, "hit"
@@ -203,7 +209,7 @@ def stage_layer_tree(site_tree: Path, pkrvars: Mapping[str, Any], dest: Path) ->
 def base_digest(base_image: Path | None, pkrvars: Mapping[str, Any]) -> str | None:
     """The base image's sha256: hashed when local, else a literal ``sha256:`` checksum."""
     if base_image is not None:
-        return sha256_file(base_image)
+        return fetch.file_sha256(base_image)
     m = _SHA256.fullmatch(str(pkrvars.get("qemu_base_image_checksum", "")).lower())
     return m.group(1) if m else None
 

@@ -10,7 +10,12 @@ stand-in repo on loopback:
 - AFTER: a rebuild with the same package set and another site setting (the NTP server):
   the cached layer is booted and only the site steps run.
 Rounds alternate bare boot and rebuild; the ratio is median(AFTER) / median(bare).
-Prints every run, the medians, the ratios, and the size of the output qcow2 vs the base.
+Prints every run, the medians, the ratios, and the size of the output qcow2 vs the base,
+and where a rebuild's time goes (median per phase): Packer's own log (PACKER_LOG, one-second
+timestamps) split at its UI messages into the checksum + copy of the layer, the boot to SSH,
+the uploads and `cloud-init status --wait`, each provisioning step (provision.sh's `--- step`
+lines), the shutdown and `qemu-img convert`; the rest of the wall time is ours (layer lookup
+and its sha256, render-side set-up, the manifest and the output's sha256).
 
     .venv/bin/python tests/bench/bench_packer.py [--runs N] [--before-runs N]
 """
@@ -18,10 +23,12 @@ Prints every run, the medians, the ratios, and the size of the output qcow2 vs t
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -43,6 +50,7 @@ from tests.support.rootfs import build_base_image  # noqa: E402
 from tests.support.standins import build_standin_repo  # noqa: E402
 
 MEMORY_MB, CPUS = 1024, 2
+PHASES: list[dict[str, float]] = []  # per packer_build, in order
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -117,6 +125,61 @@ def bare_boot(base, work: Path) -> float:
         return time.monotonic() - start
 
 
+_LOGLINE = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) (.*)$")
+_UI = re.compile(r"^ui(?: error)?: (?:==> )?\s*[\w.-]+: (.*)$")
+
+
+def _phase(msg: str, current: str) -> str:
+    """The phase a Packer UI message starts (or ``current`` when it starts none)."""
+    m = msg.strip()
+    rules = [
+        ("Starting VM", "boot to SSH"),
+        ("Connected to SSH", "uploads + cloud-init status --wait"),
+        ("Gracefully halting", "shutdown"),
+        ("Converting hard drive", "qemu-img convert"),
+    ]
+    for needle, phase in rules:
+        if needle in m:
+            return phase
+    step = re.search(r"--- (\S+)", m)
+    if step:
+        return f"step {step.group(1)}"
+    if re.search(r"\] done$", m) or m.endswith(" done"):
+        return "provision end (cleanup, key removal)"
+    if current == "":
+        return "checksum + copy of the layer"
+    return current
+
+
+def packer_phases(log_path: Path, start: float, end: float) -> dict[str, float]:
+    """Seconds per phase of one Packer run from its PACKER_LOG file (see the docstring)."""
+    events: list[tuple[float, str]] = []
+    last = None
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = _LOGLINE.match(line)
+        if not m:
+            continue
+        ts = datetime.datetime.strptime(m.group(1), "%Y/%m/%d %H:%M:%S").timestamp()
+        last = ts
+        ui = _UI.match(m.group(2))
+        if ui:
+            events.append((ts, ui.group(1)))
+    out: dict[str, float] = {}
+    if not events or last is None:
+        return out
+    first = min(events[0][0], last)
+    phase, since = "checksum + copy of the layer", first
+    for ts, msg in events:
+        new = _phase(msg, phase)
+        if new != phase:
+            out[phase] = out.get(phase, 0.0) + ts - since
+            phase, since = new, ts
+    out[phase] = out.get(phase, 0.0) + last - since
+    out["ours: before Packer (lookup, sha256, set-up)"] = max(0.0, first - start)
+    out["ours: after Packer (manifest, sha256)"] = max(0.0, end - last - 1)
+    return out
+
+
 def packer_build(
     base, work: Path, http_port: int, ntp: str, layers: bool | None = None
 ) -> tuple[float, Path, object]:
@@ -135,6 +198,9 @@ def packer_build(
         qemu_cpus=CPUS,
         disk_size_gb=4,
     )
+    os.environ["PACKER_LOG"] = "1"
+    os.environ["PACKER_LOG_PATH"] = str(work / "packer.log")
+    wall0 = time.time()
     start = time.monotonic()
     result = packer.build_packer_image(
         tree,
@@ -145,6 +211,7 @@ def packer_build(
         layers=layers,
     )
     took = time.monotonic() - start
+    PHASES.append(packer_phases(work / "packer.log", wall0, time.time()))
     assert isinstance(result, packer.PackerResult)
     art = json.loads(result.manifest.read_text())["artifacts"][0]
     return took, result.plan.dist_dir / art["name"], result.layer
@@ -180,6 +247,8 @@ def main() -> None:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.server_address[1]
         bare, after, before = [], [], []
+        after_phases: list[dict[str, float]] = []
+        loads: list[str] = []
 
         def say(msg: str) -> None:
             print(f"{msg}   (load {load()})", file=sys.stderr, flush=True)
@@ -200,12 +269,15 @@ def main() -> None:
         for i in range(args.runs):
             d = work / f"run{i}"
             d.mkdir()
+            loads.append(load())
             bare.append(bare_boot(base, d))
             say(f"round {i + 1}: bare boot to sshd {bare[-1]:.1f} s")
             took, out, layer = packer_build(base, d, port, f"ntp{i}.example.net")
             assert layer is not None and layer.hit, layer
             after.append(took)
-            say(f"round {i + 1}: rebuild, same package set {took:.1f} s")
+            after_phases.append(PHASES[-1])
+            split = ", ".join(f"{k} {v:.0f}" for k, v in PHASES[-1].items())
+            say(f"round {i + 1}: rebuild, same package set {took:.1f} s ({split})")
         server.shutdown()
         b, a = statistics.median(bare), statistics.median(after)
         base_size = os.path.getsize(base.qcow2)
@@ -219,6 +291,17 @@ def main() -> None:
             print(f"COLD: layer + build    {cold:7.1f} s   {cold / b:5.2f} x  (once)")
         print(f"AFTER: rebuild         {a:7.1f} s   {a / b:5.2f} x  (median of {len(after)})")
         print(f"ratio (goal <= 1.5)    {a / b:7.2f} x  (rebuild / bare boot)")
+        pairs = " ".join(f"{x:.1f}/{y:.1f}" for x, y in zip(after, bare, strict=True))
+        print(f"rounds rebuild/bare s  {pairs}")
+        print(f"load at each round     {' '.join(loads)}")
+        if after_phases:
+            n = len(after_phases)
+            print(f"where a rebuild's time goes (median of {n}, s; bare boot {b:.1f}):")
+            names = list(dict.fromkeys(k for ph in after_phases for k in ph))
+            for k in names:
+                vals = [ph.get(k, 0.0) for ph in after_phases]
+                runs = " ".join(f"{v:.0f}" for v in vals)
+                print(f"  {k:44} {statistics.median(vals):7.1f}   runs {runs}")
         print(
             f"output qcow2           {out_size / 2**20:7.1f} MiB  "
             f"({out_size / base_size:.2f} x base {base_size / 2**20:.1f} MiB)"

@@ -55,6 +55,7 @@ def call(
     bind=None,
     timeout=15.0,
     headers=None,
+    close=False,
 ):
     u = urllib.parse.urlsplit(url)
     ctx = _context(ca)
@@ -66,6 +67,8 @@ def call(
         source_address=(bind, 0) if bind else None,
     )
     h = dict(headers or {})
+    if close:  # like the node agent: one request per connection
+        h["Connection"] = "close"
     if token is not None:
         h["Authorization"] = f"Bearer {token}"
     try:
@@ -143,14 +146,23 @@ def cmd_burst(a):
                     raise
         raise AssertionError("unreachable")
 
+    # open loop (--rate): enrollment k of this process is due at start + k / rate, and its
+    # latency counts from then, so time spent waiting for a free thread is counted too
+    due = {i: k / a.rate for k, i in enumerate(idx)} if a.rate else {}
+
     def one(i):
         body, node_id, pub = bodies[i]
         t0 = time.monotonic()
+        if a.rate:
+            t0 = t_start + due[i]
+            time.sleep(max(0.0, t0 - time.monotonic()))
         try:
             if a.keepalive:
                 st, bd = keepalive_call(body)
             else:
-                st, _, bd = call(a.url, a.ca, "POST", "/v1/enroll", a.token, body)
+                st, _, bd = call(
+                    a.url, a.ca, "POST", "/v1/enroll", a.token, body, close=not a.keep_open
+                )
         except (OSError, http.client.HTTPException, ValueError) as exc:
             st, bd = 0, {"error": str(exc)}
         dt = time.monotonic() - t0
@@ -169,6 +181,7 @@ def cmd_burst(a):
 
     if a.start_at:  # several client processes start together, after their set-up
         time.sleep(max(0.0, a.start_at - time.time()))
+    t_start = time.monotonic()
     with cf.ThreadPoolExecutor(a.threads) as ex:
         list(ex.map(one, idx))
     out.close()
@@ -214,6 +227,14 @@ def main():
             p.add_argument("--start-at", type=float, default=0.0)
             p.add_argument(
                 "--keepalive", action="store_true", help="reuse one connection per thread"
+            )
+            p.add_argument(
+                "--keep-open",
+                action="store_true",
+                help="no Connection: close (the node agent before issue 17's round 3)",
+            )
+            p.add_argument(
+                "--rate", type=float, default=0.0, help="enrollments/s offered (0: closed loop)"
             )
         if name == "flood":
             p.add_argument("--n", type=int, default=60)

@@ -573,3 +573,46 @@ def test_gpu_taints_follow_this_machines_gpu_check(tmp_path, ca, capsys, verdict
     assert [t["key"] for t in jc["nodeRegistration"]["taints"]] == keys
     said = "joining without the GPU taints ['nvidia.com/gpu']" in capsys.readouterr().err
     assert said == (verdict in ("absent", "no-driver"))
+
+
+def test_the_agent_asks_for_one_request_per_connection(tmp_path) -> None:
+    """Issue 17: the agent sends `Connection: close`, so the hub answers and closes at once
+    instead of waiting keepalive_seconds for a second request (a real TLS http.server on
+    loopback records the header and the connection's own fate)."""
+    import http.server
+    import threading
+
+    ca_pem, _, srv_pem, srv_key = make_ca_and_server(["127.0.0.1"])
+    (tmp_path / "ca.pem").write_bytes(ca_pem)
+    (tmp_path / "srv.pem").write_bytes(srv_pem)
+    (tmp_path / "srv.key").write_bytes(srv_key)
+    seen: list[str | None] = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive unless the client says otherwise
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Connection"))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b"{}"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"https://127.0.0.1:{srv.server_address[1]}/v1/enroll"
+        st, _, _ = agent.Http(str(tmp_path / "ca.pem"), 10).request("POST", url, "x", {"a": 1})
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert st == 200 and seen == ["close"]

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
 
 from builder.errors import BuilderError
-from builder.targets import layers
+from builder.targets import fetch, layers
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    """The hash records (fetch.file_sha256) go to a cache of the test's own."""
+    monkeypatch.setenv("BUILDER_CACHE_DIR", str(tmp_path / "cache"))
+
 
 ENV = [
     "NF_TOOL=nodeforge",
@@ -166,3 +174,41 @@ def test_staged_layer_tree_has_only_the_package_variables(tmp_path):
     assert layers.layer_key(layers.layer_inputs(site, pkrvars, "0" * 64)) == key
     (site / "scripts" / "common.sh").write_text("# changed\n")
     assert layers.layer_key(layers.layer_inputs(site, pkrvars, "0" * 64)) != key
+
+
+def test_a_hit_hashes_the_layer_once_until_it_changes(tmp_path, monkeypatch):
+    """Issue 17: the layer is hashed on its first use; later hits trust the recorded hash
+    while the file's stamps are unchanged; any write (same size, even with the old mtime
+    put back) changes ctime, and the layer is hashed again and dropped."""
+    img = entry(tmp_path, "k1", b"layer bytes")
+    hashed: list[Path] = []
+    real = fetch.sha256_file
+
+    def counting(path, *a, **k):
+        hashed.append(Path(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(fetch, "sha256_file", counting)
+    assert layers.lookup(tmp_path, "k1", 3600) == (img, "hit")
+    assert layers.lookup(tmp_path, "k1", 3600) == (img, "hit")
+    assert hashed == [img]
+    st = img.stat()
+    time.sleep(0.02)  # kernels without fine-grained ctime stamp in clock ticks (<= 10 ms)
+    img.write_bytes(b"layer bytez")
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    found, why = layers.lookup(tmp_path, "k1", 3600)
+    assert found is None and why.startswith("corrupt: sha256") and hashed == [img, img]
+
+
+def test_a_local_base_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    base = tmp_path / "base.img"
+    base.write_bytes(b"base")
+    calls = []
+    real = fetch.sha256_file
+    monkeypatch.setattr(fetch, "sha256_file", lambda p, *a, **k: calls.append(p) or real(p))
+    assert layers.base_digest(base, {}) == layers.base_digest(base, {})
+    assert len(calls) == 1
+    time.sleep(0.02)
+    base.write_bytes(b"BASE")
+    assert layers.base_digest(base, {}) == hashlib.sha256(b"BASE").hexdigest()
+    assert len(calls) == 2
