@@ -211,3 +211,18 @@ def test_a_conflict_is_counted_and_shown_on_metrics(cluster, tmp_path, clock):
     text = m.render({}, store_counts(a))
     assert 'nodeforge_hub_store_conflicts_total{hub="hub-a"} 3\n' in text
     assert 'nodeforge_hub_store_giveups_total{hub="hub-a"} 0\n' in text
+
+
+def test_revoking_a_node_drops_its_route_report(store, cluster):
+    """`builder hub revoke` must not leave the node's last `POST /v1/route` report behind
+    (``builder hub nodes`` showed a revoked node still routing through a hub); the report
+    goes in the same transaction as the revocation, the other nodes' reports stay."""
+    token, _ = store.create_token("lab", 2, 600, False)
+    gone, kept = (store.enroll(base.req(token, n)).node["node_id"] for n in (1, 2))
+    for node_id in (gone, kept):
+        store.set_route(node_id, {"hub": "hub-b", "hub_ip": "10.100.0.2", "at": 1.0})
+    assert set(store.routes()) == {gone, kept}
+    store.revoke_node(gone)
+    assert set(store.routes()) == {kept}
+    _, kvs = store.client.range(f"{store.cfg.prefix}/routes/{gone}")
+    assert kvs == []  # deleted, not emptied

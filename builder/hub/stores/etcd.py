@@ -8,7 +8,8 @@ Layout under ``prefix`` (``hub.json`` ``store.prefix``)::
     PREFIX/state/rev               written by every state change: the compare-and-swap key
     PREFIX/audit/<ns>-<hub>-<n>    JSON list of the audit rows of one transaction
     PREFIX/hubs/<name>             a hub: public key, endpoint, overlay address
-    PREFIX/routes/<node_id>        the hub a node last reported routing through (api.route)
+    PREFIX/routes/<node_id>        the hub a node last reported routing through (api.route);
+                                   deleted with the node's revocation
 
 Every change is optimistic and serializable: read the whole ``state/`` range at one revision
 (one linearizable range call), run the SAME rules the SQLite store runs (``store.Store`` and
@@ -38,7 +39,7 @@ from builder.errors import BuilderError
 
 from ..config import StoreConfig
 from ..store import SCHEMA, EnrollRequest, Outcome, Pool, Store
-from .etcd_client import EtcdClient, StoreUnavailable, b64, prefix_end, put
+from .etcd_client import EtcdClient, StoreUnavailable, b64, delete, prefix_end, put
 
 log = logging.getLogger("nodeforge.hub")
 T = TypeVar("T")
@@ -217,7 +218,9 @@ class EtcdStore:
             seq = self._seq
         return f"{self.audit_prefix}{time.time_ns():020d}-{self.name}-{seq:08d}"
 
-    def _commit(self, snap: _Snapshot) -> bool:
+    def _commit(self, snap: _Snapshot, also: Sequence[dict[str, Any]] = ()) -> bool:
+        """Write the snapshot's changes (and ``also``, operations outside ``state/``) in
+        one transaction, if nobody else changed ``state/`` since the snapshot was read."""
         ops = [put(self.state + k, v) for k, v in snap.changes().items()]
         audit = snap.audit_rows()
         extra = [put(self._audit_key(), json.dumps(audit))] if audit else []
@@ -230,19 +233,19 @@ class EtcdStore:
         else:
             cmp = {"target": "VERSION", "result": "EQUAL", "version": "0"}
         cmp["key"] = b64(self.marker)
-        ok, rev = self.client.txn_rev([cmp], [*ops, put(self.marker, self.name), *extra])
+        ok, rev = self.client.txn_rev([cmp], [*ops, put(self.marker, self.name), *also, *extra])
         if ok:  # the snapshot now is the state at ``rev``: nobody else wrote in between
             snap.rev = snap.marker_mod = rev
         return ok
 
-    def _mutate(self, fn: Callable[[_Snapshot], T]) -> T:
+    def _mutate(self, fn: Callable[[_Snapshot], T], also: Sequence[dict[str, Any]] = ()) -> T:
         for attempt in range(ATTEMPTS):
             snap = self._snapshot()
             snap.begin()
             c = snap.conn()
             try:
                 result = fn(snap)
-                ok = self._commit(snap)
+                ok = self._commit(snap, also)
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
@@ -291,7 +294,9 @@ class EtcdStore:
         return self._mutate(lambda s: s.approve(node_id))
 
     def revoke_node(self, node_id: str) -> dict[str, Any]:
-        return self._mutate(lambda s: s.revoke_node(node_id))
+        """The SQLite rules, and the node's route report dropped in the same transaction
+        (``builder hub nodes`` would show a revoked node still routing through a hub)."""
+        return self._mutate(lambda s: s.revoke_node(node_id), also=[delete(self._route(node_id))])
 
     def set_bootstrap_token(
         self, node_id: str, token_id: str | None, remote: str | None = None
@@ -345,9 +350,12 @@ class EtcdStore:
         return [json.loads(v) for _, v, _ in self.client.range(p, prefix_end(p))[1]]
 
     # -- which hub each node routes through (the node's own report, see api.route) -----
+    def _route(self, node_id: str) -> str:
+        return f"{self.cfg.prefix}/routes/{node_id}"
+
     def set_route(self, node_id: str, info: dict[str, Any]) -> None:
         """Last writer wins, per node, outside ``state/``: no compare, no watch event."""
-        self.client.txn([], [put(f"{self.cfg.prefix}/routes/{node_id}", json.dumps(info))])
+        self.client.txn([], [put(self._route(node_id), json.dumps(info))])
 
     def routes(self) -> dict[str, dict[str, Any]]:
         p = f"{self.cfg.prefix}/routes/"
