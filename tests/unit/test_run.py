@@ -27,7 +27,7 @@ pytestmark = pytest.mark.allow_subprocess
 PY = sys.executable
 
 
-CHILD_LIFETIME = 60  # seconds a child below lives unless it is ended
+CHILD_LIFETIME = 120  # seconds a child below lives unless it is ended
 
 
 def _child(body: str) -> list[str]:
@@ -157,14 +157,32 @@ def sigint_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def test_packer_timeout_interrupts_then_kills(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A timed-out `packer build` gets SIGINT (to clean up), then SIGKILL if it lingers."""
+def test_packer_timeout_interrupts_packer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timed-out `packer build` gets SIGINT, to clean up and exit by itself."""
     marker = tmp_path / "got-sigint"
     body = (
-        "import signal, time, pathlib\n"
-        f"signal.signal(signal.SIGINT, lambda *a: pathlib.Path({str(marker)!r}).touch())\n"
+        "import signal, sys, time, pathlib\n"
+        "def cancel(*a):\n"
+        f"    pathlib.Path({str(marker)!r}).touch()\n"
+        "    sys.exit(1)\n"
+        "signal.signal(signal.SIGINT, cancel)\n"
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
+        f"time.sleep({CHILD_LIFETIME})\n"
+    )
+    # the grace time is never used up: the child exits on SIGINT, however late it starts
+    monkeypatch.setattr(packer, "PACKER_STOP_SECONDS", 10 * CHILD_LIFETIME)
+    t0 = time.monotonic()
+    with sigint_held(), pytest.raises(BuilderError, match="timed out after 0.2 s"):
+        packer._stream([PY, "-c", body], timeout=0.2)
+    assert marker.exists()
+    assert time.monotonic() - t0 < CHILD_LIFETIME  # ended by the SIGINT, not its own end
+
+
+def test_packer_timeout_kills_a_packer_that_lingers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """...and SIGKILL when it is still there after PACKER_STOP_SECONDS."""
+    body = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
         f"time.sleep({CHILD_LIFETIME})\n"
     )
@@ -172,9 +190,7 @@ def test_packer_timeout_interrupts_then_kills(
     t0 = time.monotonic()
     with sigint_held(), pytest.raises(BuilderError, match="timed out after 0.2 s"):
         packer._stream([PY, "-c", body], timeout=0.2)
-    assert marker.exists()  # interrupted first...
-    # ...then killed, not waited out (it lives CHILD_LIFETIME s and its handler returns)
-    assert time.monotonic() - t0 < CHILD_LIFETIME
+    assert time.monotonic() - t0 < CHILD_LIFETIME  # killed, not waited out
 
 
 @pytest.mark.allow_subprocess
