@@ -59,7 +59,7 @@ def node(tmp_path: Path, **over: object) -> Path:
 
 
 def run_agent(
-    tmp_path: Path, config: Path, *args: str, timeout: float = 120
+    tmp_path: Path, config: Path, *args: str, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     bin_dir = tmp_path / "bin"
     return subprocess.run(
@@ -113,7 +113,7 @@ def test_failover_without_wg_stops_instead_of_waiting_forever(tmp_path: Path) ->
     }
     (state / "enrollment.json").write_text(json.dumps(enr))
     try:
-        proc = run_agent(tmp_path, config, "--failover", "--interval", "0.2", timeout=30)
+        proc = run_agent(tmp_path, config, "--failover", "--interval", "0.2", timeout=240)
     except subprocess.TimeoutExpired:
         pytest.fail("the failover loop waited for an interface that `wg` cannot show")
     assert proc.returncode == EXIT_NOTINSTALLED, proc.stderr
