@@ -226,3 +226,16 @@ def test_revoking_a_node_drops_its_route_report(store, cluster):
     assert set(store.routes()) == {kept}
     _, kvs = store.client.range(f"{store.cfg.prefix}/routes/{gone}")
     assert kvs == []  # deleted, not emptied
+
+
+def test_a_node_replaced_by_its_reinstall_loses_its_route_report(store):
+    """Approving a reinstall (same hardware fingerprint, new identity) revokes the old node:
+    its route report goes with it, in the same transaction."""
+    token, _ = store.create_token("lab", 2, 600, False)
+    old = store.enroll(base.req(token, 1, fp="fp-same-box")).node["node_id"]
+    store.set_route(old, {"hub": "hub-a", "hub_ip": "10.100.0.1", "at": 1.0})
+    pending = store.enroll(base.req(token, 2, fp="fp-same-box"))
+    assert pending.status == 202 and pending.node["replaces"] == old
+    store.approve(pending.node["node_id"])
+    assert store.node(old)["state"] == "revoked"
+    assert old not in store.routes()

@@ -9,7 +9,7 @@ Layout under ``prefix`` (``hub.json`` ``store.prefix``)::
     PREFIX/audit/<ns>-<hub>-<n>    JSON list of the audit rows of one transaction
     PREFIX/hubs/<name>             a hub: public key, endpoint, overlay address
     PREFIX/routes/<node_id>        the hub a node last reported routing through (api.route);
-                                   deleted with the node's revocation
+                                   deleted in the transaction that revokes the node
 
 Every change is optimistic and serializable: read the whole ``state/`` range at one revision
 (one linearizable range call), run the SAME rules the SQLite store runs (``store.Store`` and
@@ -218,10 +218,18 @@ class EtcdStore:
             seq = self._seq
         return f"{self.audit_prefix}{time.time_ns():020d}-{self.name}-{seq:08d}"
 
-    def _commit(self, snap: _Snapshot, also: Sequence[dict[str, Any]] = ()) -> bool:
-        """Write the snapshot's changes (and ``also``, operations outside ``state/``) in
-        one transaction, if nobody else changed ``state/`` since the snapshot was read."""
-        ops = [put(self.state + k, v) for k, v in snap.changes().items()]
+    def _commit(self, snap: _Snapshot) -> bool:
+        """Write the snapshot's changes in one transaction, if nobody else changed
+        ``state/`` since the snapshot was read. A node that ends revoked (``builder hub
+        revoke``, or replaced by an approved reinstall) loses its route report in the same
+        transaction: ``builder hub nodes`` would show it still routing through a hub."""
+        changes = snap.changes()
+        ops = [put(self.state + k, v) for k, v in changes.items()]
+        also = [
+            delete(self._route(k.partition("/")[2]))
+            for k, v in changes.items()
+            if k.startswith("node/") and v and json.loads(v).get("state") == "revoked"
+        ]  # only revoke and approve revoke a node: enrollment chunks keep their op budget
         audit = snap.audit_rows()
         extra = [put(self._audit_key(), json.dumps(audit))] if audit else []
         if not ops:  # nothing changed (a denial, a replay): only the audit rows
@@ -238,14 +246,14 @@ class EtcdStore:
             snap.rev = snap.marker_mod = rev
         return ok
 
-    def _mutate(self, fn: Callable[[_Snapshot], T], also: Sequence[dict[str, Any]] = ()) -> T:
+    def _mutate(self, fn: Callable[[_Snapshot], T]) -> T:
         for attempt in range(ATTEMPTS):
             snap = self._snapshot()
             snap.begin()
             c = snap.conn()
             try:
                 result = fn(snap)
-                ok = self._commit(snap, also)
+                ok = self._commit(snap)
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
@@ -294,9 +302,7 @@ class EtcdStore:
         return self._mutate(lambda s: s.approve(node_id))
 
     def revoke_node(self, node_id: str) -> dict[str, Any]:
-        """The SQLite rules, and the node's route report dropped in the same transaction
-        (``builder hub nodes`` would show a revoked node still routing through a hub)."""
-        return self._mutate(lambda s: s.revoke_node(node_id), also=[delete(self._route(node_id))])
+        return self._mutate(lambda s: s.revoke_node(node_id))
 
     def set_bootstrap_token(
         self, node_id: str, token_id: str | None, remote: str | None = None
