@@ -185,6 +185,7 @@ def watch_file(
     """Show the growth of ``path`` (written by another program) while the block runs."""
     prog = Progress(label, total, stream)
     stop = threading.Event()
+    lock = threading.Lock()  # the poller and the last look at the end: one at a time
 
     def size() -> int:
         try:
@@ -192,19 +193,21 @@ def watch_file(
         except OSError:
             return 0
 
-    def run() -> None:
-        while not stop.wait(poll):
+    def look() -> None:
+        with lock:
             grown = size() - prog.done
             if grown > 0:
                 prog.update(grown)
+
+    def run() -> None:
+        while not stop.wait(poll):
+            look()
 
     thread = threading.Thread(target=run, name=f"progress {label}", daemon=True)
     thread.start()
     try:
         yield prog
-        grown = size() - prog.done
-        if grown > 0:
-            prog.update(grown)
+        look()
     finally:
         stop.set()
         thread.join()
@@ -218,17 +221,20 @@ def ticker(
     *,
     poll: float = 1.0,
     stream: IO[str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[Progress]:
     """Show elapsed time (against ``timeout``) while the block waits on something else."""
     total = int(timeout) if timeout else None
     prog = Progress(label, total, stream, unit="s")
     stop = threading.Event()
-    t0 = time.monotonic()
+    lock = threading.Lock()  # the ticking thread and the last tick at the end: one at a time
+    t0 = clock()
 
     def tick() -> None:
-        elapsed = int(time.monotonic() - t0)
-        if elapsed > prog.done:
-            prog.update(elapsed - prog.done)
+        with lock:
+            elapsed = int(clock() - t0)
+            if elapsed > prog.done:
+                prog.update(elapsed - prog.done)
 
     def run() -> None:
         while not stop.wait(poll):

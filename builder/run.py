@@ -134,31 +134,48 @@ def popen(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> subproces
     return subprocess.Popen(args, **kwargs)  # type: ignore[call-overload,no-any-return]
 
 
+def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool) -> None:
+    """``sig`` to ``proc``, or with ``group`` to every process of its process group (the
+    child leads it: ``spawn(..., session=True)``); nothing when none is left."""
+    with suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+
+
 def stop(
     proc: subprocess.Popen[bytes],
     timeout: float = 10.0,
     *,
     sig: signal.Signals | None = signal.SIGTERM,
+    group: bool = False,
 ) -> int:
     """End ``proc`` and reap it; return its exit status (negative: killed by a signal).
 
     A child still running gets ``sig`` (``None``: no signal, it was already told to go,
     e.g. by the terminal's Ctrl-C), then up to ``timeout`` seconds to exit, then SIGKILL.
     It is always waited for, so no zombie is left behind.
+
+    ``group``: ``proc`` leads its own process group (``spawn(..., session=True)``): the
+    signals go to the whole group, and whatever of the group outlives ``proc`` (a program
+    it started and did not end, e.g. Packer's QEMU) is killed once ``proc`` is gone.
     """
-    if proc.poll() is None:
-        if sig is not None:
-            with suppress(ProcessLookupError):
-                proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.debug("pid %d still running %g s after %s: killing it", proc.pid, timeout, sig)
-        finally:  # also when the wait itself is interrupted (a second Ctrl-C)
-            if proc.poll() is None:
-                with suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+    try:
+        if proc.poll() is None:
+            if sig is not None:
+                _signal(proc, sig, group)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.debug("pid %d still running %g s after %s: killing it", proc.pid, timeout, sig)
+            finally:  # also when the wait itself is interrupted (a second Ctrl-C)
+                if proc.poll() is None:
+                    _signal(proc, signal.SIGKILL, group)
+                    proc.wait()
+    finally:
+        if group:  # the leader is reaped, its group id is not reused while members live
+            _signal(proc, signal.SIGKILL, True)
     return proc.returncode
 
 
@@ -168,19 +185,27 @@ def spawn(
     *,
     stop_timeout: float = 10.0,
     stop_signal: signal.Signals = signal.SIGTERM,
+    session: bool = False,
     **kwargs: object,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``argv`` (like ``popen``) for the length of a ``with`` block.
 
     Leaving the block ends a child still running with ``stop(proc, stop_timeout,
     sig=stop_signal)``, whether the block finished or raised; its pipes are closed.
+
+    ``session``: the child starts a session (and process group) of its own, so that the
+    programs it starts can be ended with it: leaving the block signals the whole group and
+    kills what is left of it (``stop(..., group=True)``). The terminal's Ctrl-C then no
+    longer reaches the child: the caller passes it on (``stop``) when it sees one.
     """
+    if session:
+        kwargs["start_new_session"] = True
     proc = popen(argv, **kwargs)
     try:
         yield proc
     finally:
         try:
-            stop(proc, stop_timeout, sig=stop_signal)
+            stop(proc, stop_timeout, sig=stop_signal, group=session)
         finally:
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:

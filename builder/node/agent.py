@@ -12,8 +12,9 @@ hub and report the hub it goes through (``HubRoute``, ``failover_loop``).
 
 Every line it prints starts with ``nodeforge-enroll: step=<step>`` so ``journalctl -u
 nodeforge-enroll`` shows where it stopped. Exit codes: 0 done, 75 temporary failure
-(systemd restarts it), 78 permanent failure (bad token, revoked, bad config: the unit's
-RestartPreventExitStatus stops the loop).
+(systemd restarts it), 78 permanent failure (bad token, revoked, bad config), 5 a program it
+needs (wg, wg-quick) is not installed; the unit's RestartPreventExitStatus stops the loop on
+both (systemd names them CONFIG and NOTINSTALLED: UPSTREAM.md).
 
 Clock, sleep, randomness, HTTP and commands are injected so the unit tests run the whole
 state machine without sleeping, without a network and without root.
@@ -47,17 +48,22 @@ from typing import Any
 
 PREFIX = "nodeforge-enroll:"
 DEFAULT_CONFIG = "/etc/nodeforge/node.json"
-EXIT_OK, EXIT_RETRY, EXIT_STOP = 0, 75, 78
+EXIT_OK, EXIT_RETRY, EXIT_STOP, EXIT_NOTINSTALLED = 0, 75, 78, 5
 FAILOVER_UNIT = "nodeforge-failover.service"  # builder/node/nodeforge-failover.service
 # host names that name no machine: none at all, and systemd's fallback when /etc/hostname is
 # missing or empty (hostname(5), "HOSTNAME SEMANTICS": static, then transient, then the
 # fallback, "localhost" unless built otherwise; manpages.ubuntu.com noble systemd 255, checked
 # 2026-11-30)
 PLACEHOLDER_HOSTNAMES = ("", "localhost")
+PACKAGES_OF = {"wg": "wireguard-tools", "wg-quick": "wireguard-tools"}  # for the message
 
 
 class Stop(Exception):
     """Permanent failure: retrying cannot help (exit 78)."""
+
+
+class NotInstalled(Stop):
+    """A program the agent runs is missing: no restart brings it back (exit 5)."""
 
 
 class Retry(Exception):
@@ -166,6 +172,10 @@ class System:
         except subprocess.TimeoutExpired:
             return 124, f"{argv[0]}: timed out after {timeout:g}s"
         return p.returncode, (p.stdout or "") + (p.stderr or "")
+
+    def which(self, program: str) -> str | None:
+        """The path ``run`` would execute for ``program`` (a name on PATH, or a path)."""
+        return shutil.which(program)
 
     def resolve(self, host: str, port: int) -> str:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -340,6 +350,13 @@ exec @REAL@ "$@"
 """
 
 
+def not_installed(system: System, programs: list[str]) -> list[str]:
+    """The ``programs`` that ``system`` cannot find (none for a System without ``which``: a
+    test double that runs nothing real)."""
+    which = getattr(system, "which", None)
+    return [p for p in programs if which is not None and which(p) is None]
+
+
 # -- the state machine ---------------------------------------------------------------------
 class Agent:
     def __init__(
@@ -374,6 +391,7 @@ class Agent:
             log("done", "already joined", marker=self.cfg.joined_marker)
             return EXIT_OK
         try:
+            self.check_programs()
             self.check_ca()
             self.wait_for_network()
             key, pub = self.ensure_key()
@@ -390,7 +408,7 @@ class Agent:
         except Stop as exc:
             log("failed", f"permanent failure, not retrying: {exc}")
             self.sys.console(self.cfg.console_file, f"{PREFIX} FAILED, not retrying: {exc}")
-            return EXIT_STOP
+            return EXIT_NOTINSTALLED if isinstance(exc, NotInstalled) else EXIT_STOP
         except Retry as exc:
             log("failed", f"will retry (systemd restarts this unit): {exc}")
             return EXIT_RETRY
@@ -407,6 +425,17 @@ class Agent:
             log("failover", f"could not start {unit}: {out.strip()[-200:]}")
         else:
             log("failover", "started", unit=unit)
+
+    # 0. the programs this run needs, before the one-time token is spent on an enrollment
+    def check_programs(self) -> None:
+        """A missing ``wg``/``wg-quick`` is not transient: say so once and stop."""
+        missing = not_installed(self.sys, [self.cfg.wg, self.cfg.wg_quick])
+        if missing:
+            raise NotInstalled(
+                f"{', '.join(missing)} not installed (not found on PATH): this image lacks "
+                f"{PACKAGES_OF.get(Path(missing[0]).name, Path(missing[0]).name)}; "
+                "rebuild the image (the provisioning installs it)"
+            )
 
     # 0. trust anchor
     def check_ca(self) -> None:
@@ -989,6 +1018,11 @@ def failover_loop(
     hubs.sort(key=lambda h: ipaddress.IPv4Address(h["overlay_ip"]))
     port = urllib.parse.urlsplit(enr["join_url"]).port or 443
     system = System()
+    if not_installed(system, [cfg.wg]):
+        msg = f"{cfg.wg} not installed (not found on PATH): cannot move the overlay route"
+        log("failover", f"permanent failure, not retrying: {msg}")
+        system.console(cfg.console_file, f"{PREFIX} failover FAILED, not retrying: {msg}")
+        return EXIT_NOTINSTALLED
     # at boot this unit may start before wg-quick@ has brought the interface up: wait for it,
     # the range is where its config put it (the hub that enrolled the node), not guessed
     holder = route_holder(cfg.wg, cfg.interface, enr, system)

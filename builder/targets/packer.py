@@ -433,12 +433,17 @@ def _stream(argv: list[str], timeout: float | None) -> None:
         err = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a captured stderr (tests): use fd 2
         err = 2
-    # leaving the block early (timeout, error) sends SIGINT: Packer then removes the build
-    # VM/instance it made, given up to 5 minutes before it is killed
+    # Packer runs in a session of its own, with its plugins and QEMU: leaving the block
+    # early (timeout, error, Ctrl-C, SIGTERM) sends SIGINT to that whole group, as a
+    # terminal's Ctrl-C does (Packer's outer process ignores a SIGINT sent to it alone:
+    # UPSTREAM.md), so Packer removes the build VM/instance it made; it gets up to 5 minutes
+    # before the group is killed, and nothing of the group outlives the block (a QEMU left
+    # behind kept a core busy and the build disk open)
     with spawn(
         argv,
         stop_signal=signal.SIGINT,
         stop_timeout=PACKER_STOP_SECONDS,
+        session=True,
         stdout=err,
         stderr=err,
         env={**os.environ, **_env()},
@@ -446,8 +451,8 @@ def _stream(argv: list[str], timeout: float | None) -> None:
         try:
             rc = proc.wait(timeout=timeout)
         except KeyboardInterrupt:
-            # the terminal sent SIGINT to Packer as well: let it clean up, do not signal again
-            stop(proc, PACKER_STOP_SECONDS, sig=None)
+            # in its own session Packer did not see the terminal's Ctrl-C: pass it on
+            stop(proc, PACKER_STOP_SECONDS, sig=signal.SIGINT, group=True)
             raise
         except TimeoutExpired as exc:
             raise BuilderError(f"packer build timed out after {timeout:g} s") from exc

@@ -211,3 +211,31 @@ def test_a_conflict_is_counted_and_shown_on_metrics(cluster, tmp_path, clock):
     text = m.render({}, store_counts(a))
     assert 'nodeforge_hub_store_conflicts_total{hub="hub-a"} 3\n' in text
     assert 'nodeforge_hub_store_giveups_total{hub="hub-a"} 0\n' in text
+
+
+def test_revoking_a_node_drops_its_route_report(store, cluster):
+    """`builder hub revoke` must not leave the node's last `POST /v1/route` report behind
+    (``builder hub nodes`` showed a revoked node still routing through a hub); the report
+    goes in the same transaction as the revocation, the other nodes' reports stay."""
+    token, _ = store.create_token("lab", 2, 600, False)
+    gone, kept = (store.enroll(base.req(token, n)).node["node_id"] for n in (1, 2))
+    for node_id in (gone, kept):
+        store.set_route(node_id, {"hub": "hub-b", "hub_ip": "10.100.0.2", "at": 1.0})
+    assert set(store.routes()) == {gone, kept}
+    store.revoke_node(gone)
+    assert set(store.routes()) == {kept}
+    _, kvs = store.client.range(f"{store.cfg.prefix}/routes/{gone}")
+    assert kvs == []  # deleted, not emptied
+
+
+def test_a_node_replaced_by_its_reinstall_loses_its_route_report(store):
+    """Approving a reinstall (same hardware fingerprint, new identity) revokes the old node:
+    its route report goes with it, in the same transaction."""
+    token, _ = store.create_token("lab", 2, 600, False)
+    old = store.enroll(base.req(token, 1, fp="fp-same-box")).node["node_id"]
+    store.set_route(old, {"hub": "hub-a", "hub_ip": "10.100.0.1", "at": 1.0})
+    pending = store.enroll(base.req(token, 2, fp="fp-same-box"))
+    assert pending.status == 202 and pending.node["replaces"] == old
+    store.approve(pending.node["node_id"])
+    assert store.node(old)["state"] == "revoked"
+    assert old not in store.routes()

@@ -8,7 +8,8 @@ Layout under ``prefix`` (``hub.json`` ``store.prefix``)::
     PREFIX/state/rev               written by every state change: the compare-and-swap key
     PREFIX/audit/<ns>-<hub>-<n>    JSON list of the audit rows of one transaction
     PREFIX/hubs/<name>             a hub: public key, endpoint, overlay address
-    PREFIX/routes/<node_id>        the hub a node last reported routing through (api.route)
+    PREFIX/routes/<node_id>        the hub a node last reported routing through (api.route);
+                                   deleted in the transaction that revokes the node
 
 Every change is optimistic and serializable: read the whole ``state/`` range at one revision
 (one linearizable range call), run the SAME rules the SQLite store runs (``store.Store`` and
@@ -38,7 +39,7 @@ from builder.errors import BuilderError
 
 from ..config import StoreConfig
 from ..store import SCHEMA, EnrollRequest, Outcome, Pool, Store
-from .etcd_client import EtcdClient, StoreUnavailable, b64, prefix_end, put
+from .etcd_client import EtcdClient, StoreUnavailable, b64, delete, prefix_end, put
 
 log = logging.getLogger("nodeforge.hub")
 T = TypeVar("T")
@@ -218,7 +219,17 @@ class EtcdStore:
         return f"{self.audit_prefix}{time.time_ns():020d}-{self.name}-{seq:08d}"
 
     def _commit(self, snap: _Snapshot) -> bool:
-        ops = [put(self.state + k, v) for k, v in snap.changes().items()]
+        """Write the snapshot's changes in one transaction, if nobody else changed
+        ``state/`` since the snapshot was read. A node that ends revoked (``builder hub
+        revoke``, or replaced by an approved reinstall) loses its route report in the same
+        transaction: ``builder hub nodes`` would show it still routing through a hub."""
+        changes = snap.changes()
+        ops = [put(self.state + k, v) for k, v in changes.items()]
+        also = [
+            delete(self._route(k.partition("/")[2]))
+            for k, v in changes.items()
+            if k.startswith("node/") and v and json.loads(v).get("state") == "revoked"
+        ]  # only revoke and approve revoke a node: enrollment chunks keep their op budget
         audit = snap.audit_rows()
         extra = [put(self._audit_key(), json.dumps(audit))] if audit else []
         if not ops:  # nothing changed (a denial, a replay): only the audit rows
@@ -230,7 +241,7 @@ class EtcdStore:
         else:
             cmp = {"target": "VERSION", "result": "EQUAL", "version": "0"}
         cmp["key"] = b64(self.marker)
-        ok, rev = self.client.txn_rev([cmp], [*ops, put(self.marker, self.name), *extra])
+        ok, rev = self.client.txn_rev([cmp], [*ops, put(self.marker, self.name), *also, *extra])
         if ok:  # the snapshot now is the state at ``rev``: nobody else wrote in between
             snap.rev = snap.marker_mod = rev
         return ok
@@ -345,9 +356,12 @@ class EtcdStore:
         return [json.loads(v) for _, v, _ in self.client.range(p, prefix_end(p))[1]]
 
     # -- which hub each node routes through (the node's own report, see api.route) -----
+    def _route(self, node_id: str) -> str:
+        return f"{self.cfg.prefix}/routes/{node_id}"
+
     def set_route(self, node_id: str, info: dict[str, Any]) -> None:
         """Last writer wins, per node, outside ``state/``: no compare, no watch event."""
-        self.client.txn([], [put(f"{self.cfg.prefix}/routes/{node_id}", json.dumps(info))])
+        self.client.txn([], [put(self._route(node_id), json.dumps(info))])
 
     def routes(self) -> dict[str, dict[str, Any]]:
         p = f"{self.cfg.prefix}/routes/"
