@@ -105,15 +105,22 @@ MUTANTS ?= builder.hub.tokens.* builder.hub.provider.* builder.site.credentials.
   builder.flash.blockdev.*
 MUTANTS_CI := builder.hub.tokens.* builder.hub.provider.*
 MUTMUT := $(VENV)/bin/python tests/mutation/mutmut_run.py
+# mutants run with a private, empty /dev (no block device reachable; see the script); afterwards
+# the host's /dev must hold no regular file (one would mean a mutant escaped the sandbox)
+SANDBOX := tests/mutation/sandbox.sh
+DEV_CHECK := @stray=$$(find /dev -maxdepth 1 -type f); \
+  if [ -n "$$stray" ]; then echo "regular files under /dev after the run: $$stray" >&2; exit 1; fi
 JOBS ?= 2
 
 mutation: deps ## Mutation testing (slow, ~1 h): per-module score, survivors listed (MUTANTS='pattern …')
-	$(MUTMUT) run --max-children $(JOBS) $(foreach m,$(MUTANTS),'$(m)') >/dev/null
+	$(SANDBOX) $(MUTMUT) run --max-children $(JOBS) $(foreach m,$(MUTANTS),'$(m)') >/dev/null
+	$(DEV_CHECK)
 	$(VENV)/bin/python tests/mutation/score.py --min 85 --survivors
 
 mutation-ci: deps ## Mutation testing on a fixed budget (hub tokens + provider): fails under 85%
 	rm -rf mutants
-	$(MUTMUT) run --max-children $(JOBS) $(foreach m,$(MUTANTS_CI),'$(m)') >/dev/null
+	$(SANDBOX) $(MUTMUT) run --max-children $(JOBS) $(foreach m,$(MUTANTS_CI),'$(m)') >/dev/null
+	$(DEV_CHECK)
 	$(VENV)/bin/python tests/mutation/score.py --min 85 --survivors
 
 bench: deps ## Run every benchmark script in tests/bench (figures and ratios vs baselines)
