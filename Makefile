@@ -102,7 +102,21 @@ lint: deps ## ruff (format check + lint), mypy, the import layering contract, mo
 MUTANTS ?= builder.hub.tokens.* builder.hub.provider.* builder.site.credentials.* \
   builder.site.render.x_write_tree* builder.site.render.x_render_site* \
   builder.site.render.x_secret_files* builder.site.checks.* builder.flash.flasher.* \
-  builder.flash.blockdev.*
+  builder.flash.blockdev.* $(MUTANTS_HUB) $(MUTANTS_AGENT)
+# hub: the store (allocation, token use, re-enrollment, revocation), the writer, the api's
+# request checks (tunnel/peer, node secret, limits, credentials in the URL) and body checks
+MUTANTS_HUB := builder.hub.store.* builder.hub.enroll.* builder.hub.writer.* \
+  builder.hub.wire.* builder.hub.api.xǁHubǁ_route* builder.hub.api.xǁHubǁauth_* \
+  builder.hub.api.xǁHubǁenroll* builder.hub.api.xǁHubǁtunnel_node* \
+  builder.hub.api.xǁHubǁ_join* builder.hub.api.xǁHubǁ_complete*
+# the node agent: CA pin, enrollment, join (not its network wait, failover or logging)
+MUTANTS_AGENT := builder.node.agent.x_ca_pin_of* builder.node.agent.x_join_configuration* \
+  builder.node.agent.x_without_gpu_taints* builder.node.agent.xǁAgentǁcheck_ca* \
+  builder.node.agent.xǁAgentǁenroll* builder.node.agent.xǁAgentǁ_retry_after* \
+  builder.node.agent.xǁAgentǁcheck_enrollment* builder.node.agent.xǁAgentǁsaved* \
+  builder.node.agent.xǁAgentǁtoken* builder.node.agent.xǁAgentǁforget_token* \
+  builder.node.agent.xǁAgentǁfetch_join* builder.node.agent.xǁAgentǁjoin* \
+  builder.node.agent.xǁAgentǁcomplete*
 MUTANTS_CI := builder.hub.tokens.* builder.hub.provider.*
 MUTMUT := $(VENV)/bin/python tests/mutation/mutmut_run.py
 # mutants run with a private, empty /dev (no block device reachable; see the script); afterwards
