@@ -625,8 +625,12 @@ def test_create_token_refusals(store):
     with pytest.raises(UsageError) as e:
         store.create_token("", 1, 60, False)
     assert e.value.message == "--site is required"
-    assert store.create_token("lab", 1, 60, False)[1]  # one use is enough
+    t, tid = store.create_token("lab", 1, 60, False)  # one use is enough
+    assert store.token_usable(tid) is True
     assert store.token_usable("nope") is False
+    store.revoke_token(tid)
+    assert store.token_usable(tid) is False
+    assert store.ping() is None  # a readable store: no error
 
 
 def test_a_failing_request_rolls_back_alone(store, clock, monkeypatch):
