@@ -16,6 +16,7 @@ import json
 import logging
 import sqlite3
 import stat
+import threading
 
 import pytest
 
@@ -701,6 +702,15 @@ def test_pool_edges():
     assert pool.pick(set(), ip("10.0.0.0")) == ip("10.0.0.2")
     assert pool.pick({ip("10.0.0.2")}, 0) == ip("10.0.0.3")
     assert pool.pick(set(), ip("10.0.0.6")) == ip("10.0.0.6")
+    # the hub at the top: the first host address is usable, the last is not
+    top = Pool(ipaddress.IPv4Network("10.0.0.0/29"), ipaddress.IPv4Address("10.0.0.6"))
+    assert [top.usable(ip(f"10.0.0.{i}")) for i in (0, 1, 5, 6, 7)] == [
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_the_database_file_and_its_settings(tmp_path, clock):
@@ -716,6 +726,21 @@ def test_the_database_file_and_its_settings(tmp_path, clock):
     assert s.conn() is c  # one per thread
     s.close()
     assert s.conn() is not c
+    assert s.conn().execute("SELECT count(*) FROM nodes").fetchone()[0] == 0
+    s.close()
+    s.close()  # twice: nothing to close
+    errors: list[Exception] = []
+
+    def close_elsewhere() -> None:  # a thread that never opened a connection
+        try:
+            s.close()
+        except Exception as exc:
+            errors.append(exc)
+
+    other = threading.Thread(target=close_elsewhere)
+    other.start()
+    other.join()
+    assert errors == []
 
 
 def test_an_old_database_gets_the_new_columns(tmp_path, clock):
