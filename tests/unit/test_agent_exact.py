@@ -49,9 +49,12 @@ def test_check_ca_pins_reads_and_builds_the_client(tmp_path, ca, capsys):
     pin = "sha256:" + hashlib.sha256(der).hexdigest()
     a, _ = make_agent(make_cfg(tmp_path, ca, ca_pin=pin, http_timeout=7))
     a.check_ca()
-    assert isinstance(a.http, agent.Http)
-    err = capsys.readouterr().err
-    assert f"pin={pin[:19]}…" in err and "hub CA matches the pin" in err
+    assert isinstance(a.http, agent.Http) and a.http.timeout == 7
+    # the hub CA is the client's only trust anchor
+    assert a.http.ctx.get_ca_certs(binary_form=True) == [der]
+    assert capsys.readouterr().err.splitlines() == [
+        f"nodeforge-enroll: step=ca pin={pin[:19]}… hub CA matches the pin"
+    ]
     # an injected client is kept
     mine = object()
     b, _ = make_agent(make_cfg(tmp_path, ca, ca_pin=pin), http=mine)
@@ -235,10 +238,13 @@ def test_fetch_join_waits_as_told_then_backs_off(tmp_path, ca, capsys):
     assert a.fetch_join(enrollment()) == MATERIAL
     # backoff(attempt) with rand() = 1: 2 * 2**attempt, attempts 1, 2, 3
     assert sleeps == [30.0, 4.0, 8.0, 16.0]
-    err = capsys.readouterr().err
-    assert "join material: HTTP 503: join material unavailable" in err
-    assert "join material: HTTP error: connection refused" in err
-    assert "join material: HTTP 500: None" in err
+    assert capsys.readouterr().err.splitlines() == [
+        "nodeforge-enroll: step=join waiting 30.0s: join material: HTTP 503:"
+        " join material unavailable",
+        "nodeforge-enroll: step=join waiting 4.0s: join material: HTTP 503: busy",
+        "nodeforge-enroll: step=join waiting 8.0s: join material: HTTP error: connection refused",
+        "nodeforge-enroll: step=join waiting 16.0s: join material: HTTP 500: None",
+    ]
 
 
 def test_fetch_join_gives_up_after_ten_tries(tmp_path, ca):
