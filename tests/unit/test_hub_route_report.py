@@ -1,0 +1,69 @@
+"""POST /v1/route (a node says its overlay route goes through this hub), in process like
+test_hub_routes.py: through the tunnel check, then the body checks, word for word (issue 18,
+written for the mutants of ``Hub._route_report``, which no unit test reached).
+
+``set_route`` exists only on a store shared by several hubs (etcd); here a recording
+stand-in for it is put on the SQLite store, which has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+from test_hub_routes import DUMP, HANDSHAKED, enroll, make_hub, recorded_wg, request
+
+from builder.hub import api
+from builder.hub.server import Request
+
+
+def test_route_report(tmp_path, monkeypatch):
+    hub = make_hub(tmp_path)
+    try:
+        token, _ = hub.store.create_token("lab", 10, 3600, False)
+        st, node = enroll(hub, token, "node-0", HANDSHAKED)
+        assert st == 200 and node["address"] == "10.9.0.2"
+        recorded_wg(monkeypatch, DUMP)
+        hub.cfg = dataclasses.replace(hub.cfg, wg=dataclasses.replace(hub.cfg.wg, apply=True))
+        hub.metrics.hub = "hub-a"
+
+        def report(body, secret=node["node_secret"], peer="10.9.0.2"):
+            return request(hub, "POST", "/v1/route", body, secret, peer, "10.9.0.1")
+
+        def raw(data: bytes):
+            headers = {
+                "content-length": str(len(data)),
+                "authorization": f"Bearer {node['node_secret']}",
+            }
+            req = Request("POST", "/v1/route", "HTTP/1.1", headers, "10.9.0.2", "10.9.0.1", data)
+            resp = asyncio.run(hub.handle(req))
+            return resp.status, json.loads(resp.body)
+
+        mine = {"hub": hub.hub_pubkey}
+        # the tunnel check comes first
+        assert report(mine, secret="nfs1.wrong") == (401, {"error": "bad node secret"})
+        assert report(mine, peer="10.9.0.99") == (
+            403,
+            {"error": "no enrolled node at this overlay address"},
+        )
+        # then the body
+        assert raw(b"{not json") == (400, {"error": "body: not JSON"})
+        wrong_hub = (400, {"error": "hub: a node reports its route to the hub it goes through"})
+        assert report({"hub": "another hub's key"}) == wrong_hub
+        assert report(["hub", hub.hub_pubkey]) == wrong_hub
+        assert raw(b"") == wrong_hub  # no body: {} names no hub
+        # one hub on a SQLite store: nothing to choose
+        assert report(mine) == (
+            404,
+            {"error": "one hub on this store: there is no route to choose"},
+        )
+        # a store shared by several hubs records it, with this hub's name and time
+        got = []
+        hub.store.set_route = lambda node_id, info: got.append((node_id, info))  # type: ignore[attr-defined]
+        monkeypatch.setattr(api.time, "time", lambda: 1_800_000_123.5)
+        info = {"hub": "hub-a", "hub_ip": "10.9.0.1", "at": 1_800_000_123.5}
+        assert report(mine) == (200, {"status": "ok", **info})
+        assert got == [("node-0", info)]
+    finally:
+        hub.stop()
