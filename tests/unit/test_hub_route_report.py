@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import json
 
-from test_hub_routes import DUMP, HANDSHAKED, enroll, make_hub, recorded_wg, request
+from test_hub_routes import DUMP, HANDSHAKED, enroll, key, make_hub, recorded_wg, request
 
 from builder.hub import api
 from builder.hub.server import Request
@@ -65,5 +65,51 @@ def test_route_report(tmp_path, monkeypatch):
         info = {"hub": "hub-a", "hub_ip": "10.9.0.1", "at": 1_800_000_123.5}
         assert report(mine) == (200, {"status": "ok", **info})
         assert got == [("node-0", info)]
+    finally:
+        hub.stop()
+
+
+def test_tunnel_check_texts(tmp_path, monkeypatch):
+    hub = make_hub(tmp_path)
+    try:
+        token, _ = hub.store.create_token("lab", 10, 3600, False)
+        st, node = enroll(hub, token, "node-0", HANDSHAKED)
+        recorded_wg(monkeypatch, DUMP)
+        hub.cfg = dataclasses.replace(hub.cfg, wg=dataclasses.replace(hub.cfg.wg, apply=True))
+        secret = node["node_secret"]
+
+        def join(auth, local="10.9.0.1"):
+            headers = {"content-length": "0", "authorization": auth}
+            req = Request("GET", "/v1/join", "HTTP/1.1", headers, "10.9.0.2", local, b"")
+            resp = asyncio.run(hub.handle(req))
+            return resp.status, json.loads(resp.body)
+
+        assert join(f"Bearer {secret}", local="192.0.2.1") == (
+            403,
+            {"error": "only answered through the WireGuard tunnel"},
+        )
+        # the secret counts only as a Bearer credential
+        assert join(f"Token: {secret}") == (401, {"error": "bad node secret"})
+        assert join(f"Bearer {secret}")[0] == 200
+        # a joined node still reaches the hub through its tunnel
+        hub.store.complete("node-0")
+        assert join(f"Bearer {secret}")[0] == 200
+    finally:
+        hub.stop()
+
+
+def test_failed_authentications_spend_the_site_and_the_token_budget(tmp_path):
+    hub = make_hub(tmp_path, failed_auth_rate=0.001, failed_auth_burst=3)
+    try:
+        t, tid = hub.store.create_token("lab", 10, 3600, False)
+        t2, _ = hub.store.create_token("lab", 10, 3600, False)
+        wrong = t[:-3] + ("AAA" if not t.endswith("AAA") else "BBB")  # t's id, wrong secret
+        for i in range(3):
+            assert enroll(hub, wrong, f"n{i}", key(i))[0] == 401
+        assert hub.metrics.auth_failures == 3
+        # the site's budget is spent: t, which failed itself, waits; t2 never failed and passes
+        busy = (429, {"error": "too many failed authentications on this hub: try again later"})
+        assert enroll(hub, t, "n7", key(7)) == busy
+        assert enroll(hub, t2, "n8", key(8))[0] == 200
     finally:
         hub.stop()
