@@ -111,5 +111,33 @@ def test_failed_authentications_spend_the_site_and_the_token_budget(tmp_path):
         busy = (429, {"error": "too many failed authentications on this hub: try again later"})
         assert enroll(hub, t, "n7", key(7)) == busy
         assert enroll(hub, t2, "n8", key(8))[0] == 200
+        # Retry-After: the failing token's own wait, or the site's for no usable token;
+        # one token back takes 1 / 0.001 = 1000 s
+        assert 990 <= raw_enroll(hub, t).retry_after <= 1000
+        assert 990 <= raw_enroll(hub, "nf1.malformed").retry_after <= 1000
+        assert hub.metrics.auth_throttled == 3
+        assert hub.metrics.auth_failures == 3  # throttled requests are not evaluated
+    finally:
+        hub.stop()
+
+
+def raw_enroll(hub, token, peer="192.0.2.10"):
+    body = json.dumps({"site": "lab", "node_id": "n9", "wg_pubkey": key(9)}).encode()
+    headers = {"content-length": str(len(body)), "authorization": f"Bearer {token}"}
+    req = Request("POST", "/v1/enroll", "HTTP/1.1", headers, peer, "192.0.2.1", body)
+    return asyncio.run(hub.handle(req))
+
+
+def test_per_address_limit_on_v1_only(tmp_path):
+    hub = make_hub(tmp_path, per_ip_rate=0.001, per_ip_burst=2)
+    try:
+        slow = (429, {"error": "too many requests from this address"})
+        for _ in range(2):
+            assert request(hub, "GET", "/v1/nope", peer="192.0.2.50")[0] == 404
+        assert request(hub, "GET", "/v1/nope", peer="192.0.2.50") == slow
+        assert 990 <= raw_enroll(hub, "nf1.x", peer="192.0.2.50").retry_after <= 1000
+        assert request(hub, "GET", "/v1/nope", peer="192.0.2.51")[0] == 404  # its own budget
+        for _ in range(3):
+            assert request(hub, "GET", "/healthz", peer="192.0.2.50")[0] == 200  # not /v1/
     finally:
         hub.stop()
