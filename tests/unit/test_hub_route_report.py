@@ -141,3 +141,22 @@ def test_per_address_limit_on_v1_only(tmp_path):
             assert request(hub, "GET", "/healthz", peer="192.0.2.50")[0] == 200  # not /v1/
     finally:
         hub.stop()
+
+
+def test_route_table_texts(tmp_path):
+    hub = make_hub(tmp_path)
+    try:
+        creds = (400, {"error": "credentials belong in the Authorization header, not the URL"})
+        assert request(hub, "GET", "/v1/join?token=x") == creds
+        assert request(hub, "GET", "/v1/join?Access_TOKEN=x") == creds
+        assert request(hub, "POST", "/v1/enroll?site=lab", {}) == creds  # any query on enroll
+        # another query elsewhere is no credential: the route's own check answers
+        assert request(hub, "GET", "/v1/join?x=1") == (
+            403,
+            {"error": "only answered through the WireGuard tunnel"},
+        )
+        assert request(hub, "GET", "/nope") == (404, {"error": "not found"})
+        st, body = request(hub, "GET", "/metrics")
+        assert st == 200 and b"nodeforge_hub" in body
+    finally:
+        hub.stop()
