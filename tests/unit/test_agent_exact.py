@@ -254,3 +254,46 @@ def test_fetch_join_gives_up_after_ten_tries(tmp_path, ca):
         a.fetch_join(enrollment())
     assert str(e.value) == "could not fetch join material"
     assert len(http.requests) == 10 and sleeps == [1.0] * 10
+
+
+def test_complete_reports_once_with_the_node_secret(tmp_path, ca, capsys):
+    http = JoinHttp([(200, {}, {"status": "joined"})])
+    a, sleeps = make_agent(make_cfg(tmp_path, ca), http)
+    a.complete(enrollment())
+    assert http.requests == [("POST", "https://10.100.0.1:8443/v1/complete", "nfs1.secret", {})]
+    assert sleeps == []
+    assert capsys.readouterr().err.splitlines() == [
+        "nodeforge-enroll: step=complete hub recorded the join"
+    ]
+
+
+def test_complete_tries_five_times_then_gives_up_quietly(tmp_path, ca, capsys):
+    answers = [OSError("connection reset"), (503, {}, {"error": "busy"})] + [(500, {}, {})] * 3
+    http = JoinHttp(answers)
+    a, sleeps = make_agent(make_cfg(tmp_path, ca, retry_max_seconds=60), http)
+    a.complete(enrollment())  # no exception: the bootstrap token expires on its own
+    assert len(http.requests) == 5
+    assert sleeps == [2.0, 4.0, 8.0, 16.0, 32.0]  # backoff(0..4) with rand() = 1
+    assert capsys.readouterr().err.splitlines() == [
+        "nodeforge-enroll: step=complete waiting 2.0s: HTTP 0: connection reset",
+        "nodeforge-enroll: step=complete waiting 4.0s: HTTP 503: busy",
+        "nodeforge-enroll: step=complete waiting 8.0s: HTTP 500: None",
+        "nodeforge-enroll: step=complete waiting 16.0s: HTTP 500: None",
+        "nodeforge-enroll: step=complete waiting 32.0s: HTTP 500: None",
+        "nodeforge-enroll: step=complete could not report completion;"
+        " the bootstrap token expires on its own",
+    ]
+
+
+def test_a_token_that_cannot_be_removed_is_said(tmp_path, ca, capsys, monkeypatch):
+    a, _ = make_agent(make_cfg(tmp_path, ca))
+    token = tmp_path / "token"
+
+    def refuse(self, *args, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(token), "unlink", refuse)
+    a.forget_token()
+    assert capsys.readouterr().err.splitlines() == [
+        f"nodeforge-enroll: step=enroll could not remove the used token {token}: Permission denied"
+    ]
