@@ -111,11 +111,15 @@ def test_failed_authentications_spend_the_site_and_the_token_budget(tmp_path):
         busy = (429, {"error": "too many failed authentications on this hub: try again later"})
         assert enroll(hub, t, "n7", key(7)) == busy
         assert enroll(hub, t2, "n8", key(8))[0] == 200
+        # a token that cannot be used any more does not pass the gate either
+        t3, tid3 = hub.store.create_token("lab", 10, 3600, False)
+        hub.store.revoke_token(tid3)
+        assert enroll(hub, t3, "n6", key(6)) == busy
         # Retry-After: the failing token's own wait, or the site's for no usable token;
         # one token back takes 1 / 0.001 = 1000 s
         assert 990 <= raw_enroll(hub, t).retry_after <= 1000
         assert 990 <= raw_enroll(hub, "nf1.malformed").retry_after <= 1000
-        assert hub.metrics.auth_throttled == 3
+        assert hub.metrics.auth_throttled == 4
         assert hub.metrics.auth_failures == 3  # throttled requests are not evaluated
     finally:
         hub.stop()
