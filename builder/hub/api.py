@@ -312,7 +312,8 @@ class Hub:
         if set_route is None:
             raise HttpError(404, "one hub on this store: there is no route to choose")
         info = {"hub": self.metrics.hub, "hub_ip": str(self.cfg.wg.hub_ip), "at": time.time()}
-        set_route(node["node_id"], info)
+        if not set_route(node["node_id"], info):  # revoked since tunnel_node read it
+            raise HttpError(403, "no enrolled node at this overlay address")
         return {"status": "ok", **info}
 
     async def route(self, req: Request) -> Response:

@@ -239,3 +239,28 @@ def test_a_node_replaced_by_its_reinstall_loses_its_route_report(store):
     store.approve(pending.node["node_id"])
     assert store.node(old)["state"] == "revoked"
     assert old not in store.routes()
+
+
+def test_a_route_report_landing_after_the_revocation_is_not_stored(store):
+    """The api checked the node (active) and then the revocation committed: the report that
+    follows must not bring the route back (set_route compares the node's row it read)."""
+    token, _ = store.create_token("lab", 1, 600, False)
+    gone = store.enroll(base.req(token, 1)).node["node_id"]
+    store.revoke_node(gone)
+    assert store.set_route(gone, {"hub": "hub-a", "hub_ip": "10.100.0.1", "at": 2.0}) is False
+    assert gone not in store.routes()
+
+
+def test_a_revocation_between_the_read_and_the_write_of_a_route_wins(store):
+    token, _ = store.create_token("lab", 1, 600, False)
+    node_id = store.enroll(base.req(token, 1)).node["node_id"]
+    real = store.client.txn
+
+    def revoke_first(cmp, ops):  # the revocation commits just before the route's txn
+        store.client.txn = real  # type: ignore[method-assign]
+        store.revoke_node(node_id)
+        return real(cmp, ops)
+
+    store.client.txn = revoke_first  # type: ignore[method-assign]
+    assert store.set_route(node_id, {"hub": "hub-a", "hub_ip": "10.100.0.1", "at": 3.0}) is False
+    assert node_id not in store.routes()

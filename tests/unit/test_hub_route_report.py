@@ -60,11 +60,14 @@ def test_route_report(tmp_path, monkeypatch):
         )
         # a store shared by several hubs records it, with this hub's name and time
         got = []
-        hub.store.set_route = lambda node_id, info: got.append((node_id, info))  # type: ignore[attr-defined]
+        hub.store.set_route = lambda node_id, info: got.append((node_id, info)) or True  # type: ignore[attr-defined]
         monkeypatch.setattr(api.time, "time", lambda: 1_800_000_123.5)
         info = {"hub": "hub-a", "hub_ip": "10.9.0.1", "at": 1_800_000_123.5}
         assert report(mine) == (200, {"status": "ok", **info})
         assert got == [("node-0", info)]
+        # the store refuses: the node was revoked after the tunnel check read it
+        hub.store.set_route = lambda node_id, info: False  # type: ignore[attr-defined]
+        assert report(mine) == (403, {"error": "no enrolled node at this overlay address"})
     finally:
         hub.stop()
 

@@ -359,9 +359,17 @@ class EtcdStore:
     def _route(self, node_id: str) -> str:
         return f"{self.cfg.prefix}/routes/{node_id}"
 
-    def set_route(self, node_id: str, info: dict[str, Any]) -> None:
-        """Last writer wins, per node, outside ``state/``: no compare, no watch event."""
-        self.client.txn([], [put(self._route(node_id), json.dumps(info))])
+    def set_route(self, node_id: str, info: dict[str, Any]) -> bool:
+        """Last writer wins, per node, outside ``state/`` (no watch event) -- while the node
+        is active: the write compares the node's row as read here, so a revocation that
+        commits in between (it deletes the report, see ``_commit``) is never undone by a
+        report in flight. False: the node is not active (any more); nothing written."""
+        key = self.state + "node/" + node_id
+        _, kvs = self.client.range(key)
+        if not kvs or not kvs[0][1] or json.loads(kvs[0][1]).get("state") != "active":
+            return False
+        cmp = {"target": "MOD", "result": "EQUAL", "mod_revision": str(kvs[0][2]), "key": b64(key)}
+        return self.client.txn([cmp], [put(self._route(node_id), json.dumps(info))])
 
     def routes(self) -> dict[str, dict[str, Any]]:
         p = f"{self.cfg.prefix}/routes/"
