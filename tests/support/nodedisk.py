@@ -106,6 +106,42 @@ def standin_versions(profile: Any) -> dict[str, str]:
 
 
 # -- cache ----------------------------------------------------------------------------------
+# A stand-in disk does not carry the builder's commit and build time: with them in it, every
+# commit made new disks (a 529 s setup in the clean-clone CI run of 2026-11-30) though
+# nothing a boot test looks at had changed. ``pin_build_identity`` sets them to these fixed
+# values in the tree a disk is made from, so the disk is a function of its cache key.
+STANDIN_COMMIT = "standin-disk"
+STANDIN_BUILD_TIME = 1764460800  # 2025-11-30T00:00:00Z: before any clock a test guest reads
+_PINNED = {"NF_BUILDER_COMMIT": STANDIN_COMMIT, "NF_BUILD_TIME": str(STANDIN_BUILD_TIME)}
+
+
+def pin_build_identity(tree: Path) -> list[Path]:
+    """Set the builder commit and build time in a rendered tree (every ``provision.env`` and
+    ``etc/nodeforge/node.json``, the files that carry them into a node) to the stand-in
+    values; returns the files changed. Raises when the tree has none of them (the render
+    moved them: the disk key would silently depend on the commit again)."""
+    changed: list[Path] = []
+    for env in sorted(tree.rglob("provision.env")):
+        lines = env.read_text().splitlines(keepends=True)
+        out = []
+        for line in lines:
+            name = line.split("=", 1)[0]
+            out.append(f"{name}={_PINNED[name]}\n" if name in _PINNED else line)
+        if out != lines:
+            env.write_text("".join(out))
+            changed.append(env)
+    for node in sorted(tree.rglob("etc/nodeforge/node.json")):
+        text = node.read_text()
+        cfg = json.loads(text)
+        if "build_time" in cfg:
+            cfg["build_time"] = STANDIN_BUILD_TIME
+            node.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+            changed.append(node)
+    if not changed:
+        raise BuilderError(f"{tree}: no provision.env or node.json with a build identity")
+    return changed
+
+
 def _hash_tree(h: Any, base: Path, rel: str) -> None:
     root = base / rel
     for p in sorted(root.rglob("*")):
@@ -128,16 +164,22 @@ class NodeDisk:
     seconds: float = 0.0
 
 
-def disk_key(tarball: Path, tree: Path, versions: dict[str, str], kind: str = "disk") -> str:
+def disk_key(tarball: Path, tree: Path | None, versions: dict[str, str], kind: str = "disk") -> str:
+    """The hash of everything that goes into a disk: ``tree`` None for a disk that takes
+    nothing from the rendered tree (the ISO path's root before installation)."""
     h = hashlib.sha256()
     h.update(f"{FORMAT}|{tarball.name}|{APPEND}\n".encode())
-    if kind == "installed":  # the ISO path: the whole ISO payload and the installer step
+    if kind == "installed" and tree is not None:  # the ISO payload and the installer step
         h.update(kind.encode())
         _hash_tree(h, tree, "iso")
+        h.update((tree / "cloud-init/autoinstall.yaml").read_bytes())
         h.update(Path(__file__).with_name("installer.py").read_bytes())
         h.update(Path(__file__).with_name("standin_installer.py").read_bytes())
-    _hash_tree(h, tree, "files")
-    _hash_tree(h, tree, "scripts")
+    if tree is not None:
+        _hash_tree(h, tree, "files")
+        _hash_tree(h, tree, "scripts")
+    else:
+        h.update(f"{kind}|no tree".encode())
     h.update(json.dumps(versions, sort_keys=True).encode())
     h.update(Path(standins.__file__).read_bytes())
     # the stand-in packages' programs, too: a changed program must not reuse a cached disk
@@ -177,16 +219,18 @@ def build_node_disk(
     installer: Callable[[Path], None] | None = None,
     kind: str = "disk",
     packages: Sequence[str] = (),
+    tree_in_disk: bool = True,
 ) -> NodeDisk:
     """Build (or reuse) the stand-in node disk for a rendered build tree ``tree``.
 
     The root is provisioned by ``scripts/provision.sh`` in a chroot (as Packer would), or
     by ``installer(root)`` (the stand-in installer step of the ISO path, installer.py);
-    ``kind`` names the recipe in the cache; ``packages`` go into the root beforehand."""
+    ``kind`` names the recipe in the cache; ``packages`` go into the root beforehand;
+    ``tree_in_disk`` False: nothing of ``tree`` goes into the disk (not part of its key)."""
     t0 = time.monotonic()
     tarball = rootfs.build_rootfs((*ROOTFS_EXTRA, *packages))
     versions = versions or dict(standins.DEFAULT_VERSIONS)
-    key = disk_key(tarball, tree, versions, kind)
+    key = disk_key(tarball, tree if tree_in_disk else None, versions, kind)
     d = cache_root() / kind / f"{site}-{key}"
     info_file = d / "disk.json"
     if info_file.exists() and not rebuild:
@@ -398,6 +442,7 @@ def prepare_site(
     profile = load_profile(site, profiles_dir, [*hub_overrides(lab.ident), *extra, *overrides])
     tree = workdir / "build" / site
     render_site(profile, tree)
+    pin_build_identity(tree)  # the disk is made from this tree: not from this commit
     t1 = time.monotonic()
     versions = standin_versions(profile)
     installer: Callable[[Path], None] | None = None

@@ -118,7 +118,7 @@ def prepare_iso_site(
     auto = yaml.safe_load((tree / "cloud-init/autoinstall.yaml").read_text())
     disk = nodedisk.build_node_disk(site, tree, versions, size_gb=ROOT_GB, rebuild=rebuild,
                                     installer=lambda _root: None,  # installed in the guest
-                                    kind="standin-root",
+                                    kind="standin-root", tree_in_disk=False,
                                     packages=tuple(auto.get("packages") or ()))  # fmt: skip
     t1 = time.monotonic()
     base = installer_base(disk)

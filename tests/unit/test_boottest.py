@@ -408,3 +408,41 @@ def test_gpu_checks_with_and_without_a_gpu_and_on_a_cpu_image():
     # a CPU image with the GPU bits
     assert "CPU image has an nvidia runtime handler" in _problems(EXPECT, containers=GPU_RUNS)
     assert "CPU image has a GPU check unit" in _problems(EXPECT, gpu=GPU_NONE)
+
+
+def test_the_disk_key_of_a_stand_in_disk_does_not_change_with_the_commit(tmp_path, monkeypatch):
+    """Issue 12: every commit rebuilt every stand-in disk (529 s in the clean-clone CI run):
+    the commit and the build time went into the disk. Two renders at two commits differ;
+    pinned, they make one disk key, and a changed script still makes another."""
+    from builder import buildinfo
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
+    from tests.support import nodedisk
+
+    tar = tmp_path / "root.tar"
+    vers = {"kubeadm": "1.35.0-1.1"}
+    profile = load_profile("aws", None, [])
+    trees = []
+    for commit, epoch in (("aaaaaaaaaaaa", "1796000000"), ("bbbbbbbbbbbb", "1796100000")):
+        monkeypatch.setattr(buildinfo, "builder_commit", lambda c=commit: c)
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+        trees.append(render_site(profile, tmp_path / commit).path)
+    a, b = trees
+    env_a = (a / "scripts/provision.env").read_text()
+    assert "NF_BUILDER_COMMIT=aaaaaaaaaaaa" in env_a and "NF_BUILD_TIME=1796000000" in env_a
+    assert nodedisk.disk_key(tar, a, vers) != nodedisk.disk_key(tar, b, vers)
+    changed = {p.relative_to(a).as_posix() for p in nodedisk.pin_build_identity(a)}
+    assert {"scripts/provision.env", "files/etc/nodeforge/provision.env",
+            "files/etc/nodeforge/node.json"} <= changed  # fmt: skip
+    nodedisk.pin_build_identity(b)
+    assert nodedisk.disk_key(tar, a, vers) == nodedisk.disk_key(tar, b, vers)
+    pinned = (a / "scripts/provision.env").read_text()
+    assert f"NF_BUILDER_COMMIT={nodedisk.STANDIN_COMMIT}\n" in pinned
+    assert json.loads((a / "files/etc/nodeforge/node.json").read_text())["build_time"] == (
+        nodedisk.STANDIN_BUILD_TIME
+    )
+    with (b / "scripts/provision.sh").open("a") as f:
+        f.write("\n# changed\n")
+    assert nodedisk.disk_key(tar, a, vers) != nodedisk.disk_key(tar, b, vers)
+    with pytest.raises(BuilderError, match="no provision.env"):
+        nodedisk.pin_build_identity(tmp_path / "empty")
