@@ -192,7 +192,7 @@ boot-test-all: deps ## boot-test every site profile on its stand-in disk, one af
 bench-boot: deps ## Benchmark: bare cloud-init boot of the base vs our first boot to "joined"
 	$(VENV)/bin/python tests/bench/bench_boot.py $(ARGS)
 
-bench-firstboot: deps ## Benchmark (issue 12): installed disk's first boot to "joined" vs the same disk without our unit (ARGS="--rounds 3 [--iso]")
+bench-firstboot: deps ## Benchmark (issue 12): installed disk's first boot to "joined" vs the same disk without our unit (ARGS="--rounds 5 [--iso]"; median of >= 5)
 	$(VENV)/bin/python tests/bench/bench_firstboot.py $(ARGS)
 
 ##@ Help

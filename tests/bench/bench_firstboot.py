@@ -17,9 +17,11 @@ Each round, on a fresh overlay of that one disk, QEMU (TCG here unless KVM works
   test-only check unit masked) on the kernel command line; seconds from QEMU start to
   cloud-init's "finished" line on the console (the end of a cloud-init first boot).
 
-Prints each round side by side, the medians and the ratio.
+Rounds alternate bare and full (each pair under the same host load); prints each round side
+by side with the host's load average, the medians and the ratio. At least 5 rounds: a median
+of fewer is one or two noisy boots on a shared TCG host.
 
-    .venv/bin/python tests/bench/bench_firstboot.py [--rounds 3] [--site onprem] [--iso]
+    .venv/bin/python tests/bench/bench_firstboot.py [--rounds 5] [--site onprem] [--iso]
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from builder.run import run  # noqa: E402
 from builder.targets import seed  # noqa: E402
 
 GOAL = 1.2
+MIN_ROUNDS = 5
 CLOUD_INIT_DONE = r"Cloud-init v\. \S+ finished at"
 MASK = " systemd.mask=nodeforge-enroll.service systemd.mask=nodeforge-bootcheck.service"
 
@@ -87,11 +90,13 @@ def installed_image(site: str, work: Path, from_iso: bool) -> tuple[boottest.Boo
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--site", default="onprem")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=MIN_ROUNDS)
     ap.add_argument(
         "--iso", action="store_true", help="install the disk from the stand-in ISO in a guest"
     )
     args = ap.parse_args()
+    if args.rounds < MIN_ROUNDS:
+        ap.error(f"--rounds: at least {MIN_ROUNDS} (the median of fewer is noise)")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="nf-bench-firstboot-"))
     try:
@@ -103,7 +108,8 @@ def main() -> int:
         full: list[float] = []
         how = f"installed in the guest in {install_s:.0f} s" if args.iso else "host-side installer"
         print(f"installed disk: {image.path} ({how}; ready in {prep:.0f} s)")
-        print(f"{'round':>5}  {'bare (no enroll unit)':>22}  {'full (to joined)':>17}  ratio")
+        print(f"{'round':>5}  {'bare (no enroll unit)':>22}  {'full (to joined)':>17}  ratio"
+              "  load (1/5/15 min)")  # fmt: skip
         for i in range(args.rounds):
             b = boot_bare(image, work / f"bare-{i}", args.site)
             res = boottest.run_boot_test(lab_site, image, work / f"full-{i}", nodes=1,
@@ -114,12 +120,14 @@ def main() -> int:
             f = float(res["nodes"][0]["seconds_to_joined"])
             bare.append(b)
             full.append(f)
-            print(f"{i + 1:>5}  {b:>20.1f} s  {f:>15.1f} s  {f / b:.2f}x", flush=True)
+            load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"{i + 1:>5}  {b:>20.1f} s  {f:>15.1f} s  {f / b:.2f}x  {load}", flush=True)
         mb, mf = statistics.median(bare), statistics.median(full)
         ratio = mf / mb
         verdict = "met" if ratio <= GOAL else "NOT met"
         print(f"median  {mb:>20.1f} s  {mf:>15.1f} s  {ratio:.2f}x (goal <= {GOAL}x: {verdict}; "
-              f"{args.rounds} rounds, accel {qemu.accel()})")  # fmt: skip
+              f"{args.rounds} rounds, accel {qemu.accel()}, {os.cpu_count()} cores, load "
+              f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())})")  # fmt: skip
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
