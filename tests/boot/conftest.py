@@ -51,11 +51,13 @@ def boot_pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
 
 def cli_boot_test(site: str, workdir: Path, *args: str) -> dict[str, Any]:
     """`builder boot-test SITE --json --keep` + the stand-in disk's options (which wait for
-    the check program's report); the reports are read back from the consoles it keeps."""
+    the check program's report); the reports are read back from the consoles it keeps.
+    The timeout is above the command's own (900 s a boot, a first boot and a reboot): 1200 s
+    cut a two-node run with its reboot short at load ~30 (2026-11-30)."""
     p = subprocess.run(
         [sys.executable, "-c", "from builder.cli import main; main()",
          "boot-test", site, "--json", "--keep", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=1200,
+        cwd=REPO, capture_output=True, text=True, timeout=2400,
         env={**os.environ, "TMPDIR": str(workdir)},
     )  # fmt: skip
     out: dict[str, Any] = {"rc": p.returncode, "stderr": p.stderr}

@@ -85,7 +85,7 @@ def cli_boot_plain(site: str, workdir: Path, *args: str) -> dict[str, Any]:
     p = subprocess.run(
         [sys.executable, "-c", "from builder.cli import main; main()",
          "boot-test", site, "--json", "--keep", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=1500,
+        cwd=REPO, capture_output=True, text=True, timeout=2400,
         env={**os.environ, "TMPDIR": str(workdir)},
     )  # fmt: skip
     try:
