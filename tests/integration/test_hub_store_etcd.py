@@ -264,3 +264,15 @@ def test_a_revocation_between_the_read_and_the_write_of_a_route_wins(store):
     store.client.txn = revoke_first  # type: ignore[method-assign]
     assert store.set_route(node_id, {"hub": "hub-a", "hub_ip": "10.100.0.1", "at": 3.0}) is False
     assert node_id not in store.routes()
+
+
+def test_a_joined_node_reports_its_route(store):
+    """A node that has joined the cluster (state ``joined``) routes and reports like an
+    active one: the failover test's nodes have all joined before they fail over."""
+    token, _ = store.create_token("lab", 1, 600, False)
+    node_id = store.enroll(base.req(token, 1)).node["node_id"]
+    store.complete(node_id)
+    assert store.node(node_id)["state"] == "joined"
+    info = {"hub": "hub-a", "hub_ip": "10.100.0.1", "at": 4.0}
+    assert store.set_route(node_id, info) is True
+    assert store.routes() == {node_id: info}

@@ -50,6 +50,7 @@ TABLES = {
     "quarantine": ("quarantine", "ip"),
 }
 CHUNK = 30  # enrollments per transaction: <= 4 operations each, + marker + audit <= 128
+LIVE = ("active", "joined")  # an enrolled node (the api's tunnel check accepts the same)
 ATTEMPTS = 50  # compare failures in a row before a change gives up (503, the node retries)
 
 
@@ -361,12 +362,13 @@ class EtcdStore:
 
     def set_route(self, node_id: str, info: dict[str, Any]) -> bool:
         """Last writer wins, per node, outside ``state/`` (no watch event) -- while the node
-        is active: the write compares the node's row as read here, so a revocation that
-        commits in between (it deletes the report, see ``_commit``) is never undone by a
-        report in flight. False: the node is not active (any more); nothing written."""
+        is enrolled (``LIVE``, as the api's tunnel check): the write compares the node's row
+        as read here, so a revocation that commits in between (it deletes the report, see
+        ``_commit``) is never undone by a report in flight. False: the node is not enrolled
+        (any more); nothing written."""
         key = self.state + "node/" + node_id
         _, kvs = self.client.range(key)
-        if not kvs or not kvs[0][1] or json.loads(kvs[0][1]).get("state") != "active":
+        if not kvs or not kvs[0][1] or json.loads(kvs[0][1]).get("state") not in LIVE:
             return False
         cmp = {"target": "MOD", "result": "EQUAL", "mod_revision": str(kvs[0][2]), "key": b64(key)}
         return self.client.txn([cmp], [put(self._route(node_id), json.dumps(info))])
