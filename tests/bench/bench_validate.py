@@ -129,6 +129,12 @@ def main(argv: list[str]) -> int:
             old_env = {**os.environ, "PYTHONPATH": str(old), "BUILDER_CACHE_DIR": str(t / "c-old")}
             old_cmd = [sys.executable, "-c", "from builder.cli import main; main()", *cmd[1:]]
             subprocess.run(old_cmd, cwd=old, env=old_env, check=True, capture_output=True)
+
+        def old_unchanged() -> None:
+            timed(f"command {rev}, nothing chg.",
+                  lambda: subprocess.run(old_cmd, cwd=old, env=old_env, check=True,
+                                         capture_output=True))  # fmt: skip
+
         if warm_only:
             subprocess.run(cmd, check=True, capture_output=True)  # fill the cache
         for _ in range(runs):
@@ -136,9 +142,7 @@ def main(argv: list[str]) -> int:
                 timed("command, nothing changed",
                       lambda: subprocess.run(cmd, check=True, capture_output=True))  # fmt: skip
                 if rev:
-                    timed(f"command {rev}, nothing chg.",
-                          lambda: subprocess.run(old_cmd, cwd=old, env=old_env, check=True,
-                                                 capture_output=True))  # fmt: skip
+                    old_unchanged()
                 continue
             timed("before (one after another)", lambda: before(tree))
             shutil.rmtree(cache, ignore_errors=True)
@@ -156,9 +160,7 @@ def main(argv: list[str]) -> int:
             timed("command, nothing changed",
                   lambda: subprocess.run(cmd, check=True, capture_output=True))  # fmt: skip
             if rev:
-                timed(f"command {rev}, nothing chg.",
-                      lambda: subprocess.run(old_cmd, cwd=old, env=old_env, check=True,
-                                             capture_output=True))  # fmt: skip
+                old_unchanged()
     load1 = os.getloadavg()
     ref = "before (one after another)"
     if warm_only:

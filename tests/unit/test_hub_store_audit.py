@@ -9,8 +9,6 @@ docstring, never computed by the store.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 import json
 import logging
@@ -19,6 +17,8 @@ import stat
 import threading
 
 import pytest
+from test_hub_store import Clock
+from test_hub_store import key as wgkey
 
 from builder.errors import UsageError
 from builder.hub import tokens as tok
@@ -29,21 +29,9 @@ KEY = b"s" * 32
 FROM = "192.0.2.7"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def wgkey(seed: str) -> str:
-    return base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode()
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
