@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from .errors import CommandFailed, ToolMissing
 
@@ -213,12 +214,14 @@ def spawn(
                         stream.close()
 
 
-def exit_on_sigterm() -> None:
+def exit_on_sigterm() -> Any:
     """Make SIGTERM (systemd, ``kill``, a CI timeout) unwind like Ctrl-C does: Python's
     default is to die at once, skipping every ``finally``, so children started with
-    ``spawn()`` (QEMU, packer, a hub) and temp files would outlive us."""
+    ``spawn()`` (QEMU, packer, a hub) and temp files would outlive us. Returns the handler
+    it replaced, for the caller to put back (``cli.main`` called in-process, by a test or
+    another program, must not leave its handler behind)."""
 
     def _term(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, _term)
+    return signal.signal(signal.SIGTERM, _term)

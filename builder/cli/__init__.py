@@ -12,6 +12,7 @@ show, render, validate), ``image`` (image, seed), ``hub`` (the hub group), ``fla
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -31,7 +32,14 @@ install_global_options(cli)  # --debug/-v/-q after the subcommand too
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the Click group and map errors to messages and exit codes."""
-    exit_on_sigterm()  # a SIGTERM still stops children and removes temp files
+    previous = exit_on_sigterm()  # a SIGTERM still stops children and removes temp files
+    try:
+        _run(argv)
+    finally:  # called in-process (tests, another program): leave SIGTERM as it was
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         rc = cli.main(args=argv, prog_name="builder", standalone_mode=False)
         # without standalone mode, click returns ctx.exit(code)'s code instead of exiting

@@ -137,3 +137,24 @@ def test_file_and_device_arguments_complete_as_paths() -> None:
     assert kinds(cli.cli.commands["image"])["base_iso"] == "file"
     assert kinds(cli.cli.commands["flash"])["paths"] == "file"
     assert kinds(cli.cli.commands["seed"])["token_file"] == "file"
+
+
+def test_main_in_process_leaves_sigterm_as_it_found_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """``cli.main`` installs a SIGTERM handler that unwinds (temp files, children); called
+    in-process (a test, another program) it must put the caller's handler back, on success
+    and on error alike: left behind, a SIGTERM to pytest failed whichever test ran next."""
+    import signal
+
+    def mine(signum: int, frame: object) -> None:  # the caller's own handler
+        raise AssertionError("not called")
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        seen = []
+        for args in (["profiles"], ["show", "no-such-site"]):
+            code, _, _ = run_cli(capsys, *args)
+            seen.append((code, signal.getsignal(signal.SIGTERM)))
+        assert [c for c, _ in seen] == [0, 2]
+        assert all(h is mine for _, h in seen)
+    finally:
+        signal.signal(signal.SIGTERM, before)
