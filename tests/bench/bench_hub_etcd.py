@@ -2,12 +2,14 @@
 """Load benchmark for several hubs on etcd (issue 16; a script, not a test): run as root.
 
     .venv/bin/python tests/bench/bench_hub_etcd.py [--n 1000] [--hubs 3] [--procs 3] [--threads 16]
+        [--rounds 3]
 
 In one private network namespace: a 3-member etcd cluster (Debian's etcd-server) on its
 loopback, HUBS real `builder hub serve` on it (store.kind etcd, each with its own
 wireguard-go interface), N enrollments spread over the hubs by P client processes x T
-threads (fresh TLS connection each). Then, in the same run, the single SQLite hub
-(tests/bench/bench_hub.py's case "hub") with the same N/P/T, and the ratio.
+threads (fresh TLS connection each). Then, in the same round, the single SQLite hub
+(tests/bench/bench_hub.py's case "hub") with the same N/P/T, and the ratio; ROUNDS rounds
+(a fresh lab each), medians printed.
 Prints throughput, p50/p99, hub CPU per enrollment (all hub processes: servers + writers),
 etcd CPU, duplicates (must be 0) and the compare-and-swap conflicts seen by the hubs.
 Everything shares the machine's cores (2 here): read the figures against `uptime`.
@@ -182,19 +184,10 @@ def hub_cpu(pid: int) -> float:
     return proc_cpu(pid) + sum(proc_cpu(c) for c in children(pid))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--hubs", type=int, default=3)
-    ap.add_argument("--procs", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=16)
-    a = ap.parse_args()
-    miss = missing_tools() + ([missing()] if missing() else [])
-    if miss:
-        print(f"bench_hub_etcd: needs {', '.join(m for m in miss if m)}", file=sys.stderr)
-        return 2
-    tmp = Path(tempfile.mkdtemp(prefix="bench-hub-etcd-"))
-    lab = Lab(tmp, str(os.getpid() % 10000))
+def one_round(tmp: Path, tag: str, a: argparse.Namespace) -> tuple[dict, dict]:
+    """One etcd case and one SQLite case, side by side, in a fresh lab (namespace, etcd)."""
+    tmp.mkdir()
+    lab = Lab(tmp, tag)
     try:
         e = etcd_case(lab, a.n, a.hubs, a.procs, a.threads)
         s = run_case(
@@ -203,25 +196,63 @@ def main() -> int:
         s["hub_cpu_ms_per_enrollment"] = 1000 * s["hub_cpu_s"] / max(1, s["ok"])
     finally:
         lab.close()
-    for r in (e, s):
+    return e, s
+
+
+def show(r: dict) -> str:
+    return (
+        f"{r['case']:10} ok {r['ok']:5d} err {r['errors']:4d} {r['per_second']:7.0f}/s "
+        f"p50 {r['p50'] * 1000:7.1f} ms p99 {r['p99'] * 1000:7.1f} ms "
+        f"hub CPU {r['hub_cpu_ms_per_enrollment']:.1f} ms/enrollment"
+    )
+
+
+def ratios(e: dict, s: dict) -> dict[str, float]:
+    return {
+        "throughput": e["per_second"] / s["per_second"],
+        "p99": e["p99"] / s["p99"],
+        "hub_cpu": e["hub_cpu_ms_per_enrollment"] / s["hub_cpu_ms_per_enrollment"],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--hubs", type=int, default=3)
+    ap.add_argument("--procs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="etcd and SQLite side by side, N times")
+    a = ap.parse_args()
+    miss = missing_tools() + ([missing()] if missing() else [])
+    if miss:
+        print(f"bench_hub_etcd: needs {', '.join(m for m in miss if m)}", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="bench-hub-etcd-"))
+    rounds = []
+    for i in range(a.rounds):
+        e, s = one_round(tmp / f"round{i}", str((os.getpid() + i) % 10000), a)
+        rounds.append((e, s))
+        print(f"round {i + 1}/{a.rounds}  (load average {os.getloadavg()[0]:.1f})")
+        for r in (e, s):
+            print("  " + show(r))
         print(
-            f"{r['case']:10} ok {r['ok']:5d} err {r['errors']:4d} {r['per_second']:7.0f}/s "
-            f"p50 {r['p50'] * 1000:7.1f} ms p99 {r['p99'] * 1000:7.1f} ms "
-            f"hub CPU {r['hub_cpu_ms_per_enrollment']:.1f} ms/enrollment"
+            f"  etcd: CPU {e['etcd_cpu_s']:.1f}s (3 members); duplicates answers/store "
+            f"{e['dup_answers']}/{e['dup_store']}; token used {e['token_used']} of {e['n']}; "
+            f"200s missing on a hub interface after 2 s: {e['missing_on_interfaces']}"
         )
+    med = {k: statistics.median(ratios(e, s)[k] for e, s in rounds) for k in ratios(*rounds[0])}
+    for key, label in (("per_second", "throughput/s"), ("p50", "p50 s"), ("p99", "p99 s"),
+                       ("hub_cpu_ms_per_enrollment", "hub CPU ms/enrollment")):  # fmt: skip
+        e_med = statistics.median(e[key] for e, _ in rounds)
+        s_med = statistics.median(s[key] for _, s in rounds)
+        print(f"median of {a.rounds}: {label:22} etcd x{a.hubs} {e_med:9.3f}  sqlite {s_med:9.3f}")
     print(
-        f"etcd: CPU {e['etcd_cpu_s']:.1f}s (3 members); duplicates answers/store "
-        f"{e['dup_answers']}/{e['dup_store']}; token used {e['token_used']} of {e['n']}; "
-        f"200s missing on a hub interface after 2 s: {e['missing_on_interfaces']}"
+        f"ratio etcd/sqlite (median of the {a.rounds} per-round ratios): throughput "
+        f"x{med['throughput']:.2f}, p99 x{med['p99']:.2f}, hub CPU/enrollment x{med['hub_cpu']:.2f}"
     )
-    print(
-        f"ratio etcd/sqlite: throughput x{e['per_second'] / s['per_second']:.2f}, "
-        f"p99 x{e['p99'] / s['p99']:.2f}, hub CPU/enrollment "
-        f"x{e['hub_cpu_ms_per_enrollment'] / s['hub_cpu_ms_per_enrollment']:.2f}"
-    )
-    print(json.dumps([e, s]))
-    bad = e["dup_answers"] + e["dup_store"] + e["missing_on_interfaces"]
-    return 0 if bad == 0 and e["token_used"] <= e["n"] else 1
+    print(json.dumps([[e, s] for e, s in rounds]))
+    bad = sum(e["dup_answers"] + e["dup_store"] + e["missing_on_interfaces"] for e, _ in rounds)
+    return 0 if bad == 0 and all(e["token_used"] <= e["n"] for e, _ in rounds) else 1
 
 
 if __name__ == "__main__":
