@@ -48,6 +48,8 @@ source "amazon-ebs" "node" {
   encrypt_boot = true
   # empty: the region's default EBS key; the plugin refuses ami_users then (profile check)
   kms_key_id = var.aws_kms_key_id
+  # copies in ami_regions: kms_key_id covers the build region only (profile check)
+  region_kms_key_ids = var.aws_region_kms_key_ids
 
   # IMDSv2 only: on instances launched from the AMI (plugin >= 1.2.2) ...
   imds_support = "v2.0"

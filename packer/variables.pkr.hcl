@@ -115,6 +115,11 @@ variable "aws_kms_key_id" {
   default     = ""
   description = "Customer-managed KMS key (id, alias or ARN) for the AMI; empty = the default EBS key (cannot be shared)."
 }
+variable "aws_region_kms_key_ids" {
+  type        = map(string)
+  default     = {}
+  description = "Region -> KMS key for each copy in aws_ami_regions (empty: copies use their region's default key, which cannot be shared)."
+}
 variable "aws_subnet_id" {
   type    = string
   default = ""

@@ -209,9 +209,14 @@ _PATTERN_HINTS = {
     "sha256": " (64 lower-case hex digits)",
     "kms_key_id": " (a KMS key id, alias/NAME, or key/alias ARN)",
 }
+_KMS_HINT = _PATTERN_HINTS["kms_key_id"]
 
 
 def _pattern_hint(path: Path_) -> str:
+    if path == ("aws", "region_kms_key_ids"):  # a key of the map
+        return " (an AWS region name, like eu-central-1)"
+    if path[:2] == ("aws", "region_kms_key_ids"):
+        return f"{_KMS_HINT[:-1]}, or '' for the region's default key)"
     if path and path[-1] in _PATTERN_HINTS:
         return _PATTERN_HINTS[path[-1]]
     if path[:2] == ("admin", "ssh_authorized_keys"):
@@ -432,14 +437,48 @@ def check_target_needs(ctx: Ctx) -> list[str]:
 def check_ami_sharing(ctx: Ctx) -> list[str]:
     """The AMI is always encrypted (``encrypt_boot = true``); the Packer amazon plugin
     refuses to share (``ami_users``) an AMI encrypted with the default KMS key, so sharing
-    needs a customer-managed key (UPSTREAM.md, Packer)."""
-    if ctx.get("aws.ami_users") and not ctx.get("aws.kms_key_id"):
-        return [
+    needs a customer-managed key (UPSTREAM.md, Packer). ``kms_key_id`` covers the build
+    region only: each copy in ``ami_regions`` is encrypted with that region's default key
+    unless ``region_kms_key_ids`` names one — Packer accepts that, and the accounts the AMI
+    is shared with cannot launch those copies. Once the map is set, Packer wants exactly
+    the regions of ``ami_regions`` in it."""
+    users = ctx.get("aws.ami_users")
+    regions = [r for r in ctx.get("aws.ami_regions") or [] if isinstance(r, str)]
+    keys = ctx.get("aws.region_kms_key_ids")
+    keys = (
+        keys
+        if isinstance(keys, Mapping) and ("aws", "region_kms_key_ids") not in ctx.failed
+        else {}
+    )
+    build = ctx.get("aws.region")
+    problems = []
+    if keys:
+        missing = [r for r in regions if r not in keys]
+        if missing:
+            problems.append(
+                f"{ctx.at('aws.region_kms_key_ids')}: no key for {', '.join(missing)} (in "
+                "aws.ami_regions): once this is set, every region of aws.ami_regions needs "
+                "an entry ('' for that region's default key, when the AMI is not shared)"
+            )
+        problems += [
+            f"{ctx.at('aws.region_kms_key_ids')}: {r} is not in aws.ami_regions (a key "
+            "only for a region the AMI is copied to)"
+            for r in sorted(set(keys) - set(regions))
+        ]
+    if users and not (keys.get(build) or ctx.get("aws.kms_key_id")):
+        problems.append(
             f"{ctx.at('aws.ami_users')}: sharing the AMI needs aws.kms_key_id (a "
             "customer-managed KMS key): the AMI is encrypted, and one encrypted with the "
             "default key cannot be shared"
-        ]
-    return []
+        )
+    copies = [r for r in dict.fromkeys(regions) if r != build and not keys.get(r)]
+    if users and copies:
+        problems.append(
+            f"{ctx.at('aws.ami_users')}: the copies in {', '.join(copies)} would be "
+            "encrypted with those regions' default KMS keys, which cannot be shared: set "
+            "aws.region_kms_key_ids with a customer-managed key for each"
+        )
+    return problems
 
 
 CROSS_CHECKS: tuple[Callable[[Ctx], list[str]], ...] = (

@@ -170,6 +170,7 @@ class AwsSection:
     ami_regions: tuple[str, ...]
     ami_users: tuple[str, ...]
     kms_key_id: str | None
+    region_kms_key_ids: Mapping[str, str]
     subnet_id: str | None
     vpc_id: str | None
     ssh_interface: str
@@ -332,6 +333,9 @@ def build_spec(data: Mapping[str, Any], defaults: Mapping[str, Any]) -> SiteSpec
             ami_regions=_strs(a["ami_regions"]),
             ami_users=_strs(a["ami_users"]),
             kms_key_id=a.get("kms_key_id"),
+            region_kms_key_ids=MappingProxyType(
+                {str(r): str(k) for r, k in (a.get("region_kms_key_ids") or {}).items()}
+            ),
             subnet_id=a.get("subnet_id"),
             vpc_id=a.get("vpc_id"),
             ssh_interface=a["ssh_interface"],

@@ -420,6 +420,7 @@ def packer_vars(profile: Profile, build_time: int, penv: Mapping[str, str]) -> d
         "aws_ami_regions": list(aws.ami_regions),
         "aws_ami_users": list(aws.ami_users),
         "aws_kms_key_id": aws.kms_key_id or "",
+        "aws_region_kms_key_ids": dict(aws.region_kms_key_ids),
         "aws_subnet_id": aws.subnet_id or "",
         "aws_vpc_id": aws.vpc_id or "",
         "aws_ssh_interface": aws.ssh_interface,

@@ -100,3 +100,46 @@ def test_real_packer_refuses_sharing_an_ami_encrypted_with_the_default_key(tmp_p
         packer.validate_packer(tree, "ami")
     msg = f"{exc.value.message} {exc.value.hint}"
     assert register()["packer_amazon"]["share_default_key_error"] in msg
+
+
+@pytest.mark.parametrize(
+    ("keys", "refusal"),
+    [
+        ({"us-west-2": "alias/nodeforge-ami", "us-east-1": "alias/nodeforge-ami"}, None),
+        ({"us-west-2": "alias/nodeforge-ami"},
+         "Region us-east-1 is in ami_regions but not in region_kms_key_ids"),
+        ({"us-west-2": "alias/a", "us-east-1": "alias/a", "ap-south-1": "alias/a"},
+         "Region ap-south-1 is in region_kms_key_ids but not in ami_regions"),
+        ({"us-west-2": "alias/a", "us-east-1": ""},
+         "Cannot share AMI encrypted with default KMS key for other regions"),
+    ],
+    ids=["a-key-per-copy", "a-copy-without-key", "a-key-without-copy", "a-shared-default-key"],
+)  # fmt: skip
+def test_real_packer_wants_a_key_for_each_copied_region(tmp_path, keys, refusal):
+    """The rules behind the profile check on aws.region_kms_key_ids, from packer itself
+    (Packer's amazon builder, ami_config.go: UPSTREAM.md); the map reaches the template, and
+    the profile check refuses what packer refuses (before any build)."""
+    from builder.errors import ValidationError
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
+
+    tree = tmp_path / "build" / "aws"
+    render_site(load_profile("aws", REPO_ROOT / "profiles"), tree)
+    set_pkrvars(
+        tree, aws_ami_users=["123456789012"], aws_kms_key_id="alias/nodeforge-ami",
+        aws_ami_regions=["us-west-2", "us-east-1"], aws_region_kms_key_ids=keys,
+    )  # fmt: skip
+    overrides = [
+        "aws.ami_users=['123456789012']", "aws.kms_key_id=alias/nodeforge-ami",
+        "aws.ami_regions=[us-west-2, us-east-1]",
+        "aws.region_kms_key_ids={" + ", ".join(f"{r}: '{k}'" for r, k in keys.items()) + "}",
+    ]  # fmt: skip
+    if refusal is None:
+        packer.validate_packer(tree, "ami")
+        load_profile("aws", REPO_ROOT / "profiles", overrides)
+        return
+    with pytest.raises(BuilderError) as exc:
+        packer.validate_packer(tree, "ami")
+    assert refusal in f"{exc.value.message} {exc.value.hint}"
+    with pytest.raises(ValidationError):
+        load_profile("aws", REPO_ROOT / "profiles", overrides)

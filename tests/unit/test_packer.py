@@ -222,6 +222,9 @@ def test_templates_amazon_source_requirements():
         assert key in src
     assert src["kms_key_id"] == "${var.aws_kms_key_id}"  # sharing needs it (UPSTREAM.md)
     assert variables["aws_kms_key_id"]["default"] == ""
+    # kms_key_id covers the build region only: the copies take theirs from this map
+    assert src["region_kms_key_ids"] == "${var.aws_region_kms_key_ids}"
+    assert variables["aws_region_kms_key_ids"]["default"] == {}
     locals_ = doc["locals"][0]
     assert "nodeforge:profile-hash" in str(locals_["tags"])
 

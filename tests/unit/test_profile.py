@@ -179,6 +179,79 @@ def test_sharing_an_ami_with_a_customer_managed_key_is_fine(workdir: Path, key: 
     assert load_profile("aws", None, [f"aws.kms_key_id={key}"]).spec.aws.ami_users == ()
 
 
+CMK = "alias/nodeforge-ami"
+SHARE = ["aws.ami_users=['123456789012']", f"aws.kms_key_id={CMK}"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # copies in other regions are encrypted with THOSE regions' default keys unless
+        # region_kms_key_ids names one (Packer's kms_key_id doc comment): Packer accepts the
+        # build, and the accounts it is shared with cannot launch those copies
+        (
+            [*SHARE, "aws.ami_regions=[us-west-2, us-east-1]"],
+            "--set: aws.ami_users: the copies in us-west-2, us-east-1 would be encrypted "
+            "with those regions' default KMS keys, which cannot be shared: set "
+            "aws.region_kms_key_ids",
+        ),
+        # Packer refuses a map that does not list every region of ami_regions, and a region
+        # that is not in ami_regions (ami_config.go Prepare/prepareRegions)
+        (
+            ["aws.ami_regions=[us-west-2, us-east-1]",
+             f"aws.region_kms_key_ids={{us-west-2: {CMK}}}"],
+            "--set: aws.region_kms_key_ids: no key for us-east-1 (in aws.ami_regions)",
+        ),
+        (
+            ["aws.ami_regions=[us-west-2]",
+             f"aws.region_kms_key_ids={{us-west-2: {CMK}, us-east-1: {CMK}}}"],
+            "--set: aws.region_kms_key_ids: us-east-1 is not in aws.ami_regions",
+        ),
+        # "" is that region's default key: Packer refuses it for a shared AMI
+        (
+            [*SHARE, "aws.ami_regions=[us-west-2]", "aws.region_kms_key_ids={us-west-2: ''}"],
+            "--set: aws.ami_users: the copies in us-west-2 would be encrypted",
+        ),
+        (
+            ["aws.ami_regions=[us-west-2]", "aws.region_kms_key_ids={us-west-2: nokey!}"],
+            "--set: aws.region_kms_key_ids.us-west-2: 'nokey!' is not in the expected form",
+        ),
+        (
+            ["aws.ami_regions=[us-west-2]", f"aws.region_kms_key_ids={{Frankfurt: {CMK}}}"],
+            "--set: aws.region_kms_key_ids: 'Frankfurt' is not in the expected form (an AWS "
+            "region name, like eu-central-1)",
+        ),
+    ],
+    ids=["copies-default-key", "map-misses-a-region", "map-extra-region", "shared-empty-key",
+         "bad-key", "bad-region"],
+)  # fmt: skip
+def test_ami_copies_to_other_regions_need_their_own_keys(
+    workdir: Path, overrides: list[str], expected: str
+) -> None:
+    problems = problems_of("aws", *overrides)
+    assert any(expected in p for p in problems), problems
+
+
+def test_shared_ami_copies_with_a_key_per_region_are_fine(workdir: Path) -> None:
+    keys = {"us-west-2": CMK, "us-east-1": "mrk-1234abcd12ab34cd56ef1234567890ab"}
+    profile = load_profile(
+        "aws", None,
+        [*SHARE, "aws.ami_regions=[us-west-2, us-east-1]",
+         "aws.region_kms_key_ids={us-west-2: alias/nodeforge-ami, "
+         "us-east-1: mrk-1234abcd12ab34cd56ef1234567890ab}"],
+    )  # fmt: skip
+    assert dict(profile.spec.aws.region_kms_key_ids) == keys
+    # the build region's own key may come from the map instead of kms_key_id (Packer: the
+    # map's entry for the build region wins)
+    build = profile.spec.aws.region
+    ok = load_profile(
+        "aws", None,
+        ["aws.ami_users=['123456789012']", f"aws.ami_regions=[{build}]",
+         f"aws.region_kms_key_ids={{{build}: {CMK}}}"],
+    )  # fmt: skip
+    assert ok.spec.aws.kms_key_id is None
+
+
 def test_every_problem_reported_at_once_and_sorted(workdir: Path) -> None:
     problems = problems_of("aws", "crio.version=1.30", "wireguard.mtu=1", "nope=1")
     assert len(problems) == 3
