@@ -245,3 +245,49 @@ def test_autoinstall_lets_the_seed_be_read() -> None:
     assert "datasource_list: [ NoCloud, None ]" in cmds[index]
     provision = next(i for i, c in enumerate(cmds) if "provision.sh" in c)
     assert index < provision
+
+
+# -- audit (issue 11, second pass) ----------------------------------------------------------
+def test_standin_crio_ships_the_real_registries_dropin() -> None:
+    from tests.support import standins
+
+    c = REG["crio"]
+    crio = next(p for p in standins._specs(standins.DEFAULT_VERSIONS) if p.name == "cri-o")
+    text = crio.files[c["shipped_registries_dropin"]]
+    import tomllib
+
+    want = c["shipped_unqualified_search_registries"]
+    assert tomllib.loads(text) == {"unqualified-search-registries": want}
+    assert c["shipped_registries_dropin"] in crio.conffiles  # %config(noreplace)
+
+
+def test_our_registries_dropin_leaves_the_search_list_to_the_package() -> None:
+    # drop-ins merge [[registry]] tables by prefix; unqualified-search-registries is replaced
+    # only by a file that sets it: ours must not, or short names stop resolving via docker.io
+    import tomllib
+
+    profile = load_profile(
+        "onprem",
+        overrides=[
+            "crio.registry_mirrors=[mirror.example:5000]",
+            "crio.insecure_registries=[reg.example:5000]",
+        ],
+    )
+    tree = render.render_files(profile)
+    (path,) = [p for p in tree if p.startswith("files/etc/containers/registries.conf.d/")]
+    data = tomllib.loads(tree[path][0].decode())
+    assert "unqualified-search-registries" not in data
+    assert {r["prefix"] for r in data["registry"]} >= {"docker.io", "reg.example:5000"}
+
+
+def test_packer_ami_options_within_the_plugins_limits() -> None:
+    a = REG["packer_amazon"]
+    schema = yaml_file("builder/site/schema/profile.schema.json")
+    enum = schema["properties"]["aws"]["properties"]["ssh_interface"]["enum"]
+    assert set(enum) <= set(a["ssh_interfaces"])
+    main = (REPO / "packer/nodeforge.pkr.hcl").read_text()
+    iops = int(re.search(r"\n\s*iops\s*=\s*(\d+)", main).group(1))  # type: ignore[union-attr]
+    tput = int(re.search(r"\n\s*throughput\s*=\s*(\d+)", main).group(1))  # type: ignore[union-attr]
+    assert a["gp3_iops"][0] <= iops <= a["gp3_iops"][1]
+    assert a["gp3_throughput"][0] <= tput <= a["gp3_throughput"][1]
+    assert 'volume_type           = "gp3"' in main
