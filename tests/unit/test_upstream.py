@@ -291,3 +291,28 @@ def test_packer_ami_options_within_the_plugins_limits() -> None:
     assert a["gp3_iops"][0] <= iops <= a["gp3_iops"][1]
     assert a["gp3_throughput"][0] <= tput <= a["gp3_throughput"][1]
     assert 'volume_type           = "gp3"' in main
+
+
+def _v(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("-")[0].split("."))
+
+
+def test_nvidia_toolkit_default_has_the_behaviour_we_rely_on() -> None:
+    # jit-cdi for "auto", runtimes ["runc", "crun"]: both from 1.18.0 (1.17.x: legacy mode,
+    # docker-runc first); the default is the release the register's NCT facts were read at
+    n = REG["nvidia"]
+    have = yaml_file("builder/site/defaults.yaml")["gpu"]["nvidia"]["container_toolkit_version"]
+    assert have == n["toolkit_version"]
+    assert _v(have) >= _v(n["toolkit_min_version"])
+
+
+def test_a_toolkit_older_than_the_behaviour_we_rely_on_is_refused() -> None:
+    from builder.errors import BuilderError
+
+    old = "gpu.nvidia.container_toolkit_version='1.17.8'"
+    with pytest.raises(BuilderError) as exc:
+        load_profile("onprem", overrides=[old])
+    assert "gpu.nvidia.container_toolkit_version" in str(exc.value)
+    assert REG["nvidia"]["toolkit_min_version"] in str(exc.value)
+    ok = f"gpu.nvidia.container_toolkit_version='{REG['nvidia']['toolkit_min_version']}'"
+    assert load_profile("onprem", overrides=[ok])
