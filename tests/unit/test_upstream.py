@@ -316,3 +316,11 @@ def test_a_toolkit_older_than_the_behaviour_we_rely_on_is_refused() -> None:
     assert REG["nvidia"]["toolkit_min_version"] in str(exc.value)
     ok = f"gpu.nvidia.container_toolkit_version='{REG['nvidia']['toolkit_min_version']}'"
     assert load_profile("onprem", overrides=[ok])
+
+
+def test_autoinstall_installs_the_kernel_the_modules_are_built_for() -> None:
+    # subiquity's default kernel is "ISO build specific" (a point release may default to
+    # HWE); the signed NVIDIA modules are for the generic flavour: name it (UPSTREAM.md)
+    tree = render.render_files(load_profile("onprem"))
+    auto = yaml.safe_load(tree["cloud-init/autoinstall.yaml"][0])
+    assert auto["kernel"] == {"flavor": REG["nvidia"]["kernel_flavour"]["iso"]}
