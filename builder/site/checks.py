@@ -205,7 +205,7 @@ _PATTERN_HINTS = {
     "username": " (lower-case letters, digits, _ and -)",
     "interface": " (an interface name: 1-15 of A-Z a-z 0-9 _ = + . -)",
     "driver_branch": ' (the 3-digit NVIDIA driver branch, like "570")',
-    "container_toolkit_version": ' (like "1.17.8")',
+    "container_toolkit_version": ' (like "1.20.0")',
     "sha256": " (64 lower-case hex digits)",
     "kms_key_id": " (a KMS key id, alias/NAME, or key/alias ARN)",
 }
@@ -416,6 +416,31 @@ def check_gpu_options(ctx: Ctx) -> list[str]:
     ]
 
 
+# The NVIDIA container toolkit release that brought what the GPU nodes rely on: "auto" mode
+# resolving to jit-cdi and the low-level runtime candidates ["runc", "crun"] (UPSTREAM.md,
+# NVIDIA, "toolkit version"); 1.17.x resolves "auto" to legacy and tries docker-runc first.
+TOOLKIT_MIN = (1, 18, 0)
+
+
+def check_toolkit_version(ctx: Ctx) -> list[str]:
+    """A GPU site's container toolkit is 1.18.0 or newer."""
+    dotted = "gpu.nvidia.container_toolkit_version"
+    value = ctx.get(dotted)
+    if ctx.get("gpu.enabled") is not True or value is None:
+        return []
+    if tuple(dotted.split(".")) in ctx.failed:
+        return []
+    have = tuple(int(x) for x in str(value).split("-")[0].split("."))
+    if have >= TOOLKIT_MIN:
+        return []
+    need = ".".join(map(str, TOOLKIT_MIN))
+    return [
+        f"{ctx.at(dotted)}: NVIDIA container toolkit {value} is older than {need}: before "
+        f'{need} its runtime resolves mode "auto" to legacy (not jit-cdi) and looks for '
+        "docker-runc first (UPSTREAM.md, NVIDIA)"
+    ]
+
+
 def check_target_needs(ctx: Ctx) -> list[str]:
     """What each target needs: iso a verifiable base ISO, ami a region."""
     target = ctx.get("target")
@@ -489,6 +514,7 @@ CROSS_CHECKS: tuple[Callable[[Ctx], list[str]], ...] = (
     check_required_sysctls,
     check_labels,
     check_gpu_options,
+    check_toolkit_version,
     check_target_needs,
     check_ami_sharing,
 )

@@ -389,6 +389,8 @@ def context(profile: Profile, build_time: int) -> dict[str, Any]:
         "wg_interface": spec.wireguard.interface,
         "static": static.template_data() if static else None,
         "storage_layout": spec.iso.storage_layout,
+        # the kernel subiquity installs = the one the signed NVIDIA modules are for
+        "kernel_flavour": NVIDIA_KERNEL_FLAVOUR["iso"],
         "hostname_default": hostname_default(profile),
         "instance_id": f"{profile.site}-{profile.input_hash[:12]}",
         "hostname": None,

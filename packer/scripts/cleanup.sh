@@ -41,7 +41,9 @@ elif command -v cloud-init >/dev/null 2>&1; then
 fi
 
 # --- identity --------------------------------------------------------------------------------
-# empty (not missing) machine-id: systemd makes a new one on first boot and runs first-boot units
+# empty (not missing, not "uninitialized") machine-id: systemd generates a new id at boot and
+# commits it, without treating the boot as a first boot (no ConditionFirstBoot units, no
+# preset of the units we enabled): machine-id(5), UPSTREAM.md
 : >/etc/machine-id
 chmod 0444 /etc/machine-id
 if [ -d /var/lib/dbus ]; then ln -sfn /etc/machine-id /var/lib/dbus/machine-id; fi

@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import json
 import re
 import shutil
 import tempfile
@@ -246,9 +247,14 @@ def _crio(version: str, reg: dict[str, Any]) -> Pkg:
             c["shipped_dropin"]: crio_shipped_dropin(reg),
             "/etc/crio/policy.json": '{"default": [{"type": "insecureAcceptAnything"}]}\n',
             f"{c['unit_dir']}/{c['unit']}": _CRIO_UNIT,
+            # the real package's registries drop-in (a conffile): the short-name search list
+            c["shipped_registries_dropin"]: "unqualified-search-registries = "
+            + json.dumps(c["shipped_unqualified_search_registries"])
+            + "\n",
         },
         programs=progs,
         depends="python3",
+        conffiles=(c["shipped_registries_dropin"],),
     )
 
 

@@ -31,8 +31,10 @@ from tests.support.standins import (
     STANDIN_CLUSTER_CA,
     STANDIN_CLUSTER_DIR,
     STANDIN_KUBELET_CONFIG,
+    register,
 )
 
+REG = register()
 pytestmark = pytest.mark.allow_subprocess
 
 # imported under its package name: mutmut's trampolines (make mutation) only switch
@@ -174,9 +176,30 @@ def test_join_writes_the_kubelet_files_and_restarts_it_through_systemctl(node: N
     )
     flags = node.file("/var/lib/kubelet/kubeadm-flags.env").read_text()
     assert "--node-ip=10.99.0.7" in flags and "--node-labels=site=lab" in flags
-    assert "--container-runtime-endpoint=unix:///var/run/crio/crio.sock" in flags
     assert "--register-with-taints=gpu=true:NoSchedule" in flags
     assert node.file("/etc/kubernetes/pki/ca.crt").read_text() == STANDIN_CLUSTER_CA.read_text()
+
+
+def test_join_passes_the_cri_endpoint_through_the_instance_config(node: Node) -> None:
+    # kubeadm 1.35 (NodeLocalCRISocket beta, on by default): the node's criSocket goes to
+    # /var/lib/kubelet/instance-config.yaml, patched into config.yaml; no flag (UPSTREAM.md)
+    k = REG["kubernetes"]
+    r = node.join(product_join_config())
+    assert r.returncode == 0, r.stderr + r.stdout
+    flags = node.file("/var/lib/kubelet/kubeadm-flags.env").read_text()
+    assert "--container-runtime-endpoint" not in flags
+    instance = yaml.safe_load(node.file(k["kubelet_instance_config"]).read_text())
+    assert instance == {"containerRuntimeEndpoint": REG["crio"]["socket"]}
+    config = yaml.safe_load(node.file("/var/lib/kubelet/config.yaml").read_text())
+    assert config["containerRuntimeEndpoint"] == REG["crio"]["socket"]
+    assert config["kind"] == "KubeletConfiguration"
+    # and reset removes it with the rest
+    assert node.kubeadm("reset", "-f").returncode == 0
+    assert not node.file(k["kubelet_instance_config"]).exists()
+
+
+def test_join_ends_with_the_kubelets_tls_bootstrap(node: Node) -> None:
+    assert node.join(product_join_config()).returncode == 0
     kubelet_conf = node.file("/etc/kubernetes/kubelet.conf")  # the kubelet's TLS bootstrap
     assert kubelet_conf.exists() and (kubelet_conf.stat().st_mode & 0o777) == 0o600
     assert not node.file("/etc/kubernetes/bootstrap-kubelet.conf").exists()  # removed after

@@ -173,7 +173,9 @@ def test_ncr_gpu_request_needs_the_driver(tmp_path, env, libexec):
     r = ncr(tmp_path, env, cfg, "run", "--bundle", str(bundle), "c1")
     if os.path.exists("/proc/driver/nvidia/version") or os.path.isdir("/sys/module/nvidia"):
         pytest.skip("this host has an NVIDIA driver loaded")
-    assert r.returncode == 1 and "failed to initialize NVML" in r.stderr
+    assert r.returncode == 1
+    n = REG["nvidia"]
+    assert n["error_no_driver"].format(nvml=n["nvml_error_driver_not_loaded"]) in r.stderr
     (bundle / "config.json").write_text('{"process": {"env": ["NVIDIA_VISIBLE_DEVICES=void"]}}')
     assert ncr(tmp_path, env, cfg, "run", "--bundle", str(bundle), "c2").returncode == 0
 
@@ -200,3 +202,17 @@ def test_nvidia_ctk_sets_the_runtimes_list(tmp_path, env):
     data = tomllib.loads(cfg.read_text())
     assert data["nvidia-container-runtime"]["runtimes"] == want.split(":")
     assert data["nvidia-container-runtime"]["mode"] == "auto"
+
+
+def test_ctk_cdi_generate_and_nvidia_smi_without_a_driver(tmp_path, env):
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.isdir("/sys/module/nvidia"):
+        pytest.skip("this host has an NVIDIA driver loaded")
+    n = REG["nvidia"]
+    argv = [sys.executable, str(PROGRAMS / "nvidia_ctk.py"), "cdi", "generate"]
+    r = subprocess.run([*argv, f"--output={tmp_path / 'nvidia.yaml'}"], env=env,
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 1 and not (tmp_path / "nvidia.yaml").exists()
+    assert n["ctk_cdi_error_no_driver"].format(nvml=n["nvml_error_driver_not_loaded"]) in r.stderr
+    smi = subprocess.run(["sh", str(PROGRAMS / "nvidia_smi.sh"), "-L"], env=env,
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert smi.returncode == n["nvidia_smi_exit_no_driver"]

@@ -245,3 +245,82 @@ def test_autoinstall_lets_the_seed_be_read() -> None:
     assert "datasource_list: [ NoCloud, None ]" in cmds[index]
     provision = next(i for i, c in enumerate(cmds) if "provision.sh" in c)
     assert index < provision
+
+
+# -- audit (issue 11, second pass) ----------------------------------------------------------
+def test_standin_crio_ships_the_real_registries_dropin() -> None:
+    from tests.support import standins
+
+    c = REG["crio"]
+    crio = next(p for p in standins._specs(standins.DEFAULT_VERSIONS) if p.name == "cri-o")
+    text = crio.files[c["shipped_registries_dropin"]]
+    import tomllib
+
+    want = c["shipped_unqualified_search_registries"]
+    assert tomllib.loads(text) == {"unqualified-search-registries": want}
+    assert c["shipped_registries_dropin"] in crio.conffiles  # %config(noreplace)
+
+
+def test_our_registries_dropin_leaves_the_search_list_to_the_package() -> None:
+    # drop-ins merge [[registry]] tables by prefix; unqualified-search-registries is replaced
+    # only by a file that sets it: ours must not, or short names stop resolving via docker.io
+    import tomllib
+
+    profile = load_profile(
+        "onprem",
+        overrides=[
+            "crio.registry_mirrors=[mirror.example:5000]",
+            "crio.insecure_registries=[reg.example:5000]",
+        ],
+    )
+    tree = render.render_files(profile)
+    (path,) = [p for p in tree if p.startswith("files/etc/containers/registries.conf.d/")]
+    data = tomllib.loads(tree[path][0].decode())
+    assert "unqualified-search-registries" not in data
+    assert {r["prefix"] for r in data["registry"]} >= {"docker.io", "reg.example:5000"}
+
+
+def test_packer_ami_options_within_the_plugins_limits() -> None:
+    a = REG["packer_amazon"]
+    schema = yaml_file("builder/site/schema/profile.schema.json")
+    enum = schema["properties"]["aws"]["properties"]["ssh_interface"]["enum"]
+    assert set(enum) <= set(a["ssh_interfaces"])
+    main = (REPO / "packer/nodeforge.pkr.hcl").read_text()
+    iops = int(re.search(r"\n\s*iops\s*=\s*(\d+)", main).group(1))  # type: ignore[union-attr]
+    tput = int(re.search(r"\n\s*throughput\s*=\s*(\d+)", main).group(1))  # type: ignore[union-attr]
+    assert a["gp3_iops"][0] <= iops <= a["gp3_iops"][1]
+    assert a["gp3_throughput"][0] <= tput <= a["gp3_throughput"][1]
+    assert 'volume_type           = "gp3"' in main
+
+
+def _v(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("-")[0].split("."))
+
+
+def test_nvidia_toolkit_default_has_the_behaviour_we_rely_on() -> None:
+    # jit-cdi for "auto", runtimes ["runc", "crun"]: both from 1.18.0 (1.17.x: legacy mode,
+    # docker-runc first); the default is the release the register's NCT facts were read at
+    n = REG["nvidia"]
+    have = yaml_file("builder/site/defaults.yaml")["gpu"]["nvidia"]["container_toolkit_version"]
+    assert have == n["toolkit_version"]
+    assert _v(have) >= _v(n["toolkit_min_version"])
+
+
+def test_a_toolkit_older_than_the_behaviour_we_rely_on_is_refused() -> None:
+    from builder.errors import BuilderError
+
+    old = "gpu.nvidia.container_toolkit_version='1.17.8'"
+    with pytest.raises(BuilderError) as exc:
+        load_profile("onprem", overrides=[old])
+    assert "gpu.nvidia.container_toolkit_version" in str(exc.value)
+    assert REG["nvidia"]["toolkit_min_version"] in str(exc.value)
+    ok = f"gpu.nvidia.container_toolkit_version='{REG['nvidia']['toolkit_min_version']}'"
+    assert load_profile("onprem", overrides=[ok])
+
+
+def test_autoinstall_installs_the_kernel_the_modules_are_built_for() -> None:
+    # subiquity's default kernel is "ISO build specific" (a point release may default to
+    # HWE); the signed NVIDIA modules are for the generic flavour: name it (UPSTREAM.md)
+    tree = render.render_files(load_profile("onprem"))
+    auto = yaml.safe_load(tree["cloud-init/autoinstall.yaml"][0])
+    assert auto["kernel"] == {"flavor": REG["nvidia"]["kernel_flavour"]["iso"]}

@@ -17,7 +17,10 @@ ConfigMap, ``kubelet-config.yaml`` = the kubelet-config ConfigMap):
 3. discovery: the cluster CA's public key must be pinned (sha256 of the DER
    SubjectPublicKeyInfo, kubeadm's pubkeypin);
 4. kubelet-start: bootstrap-kubelet.conf, the CA at caCertPath, ``systemctl stop
-   kubelet``, /var/lib/kubelet/config.yaml, kubeadm-flags.env, ``systemctl daemon-reload``
+   kubelet``, /var/lib/kubelet/instance-config.yaml (the node's criSocket as
+   ``containerRuntimeEndpoint``: NodeLocalCRISocket, on by default in 1.35) patched into
+   /var/lib/kubelet/config.yaml, kubeadm-flags.env (no --container-runtime-endpoint),
+   ``systemctl daemon-reload``
    + ``systemctl restart kubelet`` (PATH lookup: a shim first in PATH is used), then wait
    for the kubelet's healthz and for /etc/kubernetes/kubelet.conf (TLS bootstrap).
 
@@ -53,6 +56,7 @@ KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
 BOOTSTRAP_CONF = "/etc/kubernetes/bootstrap-kubelet.conf"
 CA_CERT_PATH = "/etc/kubernetes/pki/ca.crt"
 KUBELET_DIR = "/var/lib/kubelet"
+INSTANCE_CONFIG = KUBELET_DIR + "/instance-config.yaml"
 GROUP = "kubeadm.k8s.io"
 OLD_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3", "v1beta1", "v1beta2")
 DEPRECATED_VERSIONS = ("v1beta3",)
@@ -376,8 +380,15 @@ def kubelet_start(cfg: dict, ca: bytes) -> None:
             kubelet_config = fh.read()
     except OSError as exc:
         raise Fail(f"error execution phase kubelet-start: no kubelet-config ({exc})") from exc
-    write(KUBELET_DIR + "/config.yaml", kubelet_config)
-    args = [f"--container-runtime-endpoint={cri_socket(cfg)}"]
+    # NodeLocalCRISocket (beta, on by default in 1.34/1.35): the node's CRI endpoint goes to
+    # instance-config.yaml, applied as a patch over the cluster's KubeletConfiguration; the
+    # flags file carries no --container-runtime-endpoint (UPSTREAM.md, "join: kubelet-start")
+    sock = cri_socket(cfg)
+    write(INSTANCE_CONFIG, f"containerRuntimeEndpoint: {json.dumps(sock)}\n")
+    merged = yaml.safe_load(kubelet_config) or {}
+    merged["containerRuntimeEndpoint"] = sock
+    write(KUBELET_DIR + "/config.yaml", yaml.safe_dump(merged, sort_keys=True))
+    args: list[str] = []
     extra = {str(a.get("name")): str(a.get("value")) for a in reg.get("kubeletExtraArgs") or []}
     name = str(reg.get("name") or socket.gethostname())
     if name != socket.gethostname():
@@ -392,7 +403,7 @@ def kubelet_start(cfg: dict, ca: bytes) -> None:
     systemctl("daemon-reload")
     if systemctl("restart", "kubelet") != 0:  # TryStartKubelet: a warning, the wait decides
         warn("[kubelet-start] WARNING: unable to start the kubelet service")
-    wait_for_kubelet(yaml.safe_load(kubelet_config) or {})
+    wait_for_kubelet(merged)
 
 
 def wait_for_kubelet(kc: dict) -> None:
@@ -443,7 +454,7 @@ def join(argv: list[str]) -> None:
 def reset() -> None:
     systemctl("stop", "kubelet")
     for f in (KUBELET_CONF, BOOTSTRAP_CONF, CA_CERT_PATH, KUBELET_DIR + "/config.yaml",
-              KUBELET_DIR + "/kubeadm-flags.env"):  # fmt: skip
+              KUBELET_DIR + "/kubeadm-flags.env", INSTANCE_CONFIG):  # fmt: skip
         with contextlib.suppress(OSError):
             os.unlink(p(f))
 

@@ -11,7 +11,8 @@ Reproduces what nodeforge relies on (UPSTREAM.md, "NVIDIA"):
   /usr/bin /sbin /bin; none found -> the real error message, exit 1;
 - a container that requests no device (NVIDIA_VISIBLE_DEVICES unset, empty or "void") is
   handed to the low-level runtime unchanged; one that requests devices needs the driver
-  (/proc/driver/nvidia/version or /sys/module/nvidia), else it fails (NVML cannot start).
+  (/proc/driver/nvidia/version or /sys/module/nvidia), else it fails with the real
+  error chain (NVML: Driver Not Loaded).
 Then it execs the low-level runtime with its own arguments.
 """
 
@@ -126,9 +127,12 @@ def main(argv: list[str]) -> int:
         return 1
     devices = requested_devices(argv)
     if devices and not driver_loaded():
+        # jit-cdi (the "auto" default) in nvml mode; NVML_ERROR_DRIVER_NOT_LOADED's text comes
+        # from libnvidia-ml (installed with the driver userspace): UPSTREAM.md, NVIDIA
         msg = (
-            f"{PREFIX}: failed to construct OCI spec modifier: failed to generate CDI spec "
-            'for mode "auto": failed to initialize NVML: driver not loaded (stand-in)'
+            f"{PREFIX}: failed to construct OCI spec modifier: failed to create the automatic "
+            'CDI modifier: failed to generate CDI spec for mode "auto": failed to construct '
+            "device spec generators: failed to initialize NVML: Driver Not Loaded"
         )
         print(msg, file=sys.stderr)
         log(f"error: {msg}")

@@ -109,7 +109,10 @@ def main(argv: list[str]) -> int:
             or os.path.isdir("/sys/module/nvidia")
             or os.path.exists(STANDIN_DRIVER_FLAG)
         ):
-            msg = "failed to initialize NVML: driver not loaded (stand-in)"
+            msg = (
+                "failed to create device CDI specs: failed to construct device spec "
+                "generators: failed to initialize NVML: Driver Not Loaded"
+            )
             print(f"failed to generate CDI spec: {msg}", file=sys.stderr)
             return 1
         out = next((a.split("=", 1)[1] for a in args if a.startswith("--output=")), "")
