@@ -1,6 +1,7 @@
-"""The single-hub store tests (tests/unit/test_hub_store.py) on the etcd backend, against a
-real 3-member etcd cluster on loopback ports; plus what only etcd has: two stores (two hubs)
-on one cluster racing for the same addresses and the same token uses."""
+"""The single-hub store tests (tests/unit/test_hub_store.py) on the etcd backend (a real
+single-member etcd, see backends.py); plus what only etcd has, on a real 3-member etcd
+cluster on loopback ports: two stores (two hubs) on one cluster racing for the same addresses
+and the same token uses, the SQLite to etcd migration, conflicts on /metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from backends import on_etcd
 from etcd_lab import EtcdCluster, missing
 
 from builder.hub.config import StoreConfig
@@ -20,7 +22,9 @@ from builder.hub.stores.etcd import EtcdStore
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 import test_hub_store as base  # noqa: E402 - the unit lane's tests, run here on etcd
 
-pytestmark = pytest.mark.integration
+# every single-hub store test, on etcd (on the session's single-member etcd, see backends.py;
+# the one reading the SQLite file has its own below)
+TAKEN = on_etcd(base, globals(), fixtures=("store", "clock"))
 
 if missing():
     pytest.skip(f"needs {missing()}", allow_module_level=True)
@@ -43,30 +47,12 @@ def etcd_store(cluster, prefix, clock, cidr="10.100.0.0/16", hub="10.100.0.1", r
     return EtcdStore(cfg, pool, q, clock=clock, secret_key=base.KEY, replay_grace_seconds=120)
 
 
-@pytest.fixture(autouse=True)
-def _on_etcd(cluster, monkeypatch):
-    monkeypatch.setattr(
-        base,
-        "make_store",
-        lambda tmp_path, clock, **kw: etcd_store(cluster, f"/t/{tmp_path.name}", clock, **kw),
-    )
+def test_these_run_on_etcd(store):
+    assert isinstance(store, EtcdStore)
+    assert len(TAKEN) >= 15  # 17 when written: one is sqlite_only, the pool arithmetic builds none
 
 
-clock = base.clock
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    return base.make_store(tmp_path, clock)
-
-
-# every single-hub store test, on etcd (the one reading the SQLite file has its own below)
-for _name in dir(base):
-    if _name.startswith("test_") and _name != "test_token_is_stored_hashed":
-        globals()[_name] = getattr(base, _name)
-
-
-def test_token_is_stored_hashed_in_etcd(store, cluster):
+def test_token_is_stored_hashed_in_etcd(store):
     t, _ = store.create_token("lab", 1, 60, False)
     secret = t.split(".")[2]
     _, kvs = store.client.range("/", "\xff")
