@@ -26,14 +26,20 @@ def sqlite_only(fn: Any) -> bool:
     return any(m.name == "sqlite_only" for m in getattr(fn, "pytestmark", []))
 
 
-def on_etcd(base: ModuleType, namespace: dict[str, Any], fixtures: tuple[str, ...]) -> list[str]:
-    """Put ``base``'s store-building tests and the named fixtures into ``namespace`` (a test
-    module's globals) and mark that module to run them on etcd; the names taken."""
+def on_etcd(
+    base: ModuleType,
+    namespace: dict[str, Any],
+    fixtures: tuple[str, ...],
+    names: tuple[str, ...] = (),
+) -> list[str]:
+    """Put ``base``'s store-building tests (or the ones ``names`` lists) and the named
+    fixtures into ``namespace`` (a test module's globals) and mark that module to run them
+    on etcd; the names taken."""
     taken = []
     for name, fn in vars(base).items():
         if not name.startswith("test_") or not callable(fn) or sqlite_only(fn):
             continue
-        if BUILDS_A_STORE & set(inspect.signature(fn).parameters):
+        if name in names or (not names and BUILDS_A_STORE & set(inspect.signature(fn).parameters)):
             namespace[name] = fn
             taken.append(name)
     for name in fixtures:
