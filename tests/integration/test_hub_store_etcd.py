@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import sys
 import threading
 from pathlib import Path
@@ -18,6 +19,7 @@ from etcd_lab import EtcdCluster, missing
 from builder.hub.config import StoreConfig
 from builder.hub.store import EnrollRequest, Pool
 from builder.hub.stores.etcd import EtcdStore
+from builder.hub.stores.etcd_client import put
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 import test_hub_store as base  # noqa: E402 - the unit lane's tests, run here on etcd
@@ -57,6 +59,46 @@ def test_token_is_stored_hashed_in_etcd(store):
     secret = t.split(".")[2]
     _, kvs = store.client.range("/", "\xff")
     assert kvs and all(secret not in v for _, v, _ in kvs)
+
+
+def test_a_store_closed_twice_or_in_another_thread_reads_again(store):
+    """The etcd side of test_the_database_file_and_its_settings (test_hub_store_audit.py):
+    each thread its own connection (an HTTP session to etcd); closing twice, or in a thread
+    that never opened one, is no error; a closed store opens a new one at its next call."""
+    store.create_token("lab", 1, 60, False)
+    first = store.client._session()
+    assert store.client._session() is first  # one per thread
+    store.close()
+    store.close()  # twice: nothing to close
+    errors: list[Exception] = []
+
+    def close_elsewhere() -> None:
+        try:
+            store.close()
+        except Exception as exc:
+            errors.append(exc)
+
+    other = threading.Thread(target=close_elsewhere)
+    other.start()
+    other.join()
+    assert errors == []
+    assert len(store.list_tokens()) == 1
+    assert store.client._session() is not first
+
+
+def test_a_node_row_without_the_later_columns_loads(store, tmp_path, clock):
+    """The etcd side of test_an_old_database_gets_the_new_columns: a node row naming only
+    the first release's columns (no replaces, pending_*) loads with them empty, and the
+    store goes on enrolling."""
+    token, _ = store.create_token("lab", 2, 600, False)
+    node = store.enroll(base.req(token, 1)).node
+    later = ("replaces", "pending_pubkey", "pending_token_id", "pending_at")
+    old = {k: v for k, v in node.items() if k not in later}
+    store.client.txn([], [put(f"{store.state}node/node-1", json.dumps(old))])
+    fresh = base.make_store(tmp_path, clock)  # another hub, reading the state from scratch
+    assert fresh.node("node-1") == node
+    assert fresh.enroll(base.req(token, 2)).status == 200
+    assert store.node("node-1") == node  # the first store's snapshot, brought up to date
 
 
 def test_two_hubs_never_share_an_address_or_overuse_a_token(cluster, tmp_path, clock):

@@ -701,7 +701,7 @@ def test_pool_edges():
     ]
 
 
-@pytest.mark.sqlite_only("hub.db's mode and PRAGMAs, one connection per thread")
+@pytest.mark.sqlite_only("hub.db's mode and PRAGMAs; etcd's side: test_hub_store_etcd.py")
 def test_the_database_file_and_its_settings(tmp_path, clock):
     path = tmp_path / "sub" / "hub.db"
     pool = Pool(ipaddress.IPv4Network("10.9.0.0/24"), ipaddress.IPv4Address("10.9.0.1"))
@@ -732,7 +732,7 @@ def test_the_database_file_and_its_settings(tmp_path, clock):
     assert errors == []
 
 
-@pytest.mark.sqlite_only("a hub.db of the first release gains the columns added since")
+@pytest.mark.sqlite_only("an old hub.db; etcd's side: test_hub_store_etcd.py")
 def test_an_old_database_gets_the_new_columns(tmp_path, clock):
     path = tmp_path / "hub.db"
     old = sqlite3.connect(path)
