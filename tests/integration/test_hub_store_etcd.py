@@ -19,7 +19,7 @@ from etcd_lab import EtcdCluster, missing
 from builder.hub.config import StoreConfig
 from builder.hub.store import EnrollRequest, Pool
 from builder.hub.stores.etcd import EtcdStore
-from builder.hub.stores.etcd_client import put
+from builder.hub.stores.etcd_client import StoreUnavailable, put
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 import test_hub_store as base  # noqa: E402 - the unit lane's tests, run here on etcd
@@ -99,6 +99,30 @@ def test_a_node_row_without_the_later_columns_loads(store, tmp_path, clock):
     assert fresh.node("node-1") == node
     assert fresh.enroll(base.req(token, 2)).status == 200
     assert store.node("node-1") == node  # the first store's snapshot, brought up to date
+
+
+def test_a_row_from_a_newer_hub_keeps_the_columns_this_hub_does_not_know(store, tmp_path, clock):
+    """Hubs on one etcd are upgraded one at a time, and a newer hub may write rows with a
+    column this hub's schema lacks (four node columns came after the first release, see
+    store.ADDED_COLUMNS). This hub still reads and changes the state, and a row it rewrites
+    keeps that column's value. Before: every store call of an older hub raised
+    sqlite3.OperationalError "table nodes has no column named ..." (its snapshot's schema)."""
+    token, _ = store.create_token("lab", 3, 600, False)
+    node = store.enroll(base.req(token, 1)).node
+    key = f"{store.state}node/node-1"
+    store.client.txn([], [put(key, json.dumps({**node, "later_column": "kept"}))])
+    fresh = base.make_store(tmp_path, clock)  # another hub, reading the state from scratch
+    assert fresh.node("node-1")["ip"] == node["ip"]
+    assert fresh.enroll(base.req(token, 2)).status == 200
+    fresh.revoke_node("node-1")  # rewrites node-1's row
+    row = json.loads(store.client.range(key)[1][0][1])
+    assert (row["state"], row["later_column"]) == ("revoked", "kept")
+    assert store.node("node-1")["state"] == "revoked"  # an older snapshot, brought up to date
+    assert store.enroll(base.req(token, 3)).status == 200
+    # a column name is never spliced into SQL unless it is a plain identifier
+    store.client.txn([], [put(key, json.dumps({**node, "x) --": 1}))])
+    with pytest.raises(StoreUnavailable, match="column"):
+        base.make_store(tmp_path, clock).node("node-1")
 
 
 def test_two_hubs_never_share_an_address_or_overuse_a_token(cluster, tmp_path, clock):
