@@ -1,26 +1,32 @@
-"""The single-hub store tests (tests/unit/test_hub_store.py) on the etcd backend, against a
-real 3-member etcd cluster on loopback ports; plus what only etcd has: two stores (two hubs)
-on one cluster racing for the same addresses and the same token uses."""
+"""The single-hub store tests (tests/unit/test_hub_store.py) on the etcd backend (a real
+single-member etcd, see backends.py); plus what only etcd has, on a real 3-member etcd
+cluster on loopback ports: two stores (two hubs) on one cluster racing for the same addresses
+and the same token uses, the SQLite to etcd migration, conflicts on /metrics."""
 
 from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from backends import on_etcd
 from etcd_lab import EtcdCluster, missing
 
 from builder.hub.config import StoreConfig
 from builder.hub.store import EnrollRequest, Pool
 from builder.hub.stores.etcd import EtcdStore
+from builder.hub.stores.etcd_client import StoreUnavailable, put
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 import test_hub_store as base  # noqa: E402 - the unit lane's tests, run here on etcd
 
-pytestmark = pytest.mark.integration
+# every single-hub store test, on etcd (on the session's single-member etcd, see backends.py;
+# the one reading the SQLite file has its own below)
+TAKEN = on_etcd(base, globals(), fixtures=("store", "clock"))
 
 if missing():
     pytest.skip(f"needs {missing()}", allow_module_level=True)
@@ -43,34 +49,80 @@ def etcd_store(cluster, prefix, clock, cidr="10.100.0.0/16", hub="10.100.0.1", r
     return EtcdStore(cfg, pool, q, clock=clock, secret_key=base.KEY, replay_grace_seconds=120)
 
 
-@pytest.fixture(autouse=True)
-def _on_etcd(cluster, monkeypatch):
-    monkeypatch.setattr(
-        base,
-        "make_store",
-        lambda tmp_path, clock, **kw: etcd_store(cluster, f"/t/{tmp_path.name}", clock, **kw),
-    )
+def test_these_run_on_etcd(store):
+    assert isinstance(store, EtcdStore)
+    assert len(TAKEN) >= 15  # 17 when written: one is sqlite_only, the pool arithmetic builds none
 
 
-clock = base.clock
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    return base.make_store(tmp_path, clock)
-
-
-# every single-hub store test, on etcd (the one reading the SQLite file has its own below)
-for _name in dir(base):
-    if _name.startswith("test_") and _name != "test_token_is_stored_hashed":
-        globals()[_name] = getattr(base, _name)
-
-
-def test_token_is_stored_hashed_in_etcd(store, cluster):
+def test_token_is_stored_hashed_in_etcd(store):
     t, _ = store.create_token("lab", 1, 60, False)
     secret = t.split(".")[2]
     _, kvs = store.client.range("/", "\xff")
     assert kvs and all(secret not in v for _, v, _ in kvs)
+
+
+def test_a_store_closed_twice_or_in_another_thread_reads_again(store):
+    """The etcd side of test_the_database_file_and_its_settings (test_hub_store_audit.py):
+    each thread its own connection (an HTTP session to etcd); closing twice, or in a thread
+    that never opened one, is no error; a closed store opens a new one at its next call."""
+    store.create_token("lab", 1, 60, False)
+    first = store.client._session()
+    assert store.client._session() is first  # one per thread
+    store.close()
+    store.close()  # twice: nothing to close
+    errors: list[Exception] = []
+
+    def close_elsewhere() -> None:
+        try:
+            store.close()
+        except Exception as exc:
+            errors.append(exc)
+
+    other = threading.Thread(target=close_elsewhere)
+    other.start()
+    other.join()
+    assert errors == []
+    assert len(store.list_tokens()) == 1
+    assert store.client._session() is not first
+
+
+def test_a_node_row_without_the_later_columns_loads(store, tmp_path, clock):
+    """The etcd side of test_an_old_database_gets_the_new_columns: a node row naming only
+    the first release's columns (no replaces, pending_*) loads with them empty, and the
+    store goes on enrolling."""
+    token, _ = store.create_token("lab", 2, 600, False)
+    node = store.enroll(base.req(token, 1)).node
+    later = ("replaces", "pending_pubkey", "pending_token_id", "pending_at")
+    old = {k: v for k, v in node.items() if k not in later}
+    store.client.txn([], [put(f"{store.state}node/node-1", json.dumps(old))])
+    fresh = base.make_store(tmp_path, clock)  # another hub, reading the state from scratch
+    assert fresh.node("node-1") == node
+    assert fresh.enroll(base.req(token, 2)).status == 200
+    assert store.node("node-1") == node  # the first store's snapshot, brought up to date
+
+
+def test_a_row_from_a_newer_hub_keeps_the_columns_this_hub_does_not_know(store, tmp_path, clock):
+    """Hubs on one etcd are upgraded one at a time, and a newer hub may write rows with a
+    column this hub's schema lacks (four node columns came after the first release, see
+    store.ADDED_COLUMNS). This hub still reads and changes the state, and a row it rewrites
+    keeps that column's value. Before: every store call of an older hub raised
+    sqlite3.OperationalError "table nodes has no column named ..." (its snapshot's schema)."""
+    token, _ = store.create_token("lab", 3, 600, False)
+    node = store.enroll(base.req(token, 1)).node
+    key = f"{store.state}node/node-1"
+    store.client.txn([], [put(key, json.dumps({**node, "later_column": "kept"}))])
+    fresh = base.make_store(tmp_path, clock)  # another hub, reading the state from scratch
+    assert fresh.node("node-1")["ip"] == node["ip"]
+    assert fresh.enroll(base.req(token, 2)).status == 200
+    fresh.revoke_node("node-1")  # rewrites node-1's row
+    row = json.loads(store.client.range(key)[1][0][1])
+    assert (row["state"], row["later_column"]) == ("revoked", "kept")
+    assert store.node("node-1")["state"] == "revoked"  # an older snapshot, brought up to date
+    assert store.enroll(base.req(token, 3)).status == 200
+    # a column name is never spliced into SQL unless it is a plain identifier
+    store.client.txn([], [put(key, json.dumps({**node, "x) --": 1}))])
+    with pytest.raises(StoreUnavailable, match="column"):
+        base.make_store(tmp_path, clock).node("node-1")
 
 
 def test_two_hubs_never_share_an_address_or_overuse_a_token(cluster, tmp_path, clock):

@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from builder.hub.pki import init_hub
+from tests.support.hubstore import store_json
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.allow_subprocess
@@ -60,6 +61,7 @@ class LiveHub:
         cfg["wireguard"]["apply"] = False
         cfg["join"] = {"provider": "static", "token": "abcdef.0123456789abcdef"}
         cfg["limits"] = {"per_ip_rate": 0, **limits}
+        cfg["store"] = store_json(d)  # SQLite; etcd when the integration lane runs these again
         self.config.write_text(json.dumps(cfg))
         self.ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
         self.log = d / "hub.log"
@@ -119,13 +121,13 @@ class LiveHub:
         return p.stdout.strip()
 
     def nodes(self) -> int:
-        import sqlite3
+        from builder.hub import admin
 
-        c = sqlite3.connect(self.config.parent / "hub.db")
+        _, store = admin.open_store(self.config)  # the stored rows, read afresh
         try:
-            return int(c.execute("SELECT count(*) FROM nodes").fetchone()[0])
+            return len(store.list_nodes())
         finally:
-            c.close()
+            store.close()
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from builder.hub import admin
+from tests.support.hubstore import store_json
 
 
 def row(**kw: object) -> dict[str, object]:
@@ -52,6 +53,7 @@ def test_revoke_without_the_interface_leaves_the_peer_to_the_reconcile(workdir: 
     admin.init(d, endpoint="hub.example:51820", url="https://hub.example:8443")
     cfg = json.loads((d / "hub.json").read_text())
     cfg["wireguard"]["apply"] = False  # touch no interface
+    cfg["store"] = store_json(d)  # SQLite; etcd when the integration lane runs it again
     (d / "hub.json").write_text(json.dumps(cfg))
     from builder.hub.store import EnrollRequest
 

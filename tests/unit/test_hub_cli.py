@@ -17,6 +17,7 @@ from builder import cli
 from builder.hub import config as hub_config
 from builder.hub.provider import Provider, ca_cert_hash
 from builder.hub.store import EnrollRequest
+from tests.support.hubstore import store_json
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -45,6 +46,7 @@ def hubdir(tmp_path, capsys):
     assert code == 0, err
     cfg = json.loads((d / "hub.json").read_text())
     cfg["wireguard"]["apply"] = False  # unit tests touch no interface
+    cfg["store"] = store_json(d)  # SQLite; etcd when the integration lane runs these again
     (d / "hub.json").write_text(json.dumps(cfg))
     return d, out
 

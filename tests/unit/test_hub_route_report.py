@@ -3,7 +3,8 @@ test_hub_routes.py: through the tunnel check, then the body checks, word for wor
 written for the mutants of ``Hub._route_report``, which no unit test reached).
 
 ``set_route`` exists only on a store shared by several hubs (etcd); here a recording
-stand-in for it is put on the SQLite store, which has none.
+stand-in for it is put on the store (the SQLite one has none; on etcd, in
+tests/integration/test_hub_routes_etcd.py, the real one answers first).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from test_hub_routes import DUMP, HANDSHAKED, enroll, key, make_hub, recorded_wg
 
 from builder.hub import api
 from builder.hub.server import Request
+from tests.support.hubstore import backend
 
 
 def test_route_report(tmp_path, monkeypatch):
@@ -53,16 +55,19 @@ def test_route_report(tmp_path, monkeypatch):
         assert report({"hub": "another hub's key"}) == wrong_hub
         assert report(["hub", hub.hub_pubkey]) == wrong_hub
         assert raw(b"") == wrong_hub  # no body: {} names no hub
-        # one hub on a SQLite store: nothing to choose
-        assert report(mine) == (
-            404,
-            {"error": "one hub on this store: there is no route to choose"},
-        )
+        monkeypatch.setattr(api.time, "time", lambda: 1_800_000_123.5)
+        info = {"hub": "hub-a", "hub_ip": "10.9.0.1", "at": 1_800_000_123.5}
+        if backend() == "sqlite":  # one hub on a SQLite store: nothing to choose
+            assert report(mine) == (
+                404,
+                {"error": "one hub on this store: there is no route to choose"},
+            )
+        else:  # etcd's own set_route stores it
+            assert report(mine) == (200, {"status": "ok", **info})
+            assert hub.store.routes() == {"node-0": info}  # type: ignore[attr-defined]
         # a store shared by several hubs records it, with this hub's name and time
         got = []
         hub.store.set_route = lambda node_id, info: got.append((node_id, info)) or True  # type: ignore[attr-defined]
-        monkeypatch.setattr(api.time, "time", lambda: 1_800_000_123.5)
-        info = {"hub": "hub-a", "hub_ip": "10.9.0.1", "at": 1_800_000_123.5}
         assert report(mine) == (200, {"status": "ok", **info})
         assert got == [("node-0", info)]
         # the store refuses: the node was revoked after the tunnel check read it

@@ -1,4 +1,5 @@
-"""builder.hub.api routes in process (issue 18 finding 5): a real Hub (SQLite store, writer
+"""builder.hub.api routes in process (issue 18 finding 5): a real Hub (SQLite store, on etcd
+in tests/integration/test_hub_routes_etcd.py; writer
 core in this process, static join provider), requests handed to ``Hub.handle`` as the server
 would, so each answer's reason is known exactly.
 
@@ -28,6 +29,7 @@ from builder.hub.api import Hub
 from builder.hub.pki import init_hub
 from builder.hub.server import Request
 from builder.hub.writer import WriterCore
+from tests.support.hubstore import store_json
 
 FIX = Path(__file__).with_name("fixtures") / "wg"
 DUMP = (FIX / "show-dump.txt").read_text()
@@ -56,6 +58,7 @@ def make_hub(tmp_path: Path, **limits: float) -> Hub:
     raw["wireguard"]["apply"] = False  # the writer touches no interface
     raw["join"] = {"provider": "static", "token": "abcdef.0123456789abcdef"}
     raw["limits"] = {"per_ip_rate": 0, "writer_process": False, **limits}
+    raw["store"] = store_json(d)  # SQLite; etcd when the integration lane runs these again
     (d / "hub.json").write_text(json.dumps(raw))
     hub = Hub(hub_config.load(d / "hub.json"))
     hub.start()
@@ -296,14 +299,10 @@ def test_revoke_invalidates_the_node_secret_for_join_and_reenrollment(tmp_path, 
         assert st == 401, ans
         # the secret itself is void: its generation moved on (revoked is also terminal, so the
         # two answers above hold even without that; this is what makes a leaked secret useless)
-        import sqlite3
-
-        db = sqlite3.connect(hub.cfg.database)
-        row = db.execute(
-            "SELECT state, ip, generation FROM nodes WHERE node_id=?", (n["node_id"],)
-        ).fetchone()
-        db.close()
-        assert row == ("revoked", None, 2)
+        _, store = admin.open_store(hub.cfg.path)  # the stored row, read afresh
+        row = store.node(n["node_id"])
+        store.close()
+        assert (row["state"], row["ip"], row["generation"]) == ("revoked", None, 2)
         # and the address is not handed out again (quarantined)
         st, other = enroll(hub, token, "node-1", key(7))
         assert st == 200 and other["address"] != n["address"]

@@ -11,6 +11,7 @@ import pytest
 from builder.errors import UsageError
 from builder.hub import tokens as tok
 from builder.hub.store import EnrollRequest, Pool, PoolExhausted, Store
+from tests.support.hubstore import new_store
 
 
 class Clock:
@@ -36,7 +37,7 @@ def make_store(tmp_path, clock, cidr="10.100.0.0/16", hub="10.100.0.1", reserved
         ipaddress.IPv4Address(hub),
         [ipaddress.IPv4Address(r) for r in reserved],
     )
-    return Store(
+    return new_store(
         tmp_path / "hub.db", pool, q, clock=clock, secret_key=KEY, replay_grace_seconds=120
     )
 
@@ -141,6 +142,7 @@ def test_token_semantics(store, clock):
         store.revoke_token("nope")
 
 
+@pytest.mark.sqlite_only("reads hub.db; on etcd: test_token_is_stored_hashed_in_etcd")
 def test_token_is_stored_hashed(store, tmp_path):
     t, tid = store.create_token("lab", 1, 60, False)
     secret = t.split(".")[2]

@@ -23,6 +23,7 @@ from test_hub_store import key as wgkey
 from builder.errors import UsageError
 from builder.hub import tokens as tok
 from builder.hub.store import EnrollRequest, Pool, Store
+from tests.support.hubstore import edit_node, new_store, quarantine_rows
 
 T0 = 1_800_000_000.0
 KEY = b"s" * 32
@@ -34,12 +35,16 @@ def clock() -> Clock:
     return Clock(T0)
 
 
+def make_store(tmp_path, clock, cidr="10.100.0.0/24", hub="10.100.0.1", q=3600) -> Store:
+    pool = Pool(ipaddress.IPv4Network(cidr), ipaddress.IPv4Address(hub))
+    return new_store(
+        tmp_path / "hub.db", pool, q, clock=clock, secret_key=KEY, replay_grace_seconds=120
+    )
+
+
 @pytest.fixture
 def store(tmp_path, clock) -> Store:
-    pool = Pool(ipaddress.IPv4Network("10.100.0.0/24"), ipaddress.IPv4Address("10.100.0.1"))
-    return Store(
-        tmp_path / "hub.db", pool, 3600, clock=clock, secret_key=KEY, replay_grace_seconds=120
-    )
+    return make_store(tmp_path, clock)
 
 
 def enr(token: str, n: int, k: str | None = None, site: str = "lab", **kw) -> EnrollRequest:
@@ -58,7 +63,7 @@ def enr(token: str, n: int, k: str | None = None, site: str = "lab", **kw) -> En
 
 def trail(store: Store) -> list[tuple]:
     """Every audit row, oldest first, as (ts, event, node_id, token_id, remote, detail)."""
-    rows = store.conn().execute("SELECT * FROM audit ORDER BY id").fetchall()
+    rows = reversed(store.audit_events(10**6))
     return [
         (r["ts"], r["event"], r["node_id"], r["token_id"], r["remote"], json.loads(r["detail"]))
         for r in rows
@@ -536,9 +541,7 @@ def test_approve_and_its_refusals(store, clock):
     # a pending new key that another node took meanwhile
     store.enroll(enr(t, 1, k=wgkey("newer")))
     store.enroll(enr(t, 2, k=wgkey("newer2")))
-    store.conn().execute(
-        "UPDATE nodes SET pending_pubkey=? WHERE node_id='node-1'", (wgkey("newer2"),)
-    )
+    edit_node(store, "node-1", pending_pubkey=wgkey("newer2"))
     with pytest.raises(UsageError) as e:
         store.approve("node-1")
     assert e.value.message == "the new key of node-1 now belongs to another node"
@@ -553,9 +556,7 @@ def test_revoke_node_quarantine_and_revoke_token(store, clock):
     assert (old["state"], old["ip"], old["generation"]) == ("active", "10.100.0.2", 1)
     n = store.node("node-1")
     assert (n["state"], n["ip"], n["generation"], n["updated_at"]) == ("revoked", None, 2, T0 + 7)
-    assert [tuple(r) for r in store.conn().execute("SELECT ip, until FROM quarantine")] == [
-        ("10.100.0.2", T0 + 7 + 3600)
-    ]
+    assert quarantine_rows(store) == [("10.100.0.2", T0 + 7 + 3600)]
     assert since(store, n0) == [(T0 + 7, "node.revoke", "node-1", None, None, {"ip": "10.100.0.2"})]
     with pytest.raises(UsageError) as e:
         store.revoke_node("nope")
@@ -654,8 +655,7 @@ def test_a_failing_request_rolls_back_alone(store, clock, monkeypatch):
 
 
 def test_an_exhausted_pool_rolls_back_alone(tmp_path, clock):
-    pool = Pool(ipaddress.IPv4Network("10.9.0.0/30"), ipaddress.IPv4Address("10.9.0.1"))
-    s = Store(tmp_path / "hub.db", pool, 60, clock=clock, secret_key=KEY)
+    s = make_store(tmp_path, clock, "10.9.0.0/30", "10.9.0.1", 60)
     t, tid = s.create_token("lab", 9, 600, False)
     n0 = len(trail(s))
     outs = s.enroll_many([enr(t, 1), enr(t, 2), enr(t, 1)])
@@ -701,6 +701,7 @@ def test_pool_edges():
     ]
 
 
+@pytest.mark.sqlite_only("hub.db's mode and PRAGMAs; etcd's side: test_hub_store_etcd.py")
 def test_the_database_file_and_its_settings(tmp_path, clock):
     path = tmp_path / "sub" / "hub.db"
     pool = Pool(ipaddress.IPv4Network("10.9.0.0/24"), ipaddress.IPv4Address("10.9.0.1"))
@@ -731,6 +732,7 @@ def test_the_database_file_and_its_settings(tmp_path, clock):
     assert errors == []
 
 
+@pytest.mark.sqlite_only("an old hub.db; etcd's side: test_hub_store_etcd.py")
 def test_an_old_database_gets_the_new_columns(tmp_path, clock):
     path = tmp_path / "hub.db"
     old = sqlite3.connect(path)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -52,6 +53,7 @@ TABLES = {
 CHUNK = 30  # enrollments per transaction: <= 4 operations each, + marker + audit <= 128
 LIVE = ("active", "joined")  # an enrolled node (the api's tunnel check accepts the same)
 ATTEMPTS = 50  # compare failures in a row before a change gives up (503, the node retries)
+COLUMN = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # a column a newer hub added (see _add_columns)
 
 
 class _Snapshot(Store):
@@ -84,6 +86,10 @@ class _Snapshot(Store):
         self.logged: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self.rev = 0  # the etcd revision this snapshot reflects
         self.marker_mod = 0  # mod_revision of the marker key at that revision
+        self.columns = {
+            table: {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+            for table, _ in TABLES.values()
+        }
 
     def _tx(self) -> Any:  # inside the snapshot's own transaction (see EtcdStore._mutate)
         return _Savepoint(self.conn())
@@ -98,8 +104,23 @@ class _Snapshot(Store):
         c.execute(f"DELETE FROM {table} WHERE {pk}=?", (ident,))  # noqa: S608
         if value:
             d = json.loads(value)
+            self._add_columns(table, d)
             cols, marks = ",".join(d), ",".join("?" * len(d))
             c.execute(f"INSERT INTO {table}({cols}) VALUES ({marks})", list(d.values()))
+
+    def _add_columns(self, table: str, row: dict[str, Any]) -> None:
+        """Hubs are upgraded one at a time: a newer hub's row may carry a column this hub's
+        schema lacks (as ``store.ADDED_COLUMNS`` came after the first release). It is added
+        to this snapshot's table, untyped, so the row loads and a change this hub makes to
+        it writes the value back as it was. Only a plain identifier becomes a column."""
+        known = self.columns[table]
+        for col in row:
+            if col in known:
+                continue
+            if not COLUMN.fullmatch(col):
+                raise StoreUnavailable(f"etcd: a {table} row has a bad column name {col[:40]!r}")
+            self.conn().execute(f"ALTER TABLE {table} ADD COLUMN {col}")
+            known.add(col)
 
     def begin(self) -> None:
         c = self.conn()
