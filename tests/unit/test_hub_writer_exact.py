@@ -10,7 +10,10 @@ import dataclasses
 import json
 import logging
 import subprocess
+import sys
+import threading
 import time
+from multiprocessing import Pipe
 from pathlib import Path
 
 import pytest
@@ -47,7 +50,8 @@ class WgRecorder:
             return subprocess.CompletedProcess(argv, 0, "", "")
         elif argv[:2] == ["wg", "set"]:
             peers = [argv[i + 1] for i, a in enumerate(argv) if a == "peer"]
-            if (self.fail_batches and len(peers) > 1) or self.failing & set(peers):
+            adds = argv.count("allowed-ips")
+            if (self.fail_batches and adds > 1) or self.failing & set(peers):
                 raise CommandFailed("wg set: Invalid argument", 1)
         else:
             raise AssertionError(f"unexpected program {argv}")
@@ -258,14 +262,199 @@ def test_a_watching_writer_reconciles_after_a_batch(core, wg) -> None:
     assert not core.changed.is_set()
 
 
+class FrozenTime:
+    """``time`` as the writer sees it, stopped at ``now`` (the exact edges of its waits)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_reconcile_logs_the_count(core, wg, caplog) -> None:
+    core.process(reqs(core, 2))
+    with caplog.at_level(logging.INFO, logger="nodeforge.hub"):
+        core.reconcile()
+    assert [r.getMessage() for r in caplog.records] == ["reconciled 2 peers into wg0"]
+
+
+def test_maybe_reconcile_at_its_exact_edges(core, wg, monkeypatch) -> None:
+    clock = FrozenTime(1000.0)
+    monkeypatch.setattr(hub_writer, "time", clock)
+    core.next_reconcile = 1000.0  # due at exactly now
+    core.maybe_reconcile()
+    assert len(wg.calls) == 1 and core.next_reconcile == 1030.0
+    assert core.last_reconcile == 1000.0
+    # a change told exactly 0.5 s after the last reconcile: due
+    clock.now = 1000.5
+    core.changed.set()
+    core.maybe_reconcile()
+    assert len(wg.calls) == 2 and not core.changed.is_set()
+    # reconcile_seconds under one second still reconciles on time
+    core.cfg = dataclasses.replace(core.cfg, reconcile_seconds=0.25)
+    core.next_reconcile = 1000.5
+    core.maybe_reconcile()
+    assert len(wg.calls) == 3 and core.next_reconcile == 1000.75
+
+
+def test_store_conflict_counts_are_per_batch(core, wg, monkeypatch) -> None:
+    """An etcd store counts compare failures and give-ups; a batch reports its own."""
+    core.store.conflicts, core.store.giveups = 5, 3
+    real = core.store.enroll_many
+
+    def counting(batch):
+        time.sleep(0.02)
+        core.store.conflicts += 2
+        core.store.giveups += 1
+        return real(batch)
+
+    monkeypatch.setattr(core.store, "enroll_many", counting)
+    res = core.process(reqs(core, 1))
+    assert (res.store_conflicts, res.store_giveups) == (2, 1)
+    assert 0.02 <= res.db_seconds < 5
+
+
+def test_a_refused_outcome_is_never_applied(core, wg, monkeypatch) -> None:
+    from builder.hub.store import Outcome
+
+    def crafted(batch):
+        return [Outcome(500, "internal error", add_peer=(KEYS[0], "10.9.0.9"),
+                        remove_peers=[KEYS[1]])]  # fmt: skip
+
+    monkeypatch.setattr(core.store, "enroll_many", crafted)
+    res = core.process(reqs(core, 1))
+    assert [o.status for o in res.outcomes] == [500] and wg.calls == []
+
+
+def rekey_batch(tmp_path, wg) -> tuple[WriterCore, list[EnrollRequest]]:
+    """node n0 enrolled with KEYS[0] (10.9.0.2) by an earlier writer; a new writer (no
+    view of the interface: `wg show` lists nothing) gets its re-key to KEYS[2] with its
+    node secret, between two new nodes."""
+    first = WriterCore(config(tmp_path))
+    batch = reqs(first, 1)
+    res = first.process(batch)
+    from builder.hub import tokens as tok
+
+    node = res.outcomes[0].node
+    assert node is not None
+    s = tok.node_secret(first.cfg.secret_key(), node["node_id"], node["pubkey"], node["generation"])
+    first.store.close()
+    core = WriterCore(first.cfg)
+    token, _ = core.store.create_token("lab", 10, 3600, False)
+    wg.calls.clear()
+    return core, [
+        EnrollRequest(token, "lab", "n1", KEYS[1], "h1"),
+        EnrollRequest("", "lab", "n0", KEYS[2], "h0", node_secret=s),
+        EnrollRequest("nf1.0000000000000000." + "A" * 43, "lab", "n9", KEYS[0]),
+    ]
+
+
+def test_a_rekey_removes_the_old_key_the_interface_does_not_show(tmp_path, wg) -> None:
+    core, batch = rekey_batch(tmp_path, wg)
+    try:
+        res = core.process(batch)
+        assert [o.status for o in res.outcomes] == [200, 200, 401]
+        sets = [c for c in wg.calls if c[1] == "set"]
+        assert sets == [
+            ["wg", "set", "wg0", "peer", KEYS[0], "remove"]
+            + ["peer", KEYS[1], "allowed-ips", "10.9.0.3/32"]
+            + ["peer", KEYS[2], "allowed-ips", "10.9.0.2/32"]
+        ]
+    finally:
+        core.store.close()
+
+
+def test_peer_by_peer_skips_refusals_and_keeps_removals(tmp_path, wg) -> None:
+    core, batch = rekey_batch(tmp_path, wg)
+    batch = [batch[2], *batch[:2]]  # the refusal first
+    wg.fail_batches = True
+    try:
+        res = core.process(batch)
+        assert [o.status for o in res.outcomes] == [401, 200, 200]
+        assert res.wg_errors == 0
+        singles = [c for c in wg.calls if c[1] == "set" and c.count("allowed-ips") == 1]
+        assert singles == [
+            ["wg", "set", "wg0", "peer", KEYS[1], "allowed-ips", "10.9.0.3/32"],
+            ["wg", "set", "wg0", "peer", KEYS[0], "remove"]
+            + ["peer", KEYS[2], "allowed-ips", "10.9.0.2/32"],
+        ]
+    finally:
+        core.store.close()
+
+
+class Conn:
+    """The writer's end of the pipe, recording what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    def send(self, m: object) -> None:
+        self.sent.append(m)
+
+
 def test_writer_main_reports_a_bad_config(tmp_path) -> None:
-    class Pipe:
-        def __init__(self) -> None:
-            self.sent: list[object] = []
+    p = Conn()
+    missing = tmp_path / "missing.json"
+    hub_writer.writer_main(str(missing), p)
+    assert p.sent == [
+        ("error", f"{missing}: hub config not found\nhint: create one with `builder hub init DIR`")
+    ]
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    p = Conn()
+    hub_writer.writer_main(str(listed), p)
+    assert p.sent == [("error", f"{listed}: top level must be a mapping")]
 
-        def send(self, m: object) -> None:
-            self.sent.append(m)
 
-    p = Pipe()
-    hub_writer.writer_main(str(tmp_path / "missing.json"), p)
-    assert len(p.sent) == 1 and p.sent[0][0] == "error"
+def test_writer_main_sets_up_logging_for_its_process(tmp_path) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers = []
+    root.setLevel(logging.WARNING)
+    try:
+        hub_writer.writer_main(str(tmp_path / "missing.json"), Conn())
+        assert root.level == logging.INFO
+        assert len(root.handlers) == 1
+        h = root.handlers[0]
+        assert isinstance(h, logging.StreamHandler) and h.stream is sys.stderr
+        assert h.formatter is not None and h.formatter._fmt == "%(message)s"
+    finally:
+        root.handlers, _ = saved
+        root.setLevel(saved[1])
+
+
+def test_writer_main_serves_batches_until_told_to_stop(tmp_path, wg) -> None:
+    cfg = config(tmp_path, apply=False)
+    maker = WriterCore(cfg)
+    token, _ = maker.store.create_token("lab", 10, 3600, False)
+    maker.store.close()
+    parent, child = Pipe()
+    t = threading.Thread(target=hub_writer.writer_main, args=(str(cfg.path), child), daemon=True)
+    t.start()
+    try:
+        assert parent.poll(10) and parent.recv() == ("ready", None)
+        time.sleep(1.2)  # one idle poll (1 s without WireGuard) goes by: it keeps serving
+        parent.send([EnrollRequest(token, "lab", "n0", KEYS[0], "h0")])
+        assert parent.poll(10)
+        res = parent.recv()
+        assert isinstance(res, BatchResult) and [o.status for o in res.outcomes] == [200]
+        assert res.outcomes[0].node["ip"] == "10.9.0.2"
+        parent.send([EnrollRequest(token, "lab", "n1", KEYS[1], "h1")])
+        assert parent.poll(10) and [o.node["ip"] for o in parent.recv().outcomes] == ["10.9.0.3"]
+        parent.send(None)
+        t.join(10)
+        assert not t.is_alive()
+    finally:
+        parent.close()
+
+
+def test_writer_main_ends_when_the_server_goes(tmp_path, wg) -> None:
+    cfg = config(tmp_path, apply=False)
+    parent, child = Pipe()
+    t = threading.Thread(target=hub_writer.writer_main, args=(str(cfg.path), child), daemon=True)
+    t.start()
+    assert parent.poll(10) and parent.recv() == ("ready", None)
+    parent.close()
+    t.join(10)
+    assert not t.is_alive()
