@@ -54,6 +54,8 @@ def test_a_key_of_the_wrong_length_is_not_a_key(n: int) -> None:
     assert len(GOOD) == 44 and valid_pubkey(GOOD)
     assert not valid_pubkey((GOOD * 2)[:n])
     assert not valid_pubkey(b"\0" * 44)  # bytes, not text
+    assert not valid_pubkey("!" * 44)  # not base64 at all
+    assert not valid_pubkey(GOOD[:20] + "*" + GOOD[21:])
     assert not valid_pubkey(base64.b64encode(b"k" * 31).decode() + "====")  # 31 bytes
 
 

@@ -53,6 +53,10 @@ class WgRecorder:
             adds = argv.count("allowed-ips")
             if (self.fail_batches and adds > 1) or self.failing & set(peers):
                 raise CommandFailed("wg set: Invalid argument", 1)
+        elif argv[:3] == ["ip", "link", "show"]:
+            return subprocess.CompletedProcess(argv, 1, "", "Device does not exist.")
+        elif argv[0] == "ip":
+            pass
         else:
             raise AssertionError(f"unexpected program {argv}")
         return subprocess.CompletedProcess(argv, 0, "", "")
@@ -458,3 +462,57 @@ def test_writer_main_ends_when_the_server_goes(tmp_path, wg) -> None:
     parent.close()
     t.join(10)
     assert not t.is_alive()
+
+
+def test_idle_seconds_with_a_short_reconcile_period(core, monkeypatch) -> None:
+    monkeypatch.setattr(hub_writer, "time", FrozenTime(50.0))
+    core.cfg = dataclasses.replace(core.cfg, reconcile_seconds=0.5)
+    core.next_reconcile = 50.3
+    assert core.idle_seconds() == pytest.approx(0.3)
+
+
+def test_start_watches_a_shared_store_creates_the_interface_and_forwards(
+    tmp_path, wg, monkeypatch, caplog
+) -> None:
+    """A store shared by several hubs (etcd) has ``watch``: here a recording stand-in on the
+    SQLite store. The interface is created through ``ip`` (recorded) and forwarding turned
+    on through builder.hub.routing (recorded: tested in test_hub_routing*)."""
+    c = WriterCore(config(tmp_path, create_interface=True, forward=True))
+    watched: list[tuple[object, ...]] = []
+    done = threading.Event()
+
+    def watch(on_change, stop):
+        watched.append((on_change, stop, threading.current_thread()))
+        done.set()
+
+    forwarded: list[str] = []
+
+    def enable_forwarding(interface):
+        forwarded.append(interface)
+        return ["net.ipv4.ip_forward 0 -> 1"]
+
+    c.store.watch = watch
+    monkeypatch.setattr(hub_writer.routing, "enable_forwarding", enable_forwarding)
+    try:
+        with caplog.at_level(logging.INFO, logger="nodeforge.hub"):
+            c.start()
+        assert done.wait(5)
+        on_change, stop, thread = watched[0]
+        assert on_change == c.changed.set and stop is c.stop_watch
+        assert isinstance(stop, threading.Event)
+        assert thread.name == "store-watch" and thread.daemon is True
+        assert c.watching is True and c.idle_seconds() == 0.2
+        assert [a for a in wg.calls if a[0] == "ip"] == [
+            ["ip", "link", "show", "dev", "wg0"],
+            ["ip", "link", "add", "dev", "wg0", "type", "wireguard"],
+            ["ip", "address", "add", "10.9.0.1/24", "dev", "wg0"],
+            ["ip", "link", "set", "dev", "wg0", "mtu", "1420", "up"],
+        ]
+        assert forwarded == ["wg0"]
+        assert [r.getMessage() for r in caplog.records if r.name == "nodeforge.hub"] == [
+            "created interface wg0",
+            "routing: net.ipv4.ip_forward 0 -> 1",
+            "reconciled 0 peers into wg0",
+        ]
+    finally:
+        c.store.close()
