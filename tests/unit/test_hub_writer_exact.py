@@ -189,7 +189,7 @@ def test_a_failed_reconcile_is_retried_in_five_seconds(core, wg, monkeypatch, ca
     with caplog.at_level(logging.ERROR, logger="nodeforge.hub"):
         core.maybe_reconcile()
     assert before + 5 <= core.next_reconcile <= time.monotonic() + 5
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "nodeforge.hub"] == [
         "reconcile failed: wg syncconf: No such device"
     ]
 
@@ -226,7 +226,7 @@ def test_a_failed_batch_is_applied_peer_by_peer(core, wg, caplog) -> None:
     assert res.wg_errors == 1
     singles = [c for c in wg.calls if c[1] == "set" and c.count("peer") == 1]
     assert [c[4] for c in singles] == KEYS
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "nodeforge.hub"] == [
         "wg set for a batch of 3 failed: wg set: Invalid argument",
         f"wg set for {KEYS[1]} failed: wg set: Invalid argument",
     ]
@@ -253,7 +253,9 @@ def test_database_trouble_fails_the_whole_batch(core, wg, monkeypatch, caplog) -
         (503, "database unavailable", 5),
     ]
     assert wg.calls == []
-    assert [r.getMessage() for r in caplog.records] == ["enrollment batch failed: disk I/O error"]
+    assert [r.getMessage() for r in caplog.records if r.name == "nodeforge.hub"] == [
+        "enrollment batch failed: disk I/O error"
+    ]
 
 
 def test_a_watching_writer_reconciles_after_a_batch(core, wg) -> None:
@@ -280,7 +282,9 @@ def test_reconcile_logs_the_count(core, wg, caplog) -> None:
     core.process(reqs(core, 2))
     with caplog.at_level(logging.INFO, logger="nodeforge.hub"):
         core.reconcile()
-    assert [r.getMessage() for r in caplog.records] == ["reconciled 2 peers into wg0"]
+    assert [r.getMessage() for r in caplog.records if r.name == "nodeforge.hub"] == [
+        "reconciled 2 peers into wg0"
+    ]
 
 
 def test_maybe_reconcile_at_its_exact_edges(core, wg, monkeypatch) -> None:
@@ -387,6 +391,17 @@ def test_peer_by_peer_skips_refusals_and_keeps_removals(tmp_path, wg) -> None:
         core.store.close()
 
 
+@pytest.fixture
+def root_logging():
+    """writer_main sets up logging for its own process (``basicConfig``): put the root
+    logger back as it was, whatever the test runner had there."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    yield root
+    root.handlers = saved[0]
+    root.setLevel(saved[1])
+
+
 class Conn:
     """The writer's end of the pipe, recording what it sends."""
 
@@ -397,7 +412,7 @@ class Conn:
         self.sent.append(m)
 
 
-def test_writer_main_reports_a_bad_config(tmp_path) -> None:
+def test_writer_main_reports_a_bad_config(tmp_path, root_logging) -> None:
     p = Conn()
     missing = tmp_path / "missing.json"
     hub_writer.writer_main(str(missing), p)
@@ -411,24 +426,19 @@ def test_writer_main_reports_a_bad_config(tmp_path) -> None:
     assert p.sent == [("error", f"{listed}: top level must be a mapping")]
 
 
-def test_writer_main_sets_up_logging_for_its_process(tmp_path) -> None:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
+def test_writer_main_sets_up_logging_for_its_process(tmp_path, root_logging) -> None:
+    root = root_logging
     root.handlers = []
     root.setLevel(logging.WARNING)
-    try:
-        hub_writer.writer_main(str(tmp_path / "missing.json"), Conn())
-        assert root.level == logging.INFO
-        assert len(root.handlers) == 1
-        h = root.handlers[0]
-        assert isinstance(h, logging.StreamHandler) and h.stream is sys.stderr
-        assert h.formatter is not None and h.formatter._fmt == "%(message)s"
-    finally:
-        root.handlers, _ = saved
-        root.setLevel(saved[1])
+    hub_writer.writer_main(str(tmp_path / "missing.json"), Conn())
+    assert root.level == logging.INFO
+    assert len(root.handlers) == 1
+    h = root.handlers[0]
+    assert isinstance(h, logging.StreamHandler) and h.stream is sys.stderr
+    assert h.formatter is not None and h.formatter._fmt == "%(message)s"
 
 
-def test_writer_main_serves_batches_until_told_to_stop(tmp_path, wg) -> None:
+def test_writer_main_serves_batches_until_told_to_stop(tmp_path, wg, root_logging) -> None:
     cfg = config(tmp_path, apply=False)
     maker = WriterCore(cfg)
     token, _ = maker.store.create_token("lab", 10, 3600, False)
@@ -453,7 +463,7 @@ def test_writer_main_serves_batches_until_told_to_stop(tmp_path, wg) -> None:
         parent.close()
 
 
-def test_writer_main_ends_when_the_server_goes(tmp_path, wg) -> None:
+def test_writer_main_ends_when_the_server_goes(tmp_path, wg, root_logging) -> None:
     cfg = config(tmp_path, apply=False)
     parent, child = Pipe()
     t = threading.Thread(target=hub_writer.writer_main, args=(str(cfg.path), child), daemon=True)
