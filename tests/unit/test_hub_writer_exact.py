@@ -526,3 +526,26 @@ def test_start_watches_a_shared_store_creates_the_interface_and_forwards(
         ]
     finally:
         c.store.close()
+
+
+def test_writer_main_reconciles_while_idle(tmp_path, wg, root_logging) -> None:
+    """Between batches the writer wakes up after ``idle_seconds`` and reconciles when due."""
+    d = tmp_path / "hub"
+    cfg = config(tmp_path)
+    raw = json.loads(cfg.path.read_text())
+    raw["reconcile_seconds"] = 0.2
+    (d / "hub.json").write_text(json.dumps(raw))
+    parent, child = Pipe()
+    t = threading.Thread(target=hub_writer.writer_main, args=(str(cfg.path), child), daemon=True)
+    t.start()
+    try:
+        assert parent.poll(10) and parent.recv() == ("ready", None)
+        deadline = time.monotonic() + 10
+        while sum(c[1] == "syncconf" for c in wg.calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum(c[1] == "syncconf" for c in wg.calls) >= 3  # at start, then while idle
+        parent.send(None)
+        t.join(10)
+        assert not t.is_alive()
+    finally:
+        parent.close()
