@@ -253,13 +253,18 @@ def test_complete_deletes_the_bootstrap_token(hub, monkeypatch, caplog) -> None:
     assert prov.deleted == ["tid1"]
     assert hub.store.node("node-0")["state"] == "joined"
     assert audit(hub, "node.complete") == [("node-0", "10.9.0.2")]
+    assert tunnel(hub, "GET", "/v1/join", node)[0] == 200  # tid2
     prov.fail_delete = True
     with caplog.at_level(logging.WARNING, logger="nodeforge.hub"):
         assert tunnel(hub, "POST", "/v1/complete", node)[0] == 200
-    assert prov.deleted == ["tid1", None]  # nothing left to delete: the provider skips None
+    assert prov.deleted == ["tid1", "tid2"]
     assert [r.getMessage() for r in caplog.records if r.name == "nodeforge.hub"] == [
-        "could not delete bootstrap token None: kubeadm token delete: timed out"
+        "could not delete bootstrap token tid2: kubeadm token delete: timed out"
     ]
+    # completed again: no token left, the provider is asked to delete None (skips it)
+    prov.fail_delete = False
+    assert tunnel(hub, "POST", "/v1/complete", node)[0] == 200
+    assert prov.deleted == ["tid1", "tid2", None]
 
 
 def test_join_and_complete_refused_outside_the_tunnel(hub, monkeypatch) -> None:
@@ -269,3 +274,37 @@ def test_join_and_complete_refused_outside_the_tunnel(hub, monkeypatch) -> None:
     st, _, _ = call(hub, "POST", "/v1/complete", {}, f"Bearer {node['node_secret']}", "10.9.0.2")
     assert st == 403 and prov.n == 0 and prov.deleted == []
     assert hub.store.node("node-0")["state"] == "active"
+
+
+def test_the_same_bootstrap_token_again_is_not_deleted(hub, monkeypatch) -> None:
+    """A provider that hands out the token it gave last time (the previous one is the current
+    one): deleting it would break the join the node is about to make."""
+    node, prov = tunnel_hub(hub, monkeypatch)
+    prov.material = lambda n: {"token": "abcdef.0123456789abcdef", "token_id": "same"}
+    assert tunnel(hub, "GET", "/v1/join", node)[0] == 200
+    assert tunnel(hub, "GET", "/v1/join", node)[0] == 200
+    assert prov.deleted == []
+
+
+def test_the_hubs_own_key_and_the_request_remote(hub) -> None:
+    token, _ = hub.store.create_token("lab", 5, 3600, False)
+    assert enroll(hub, f"Bearer {token}", pub=hub.hub_pubkey) == (
+        400,
+        {"error": "wg_pubkey: this is the hub's own key"},
+        None,
+    )
+    assert enroll(hub, f"Bearer {token}")[0] == 200
+    ok = [e for e in hub.store.audit_events() if e["event"] == "enroll.ok"]
+    assert [(e["node_id"], e["remote"]) for e in ok] == [("node-0", "192.0.2.10")]
+    assert hub.store.node("node-0")["remote"] == "192.0.2.10"
+    assert 0 < hub.metrics.lat_sum < 10  # seconds this enrollment took, not a clock reading
+
+
+def test_other_hubs_on_a_shared_store_are_in_the_answer(hub) -> None:
+    """A store shared by several hubs (etcd) lists them: a stand-in ``hubs`` on SQLite."""
+    me = hub.hub_info()
+    other = {"pubkey": key(99), "endpoint": "hub-b.example:51820", "overlay_ip": "10.9.0.254"}
+    hub.store.hubs = lambda: [me, other]
+    token, _ = hub.store.create_token("lab", 5, 3600, False)
+    st, ans, _ = enroll(hub, f"Bearer {token}")
+    assert st == 200 and ans["other_hubs"] == [other]

@@ -109,3 +109,43 @@ def test_audit_events_lists_the_last_hundred(store) -> None:
     assert len(events) == 100
     assert len(store.audit_events(101)) == 101
     assert events[0]["id"] == 101 and events[-1]["id"] == 2
+
+
+def test_store_defaults_and_a_new_directory(tmp_path) -> None:
+    pool = Pool(ipaddress.IPv4Network("10.50.0.0/24"), ipaddress.IPv4Address("10.50.0.1"))
+    s = Store(tmp_path / "a" / "b" / "hub.db", pool)  # parents made as needed
+    try:
+        assert (s.quarantine_seconds, s.replay_grace_seconds, s.secret_key) == (86400, 120, b"")
+        s.create_token("lab", 1, 60, False)
+        assert [t["description"] for t in s.list_tokens()] == [""]
+    finally:
+        s.close()
+
+
+def test_audit_detail_and_log_line_are_sorted_json(store, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="nodeforge.hub.audit"):
+        _, tid = store.create_token("lab", 10, 3600, False)
+    other = sqlite3.connect(store.path)
+    try:
+        detail = other.execute("SELECT detail FROM audit").fetchall()
+    finally:
+        other.close()
+    # keys in sorted order, as json.dumps(sort_keys=True) writes them (not call order)
+    assert detail == [('{"approve": false, "site": "lab", "ttl": 3600, "uses": 10}',)]
+    assert [r.getMessage() for r in caplog.records if r.name == "nodeforge.hub.audit"] == [
+        '{"approve": false, "event": "token.create", "node_id": null, "remote": null,'
+        f' "site": "lab", "token_id": "{tid}", "ts": 1800000000.0, "ttl": 3600, "uses": 10}}'
+    ]
+
+
+def test_a_claimed_replacement_names_the_node_it_replaces(store) -> None:
+    token, tid = store.create_token("lab", 10, 3600, False)
+    a = EnrollRequest(token, "lab", "old", pub("a"), "h", fingerprint="dmi:1", remote="r1")
+    assert store.enroll(a).status == 200
+    b = EnrollRequest(token, "lab", "new", pub("b"), "h", fingerprint="dmi:1", remote="r2")
+    out = store.enroll(b)
+    assert (out.status, out.error) == (202, "hardware of active node old: pending approval")
+    assert out.node is not None and out.node["replaces"] == "old"
+    last = store.audit_events(1)[0]
+    assert (last["event"], last["node_id"], last["remote"]) == ("enroll.pending", "new", "r2")
+    assert last["detail"] == '{"hostname": "h", "ip": null, "replaces": "old"}'
