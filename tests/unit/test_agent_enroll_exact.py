@@ -172,3 +172,63 @@ def test_saved_secret_only_for_this_node(tmp_path, ca):  # noqa: F811
     assert a.saved_secret("x") == "nfs1.mine"
     f.write_text(json.dumps(["x"]))
     assert a.saved_secret("x") == ""
+
+
+def test_pending_approval_polls_as_told_or_every_30_to_45s(tmp_path, ca, capsys):  # noqa: F811
+    answers = [
+        (202, {}, {"status": "pending"}),
+        (202, {"retry-after": "7"}, {"status": "pending"}),
+        (200, {}, enrollment()),
+    ]
+    a, sleeps = make(tmp_path, ca, FakeHttp(answers))
+    a.enroll("x", NODE_PUB)
+    assert sleeps == [45.0, 7.0]  # 30 + rand() * 15 with rand() = 1; then as told
+    assert capsys.readouterr().err.splitlines()[:2] == [
+        f"{PREFIX} step=enroll waiting 45.0s: pending approval on the hub (builder hub approve x)",
+        f"{PREFIX} step=enroll waiting 7.0s: pending approval on the hub (builder hub approve x)",
+    ]
+
+
+def test_server_errors_give_up_after_enroll_attempts(tmp_path, ca, capsys):  # noqa: F811
+    answers = [(500, {}, {"error": "boom"}), (502, {}, {"error": "bad gateway"})]
+    a, sleeps = make(tmp_path, ca, FakeHttp(answers), enroll_attempts=2)
+    with pytest.raises(agent.Retry) as e:
+        a.enroll("x", NODE_PUB)
+    assert str(e.value) == "enrollment failed 2 times, last: HTTP 502 bad gateway"
+    assert sleeps == [4.0]
+    assert capsys.readouterr().err.splitlines() == [
+        f"{PREFIX} step=enroll waiting 4.0s: HTTP 500: boom"
+    ]
+
+
+def test_join_configuration_taints_word_for_word(tmp_path, ca):  # noqa: F811
+    """kubeadm v1beta4 JoinConfiguration (kubeadm.k8s.io/v1beta4, nodeRegistration.taints: a
+    taint without an effect is NoSchedule here; an empty list means no taints at all)."""
+    mat = {
+        "api_server": "10.100.0.1:6443",
+        "token": "abcdef.0123456789abcdef",
+        "ca_cert_hashes": ["sha256:" + "a" * 64],
+        "taints": [{"key": "dedicated"}],
+    }
+    cfg = make_cfg(tmp_path, ca, labels={}, taints=[])
+    head = (
+        "apiVersion: kubeadm.k8s.io/v1beta4\n"
+        "kind: JoinConfiguration\n"
+        "discovery:\n"
+        "  bootstrapToken:\n"
+        '    apiServerEndpoint: "10.100.0.1:6443"\n'
+        '    token: "abcdef.0123456789abcdef"\n'
+        "    caCertHashes:\n"
+        f'      - "sha256:{"a" * 64}"\n'
+        "nodeRegistration:\n"
+        '  name: "node-a"\n'
+        "  kubeletExtraArgs:\n"
+        '    - name: "node-ip"\n'
+        '      value: "10.100.0.7"\n'
+    )
+    assert agent.join_configuration(mat, cfg, "10.100.0.7", "node-a") == head + (
+        '  taints:\n    - key: "dedicated"\n      effect: "NoSchedule"\n'
+    )
+    assert agent.join_configuration({**mat, "taints": []}, cfg, "10.100.0.7", "node-a") == (
+        head + "  taints: []\n"
+    )
