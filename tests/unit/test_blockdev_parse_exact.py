@@ -88,3 +88,13 @@ def test_a_device_outside_sys_devices_has_no_serial(tmp_path) -> None:
     (tmp_path / "elsewhere" / "1-1" / "serial").write_text("NOT-UNDER-SYS")
     assert os.path.realpath(other).startswith(str(tmp_path))
     assert _serial(other, root) == ""
+
+
+def test_a_header_only_page_falls_through_to_the_usb_serial(tmp_path) -> None:
+    root = tmp_path / "sys"
+    usb = root / "devices" / "pci0000:00" / "usb2" / "2-3.1"
+    ddir = usb / "2-3.1:1.0" / "host7" / "target7:0:0" / "7:0:0:0" / "block" / "sdd"
+    (ddir / "device").mkdir(parents=True)
+    (ddir / "device" / "vpd_pg80").write_bytes(b"\x00\x80\x00\x00")  # no serial in it
+    (usb / "serial").write_text("USB-SERIAL\n")
+    assert _serial(ddir, root) == "USB-SERIAL"
