@@ -208,7 +208,7 @@ def test_join_configuration_taints_word_for_word(tmp_path, ca):  # noqa: F811
         "api_server": "10.100.0.1:6443",
         "token": "abcdef.0123456789abcdef",
         "ca_cert_hashes": ["sha256:" + "a" * 64],
-        "taints": [{"key": "dedicated"}],
+        "taints": [{"key": "dedicated"}, {"key": "gpu", "value": "yes", "effect": "NoExecute"}],
     }
     cfg = make_cfg(tmp_path, ca, labels={}, taints=[])
     head = (
@@ -228,7 +228,15 @@ def test_join_configuration_taints_word_for_word(tmp_path, ca):  # noqa: F811
     )
     assert agent.join_configuration(mat, cfg, "10.100.0.7", "node-a") == head + (
         '  taints:\n    - key: "dedicated"\n      effect: "NoSchedule"\n'
+        '    - key: "gpu"\n      value: "yes"\n      effect: "NoExecute"\n'
     )
     assert agent.join_configuration({**mat, "taints": []}, cfg, "10.100.0.7", "node-a") == (
         head + "  taints: []\n"
     )
+
+
+def test_the_enroll_url_keeps_its_host_whatever_it_ends_with(tmp_path, ca):  # noqa: F811
+    http = FakeHttp([(200, {}, enrollment())])
+    a, _ = make(tmp_path, ca, http, enroll_url="https://HUBX//")
+    a.enroll("x", NODE_PUB)
+    assert http.requests[0][1] == "https://HUBX/v1/enroll"
