@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from builder.errors import BuilderError
 from builder.flash import blockdev
 from builder.flash.blockdev import SysView
 
@@ -102,3 +105,62 @@ def test_a_mapping_found_by_its_mapper_name(tmp_path) -> None:
     assert graph.resolve("8:18", "/dev/whatever") == "sdb2"
     assert graph.resolve("", "/dev/nvme9n1p1") is None
     assert graph.root_name is None and graph.root_lower == set()
+
+
+def with_mounts(tmp_path: Path, lines: bytes) -> SysView:
+    v = build(tmp_path)
+    v.mountinfo.write_bytes(lines)
+    return v
+
+
+def test_root_found_by_device_number_when_its_source_is_dev_root(tmp_path) -> None:
+    # the kernel names the root mount's source /dev/root when it mounted it itself
+    v = with_mounts(tmp_path, b"22 1 8:18 / / rw - ext4 /dev/root rw\n")
+    graph = blockdev._Graph(v)
+    assert graph.root_name == "sdb2" and graph.root_lower == {"sdb2", "sdb"}
+    [sdb] = [d for d in blockdev.scan(v) if d.name == "sdb"]
+    assert texts(sdb.problems)[0] == "holds the running system's root filesystem (/)"
+
+
+def test_no_root_mount_listed_means_the_root_disk_is_unknown(tmp_path) -> None:
+    v = with_mounts(tmp_path, b"30 1 8:18 / /media/x rw - vfat /dev/sdb2 rw\n")
+    assert blockdev._Graph(v).root_name is None
+    [sdb] = [d for d in blockdev.scan(v) if d.name == "sdb"]
+    assert texts(sdb.problems)[0] == (
+        "has mounted filesystems and the root filesystem's disk cannot be identified"
+    )
+
+
+def test_a_partitions_mounts_include_what_is_stacked_on_it(tmp_path) -> None:
+    v = with_mounts(
+        tmp_path,
+        b"22 1 0:20 / / rw - btrfs /dev/nvme9n1p1 rw\n"
+        b"31 22 253:1 / /srv rw - ext4 /dev/mapper/vg-data rw\n",
+    )
+    [sdb] = [d for d in blockdev.scan(v) if d.name == "sdb"]
+    assert [(p.name, p.mounts) for p in sdb.partitions] == [
+        ("sdb1", ("/srv",)),
+        ("sdb2", ()),
+        ("sdb3", ()),
+    ]
+
+
+def test_logical_block_size_is_read_from_the_queue(tmp_path) -> None:
+    v = build(tmp_path)
+    q = tmp_path / "sys" / "block" / "sdb" / "queue"
+    q.mkdir()
+    (q / "logical_block_size").write_text("4096\n")  # a 4Kn disk
+    disks = {d.name: d for d in blockdev.scan(v)}
+    assert disks["sdb"].logical_block_size == 4096
+    assert disks["dm-0"].logical_block_size == 512  # no queue/ here: the 512-byte default
+
+
+def test_an_unreadable_mount_table_is_said(tmp_path) -> None:
+    v = build(tmp_path)
+    v.mountinfo.unlink()
+    with pytest.raises(BuilderError) as e:
+        blockdev.scan(v)
+    assert e.value.message == (
+        f"{v.mountinfo}: cannot read the mount table (No such file or directory);"
+        " without it no disk can be called safe"
+    )
