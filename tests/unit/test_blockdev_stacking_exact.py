@@ -120,6 +120,7 @@ def test_root_found_by_device_number_when_its_source_is_dev_root(tmp_path) -> No
     assert graph.root_name == "sdb2" and graph.root_lower == {"sdb2", "sdb"}
     [sdb] = [d for d in blockdev.scan(v) if d.name == "sdb"]
     assert texts(sdb.problems)[0] == "holds the running system's root filesystem (/)"
+    assert sdb.mounts == ("/",) and sdb.partitions[1].mounts == ("/",)
 
 
 def test_no_root_mount_listed_means_the_root_disk_is_unknown(tmp_path) -> None:
