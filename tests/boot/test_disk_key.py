@@ -10,6 +10,7 @@ profiles directory: a new password hash in every clone's installed disk).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -62,3 +63,24 @@ def test_a_change_in_the_disk_changes_the_key(tmp_path: Path) -> None:
     script = next(iter(sorted((tree / "scripts").glob("*.sh"))))
     script.write_text(script.read_text() + "\n# changed\n")
     assert nodedisk.disk_key(TARBALL, tree, versions) != before
+
+
+def test_two_packer_builds_ask_for_the_same_package_layer(tmp_path: Path) -> None:
+    """The packer-built qcow2 of the boot lane: ``builder image`` reuses the installed package
+    set (a layer keyed by, among others, the repository URLs). Two builds render the same
+    layer key, so the second reuses the first's layer (an ephemeral port for the stand-in
+    repository made a new URL, so a new layer, in every build)."""
+    from builder.boottest import hub_overrides
+    from builder.boottest.site import lab_identity
+    from builder.targets import layers
+    from tests.support import packerimage
+
+    sets = hub_overrides(lab_identity("aws", None, ()))
+    keys, urls = [], []
+    for n in (1, 2):
+        tree = tmp_path / f"build{n}" / "aws"
+        with packerimage.served_render("aws", tree, sets):
+            pkrvars = json.loads((tree / "packer" / "site.auto.pkrvars.json").read_text())
+        keys.append(layers.layer_key(layers.layer_inputs(tree, pkrvars, "base-sha256")))
+        urls.append([e for e in pkrvars["provision_env"] if e.startswith("NF_K8S_APT_URL=")])
+    assert urls[0] == urls[1] and keys[0] == keys[1]

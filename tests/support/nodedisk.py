@@ -183,6 +183,17 @@ def render_standin(
     return lab, profile, tree
 
 
+def feed_standin_sources(h: Any) -> None:
+    """Feed what the stand-in packages are made from (standins.py and standin_programs/)
+    into the hash ``h``: a changed program must not reuse a cached disk or repository."""
+    h.update(Path(standins.__file__).read_bytes())
+    programs = Path(standins.__file__).with_name("standin_programs")
+    for prog in sorted(
+        p for p in programs.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    ):
+        h.update(prog.relative_to(programs).as_posix().encode() + b"\0" + prog.read_bytes())
+
+
 def _hash_tree(h: Any, base: Path, rel: str) -> None:
     root = base / rel
     for p in sorted(root.rglob("*")):
@@ -222,13 +233,7 @@ def disk_key(tarball: Path, tree: Path | None, versions: dict[str, str], kind: s
     else:
         h.update(f"{kind}|no tree".encode())
     h.update(json.dumps(versions, sort_keys=True).encode())
-    h.update(Path(standins.__file__).read_bytes())
-    # the stand-in packages' programs, too: a changed program must not reuse a cached disk
-    programs = Path(standins.__file__).with_name("standin_programs")
-    for prog in sorted(
-        p for p in programs.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    ):
-        h.update(prog.relative_to(programs).as_posix().encode() + b"\0" + prog.read_bytes())
+    feed_standin_sources(h)
     h.update(bootcheck.digest())
     return h.hexdigest()[:20]
 
