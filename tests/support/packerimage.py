@@ -158,8 +158,9 @@ def served_render(site: str, tree: Path, overrides: Sequence[str] = ()) -> Itera
         render_site(profile, tree)
         pkrvars = tree / "packer" / "site.auto.pkrvars.json"
         data = json.loads(pkrvars.read_text())
+        # one vCPU: one of the boot lane's guests (guestslots.py), one host thread under TCG
         data.update(ssh_username="nodeforge-build", qemu_ssh_timeout="15m",
-                    qemu_memory_mb=1024, disk_size_gb=4)  # fmt: skip
+                    qemu_memory_mb=1024, qemu_cpus=1, disk_size_gb=4)  # fmt: skip
         pkrvars.write_text(json.dumps(data, indent=2) + "\n")
         yield tree
 
