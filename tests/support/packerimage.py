@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from builder.boottest import BootImage, Lab, boot_image, hub_overrides
 from builder.boottest.lab import cache_root
@@ -114,23 +115,47 @@ def standin_repo() -> standins.StandinRepo:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def repo_port(repo: standins.StandinRepo) -> int:
+    """The port the stand-in repository ``repo`` is served on when it is free."""
+    return REPO_PORTS[int(repo.path.name, 16) % len(REPO_PORTS)]
+
+
+# (directory, port asked for) -> [server, users]: one server per repository in a process
+_SERVERS: dict[tuple[str, int], list[Any]] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
 @contextmanager
 def serve(directory: Path, port: int = 0) -> Iterator[int]:
     """Serve ``directory`` on 127.0.0.1 while the block runs: on ``port`` when it is free,
-    else on an ephemeral one (the port is yielded)."""
-    handler = functools.partial(_Quiet, directory=str(directory))
+    else on an ephemeral one (the port is yielded). Blocks of this process that serve the
+    same directory on the same ``port`` share one server (and so one URL)."""
+    key = (str(directory), port)
+    with _SERVERS_LOCK:
+        entry = _SERVERS.get(key) if port else None
+        if entry is None:
+            handler = functools.partial(_Quiet, directory=str(directory))
+            try:
+                server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+            except OSError:
+                log.info("port %d is taken: the stand-in repository on an ephemeral port", port)
+                server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            entry = [server, 0]
+            if port:
+                _SERVERS[key] = entry
+        entry[1] += 1
     try:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    except OSError:
-        log.info("port %d is taken: the stand-in repository on an ephemeral port", port)
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
+        yield int(entry[0].server_address[1])
     finally:
-        server.shutdown()
-        server.server_close()
+        with _SERVERS_LOCK:
+            entry[1] -= 1
+            last = entry[1] == 0
+            if last and _SERVERS.get(key) is entry:
+                del _SERVERS[key]
+        if last:
+            entry[0].shutdown()
+            entry[0].server_close()
 
 
 def repo_overrides(url: str, key_url: str, gpu: bool) -> list[str]:
@@ -148,8 +173,7 @@ def served_render(site: str, tree: Path, overrides: Sequence[str] = ()) -> Itera
     repository, served (``standin_repo``) while the block runs."""
     repo = standin_repo()
     name = repo.path.name  # the URL names the content: a new repository is a new layer
-    port = REPO_PORTS[int(name, 16) % len(REPO_PORTS)]
-    with serve(repo.path.parent, port) as port:
+    with serve(repo.path.parent, repo_port(repo)) as port:
         url = f"http://10.0.2.2:{port}/{name}/"
         gpu = bool(load_profile(site, None, list(overrides)).spec.gpu.enabled)
         profile = load_profile(site, None, [
