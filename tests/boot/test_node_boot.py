@@ -125,6 +125,8 @@ def test_reboot_does_not_enroll_again(aws_cli):
     assert res["reboot"]["joined"] and res["reboot"]["address"] == res["nodes"][0]["address"]
     first, again = aws_cli["reports"][0], aws_cli["reboot_report"]
     assert check_reboot(first, again) == []
+    # the peers were checked on the first boot only (the other node is off by now)
+    assert again.get("peers_skipped") and "peers_skipped" not in first
     assert again["outcome"] == "joined"
     assert again["enroll"]["ConditionResult"] == "no"  # skipped: /var/lib/nodeforge/joined
     assert again["enroll_starts_this_boot"] == 0
