@@ -22,7 +22,7 @@ from builder.targets.image import build_iso
 from tests.support.iso_inputs import fixture_overrides
 from tests.support.ubuntu_like_iso import build_fixture
 
-pytestmark = pytest.mark.boot
+pytestmark = [pytest.mark.boot, pytest.mark.usefixtures("one_guest")]
 PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 
 SUCCESS = [r"^FIXTURE-DONE"]

@@ -24,6 +24,7 @@ from builder.run import which
 from builder.site.profile import load_profile
 from builder.site.render import render_site
 from tests.support import installer, nodedisk, rootfs, standins
+from tests.support.guestslots import GUESTS
 
 pytestmark = pytest.mark.boot
 
@@ -54,11 +55,12 @@ def installed(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, P
     extra = nodedisk.repo_overrides(gpu=True) + ([STATIC] if request.param == "static" else [])
     profile = load_profile("onprem", None, extra)
     tree = render_site(profile, wd / "tree").path
-    tarball = rootfs.build_rootfs(nodedisk.ROOTFS_EXTRA)
-    root = rootfs.extract_rootfs(tarball, wd / "root")
-    standins.build_standin_repo(root / nodedisk.REPO_IN_ROOT.lstrip("/"),
-                                **nodedisk.standin_versions(profile))  # fmt: skip
-    installer.install(root, tree, wd, tarball)
+    with GUESTS.hold(1):  # host work of about a core, beside the lane's guests
+        tarball = rootfs.build_rootfs(nodedisk.ROOTFS_EXTRA)
+        root = rootfs.extract_rootfs(tarball, wd / "root")
+        standins.build_standin_repo(root / nodedisk.REPO_IN_ROOT.lstrip("/"),
+                                    **nodedisk.standin_versions(profile))  # fmt: skip
+        installer.install(root, tree, wd, tarball)
     return request.param, root
 
 
@@ -119,7 +121,8 @@ def test_one_installed_iso_two_seeds_two_static_nodes_join(
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
     wd = tmp_path_factory.mktemp("iso-two-seeds")
-    s = nodedisk.prepare_site("onprem", wd / "prep", installed=True)
+    with GUESTS.hold(1):  # reused from the cache, else built: host work of about a core
+        s = nodedisk.prepare_site("onprem", wd / "prep", installed=True)
     out = cli_boot_test("onprem", wd, *s.boot_args(), "--node-seed-only", "--static",
                          "--nodes", "2", "--no-reboot")  # fmt: skip
     res = out["result"]

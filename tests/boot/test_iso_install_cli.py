@@ -33,6 +33,7 @@ from builder.run import run, which
 from builder.targets import seed
 from tests.boot.conftest import REPO, node_boot_missing
 from tests.support import bootcheck
+from tests.support.guestslots import GUESTS, guests_of
 from tests.support.reportchecks import check_joined
 
 pytestmark = pytest.mark.boot
@@ -43,13 +44,15 @@ if _missing:
 
 
 def _cli(workdir: Path, *args: str, timeout: float = 5400) -> dict[str, Any]:
-    """`builder boot-test onprem --json --keep …` as a separate process."""
-    p = subprocess.run(
-        [sys.executable, "-c", "from builder.cli import main; main()",
-         "boot-test", "onprem", "--json", "--keep", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "TMPDIR": str(workdir)},
-    )  # fmt: skip
+    """`builder boot-test onprem --json --keep …` as a separate process, holding as many of
+    the lane's ``GUESTS`` as it boots at once (the install is one, then ``--nodes``)."""
+    with GUESTS.hold(guests_of(args)):
+        p = subprocess.run(
+            [sys.executable, "-c", "from builder.cli import main; main()",
+             "boot-test", "onprem", "--json", "--keep", *args],
+            cwd=REPO, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "TMPDIR": str(workdir)},
+        )  # fmt: skip
     out: dict[str, Any] = {"rc": p.returncode, "stderr": p.stderr}
     try:
         res = out["result"] = json.loads(p.stdout)
@@ -64,7 +67,8 @@ def _cli(workdir: Path, *args: str, timeout: float = 5400) -> dict[str, Any]:
 def iso_site(tmp_path_factory: pytest.TempPathFactory):
     from tests.support.standin_iso import prepare_iso_site
 
-    return prepare_iso_site("onprem", tmp_path_factory.mktemp("iso-site"))
+    with GUESTS.hold(1):  # reused from the cache, else built: host work of about a core
+        return prepare_iso_site("onprem", tmp_path_factory.mktemp("iso-site"))
 
 
 def test_iso_installs_in_the_guest_and_two_machines_join(iso_site, tmp_path_factory):

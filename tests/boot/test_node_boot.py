@@ -8,7 +8,8 @@ REAL hub (`builder hub serve`, wireguard-go) in a private network namespace; the
 decides "joined" from the hub's side. A TEST-ONLY program in the disk reports what the node
 looks like once joined (tests/support/guest/); these tests check that report too.
 
-Scenarios run side by side (one vCPU each) to keep the lane short:
+Scenarios run side by side (one vCPU each, at most 2 guests at once; they are queued at
+the session's start by tests/boot/conftest.py) to keep the lane short:
 - `builder boot-test aws --image … --nodes 2 --json`: two nodes at once, then a reboot;
 - onprem (GPU profile) on a GPT disk booted by OVMF (GRUB from the ESP), on a machine
   WITHOUT an NVIDIA GPU, then a reboot;
@@ -18,7 +19,7 @@ Scenarios run side by side (one vCPU each) to keep the lane short:
 - an expired token;
 - no seed and no token: the agent says so at once on the console and in the journal;
 - the qcow2 a REAL `packer build` makes for the aws site (target qcow2, from the STAND-IN
-  base image, tests/support/packerimage.py), built once for the module:
+  base image, tests/support/packerimage.py), built once for the session:
   `builder boot-test aws --image THAT.qcow2` joins (the AMI/qcow2 path end to end), and two
   machines booted from it with NO seed, only the site token baked into it, join under two
   names of their own (`aws-<machine-id[:8]>`).
@@ -30,23 +31,15 @@ checked for what must differ (``reportchecks.check_containers``/``check_gpu``).
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import ipaddress
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from builder.run import which
-from tests.boot.conftest import REPO, cli_boot_test, node_boot_missing
-from tests.support import nodedisk, packerimage, scenarios
+from tests.boot.conftest import node_boot_missing
 from tests.support.guest.nodeforge_bootcheck import REQUIRED_SYSCTLS
 from tests.support.reportchecks import GPU_LABEL, check_gpu, check_joined, check_reboot
 
@@ -56,102 +49,11 @@ _missing = node_boot_missing()
 if _missing:
     pytest.skip(f"node boot tests need {', '.join(_missing)}", allow_module_level=True)
 
-SITES = ("aws", "onprem")
-
-
-def chain(pool: concurrent.futures.Executor, first: concurrent.futures.Future,
-          fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:  # fmt: skip
-    """``fn(first's result, *args)`` in the pool once ``first`` is done, without holding a
-    worker while it waits."""
-    out: concurrent.futures.Future = concurrent.futures.Future()
-
-    def relay(f: concurrent.futures.Future) -> None:
-        exc = f.exception()
-        out.set_exception(exc) if exc else out.set_result(f.result())
-
-    def go(f: concurrent.futures.Future) -> None:
-        exc = f.exception()
-        if exc is not None:
-            out.set_exception(exc)
-        else:
-            pool.submit(fn, f.result(), *args).add_done_callback(relay)
-
-    first.add_done_callback(go)
-    return out
-
-
-def cli_boot_plain(site: str, workdir: Path, *args: str) -> dict[str, Any]:
-    """`builder boot-test SITE --json` for an image without the check program."""
-    p = subprocess.run(
-        [sys.executable, "-c", "from builder.cli import main; main()",
-         "boot-test", site, "--json", "--keep", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=2400,
-        env={**os.environ, "TMPDIR": str(workdir)},
-    )  # fmt: skip
-    try:
-        res = json.loads(p.stdout)
-    except ValueError:
-        res = None
-    return {"rc": p.returncode, "stderr": p.stderr, "result": res}
-
-
-@pytest.fixture(scope="module")
-def qcow2_build(boot_workdir: Path, boot_pool) -> concurrent.futures.Future | None:
-    """The real packer build of the aws site as a qcow2, started first (it is the longest
-    single step) and shared by the two boots of it; None without packer."""
-    if which("packer") is None:
-        return None
-    return boot_pool.submit(packerimage.build_qcow2, "aws", boot_workdir / "qcow2")
-
 
 def qcow2_run(runs, name: str) -> Any:
     if name not in runs:
         pytest.skip("packer not installed (make deps)")
     return runs[name].result()
-
-
-@pytest.fixture(scope="module")
-def setups(boot_workdir: Path, boot_pool) -> dict[str, nodedisk.StandinSite]:
-    futs = {
-        s: boot_pool.submit(nodedisk.prepare_site, s, boot_workdir / f"prep-{s}") for s in SITES
-    }
-    return {s: f.result() for s, f in futs.items()}
-
-
-@pytest.fixture(scope="module")
-def runs(
-    qcow2_build, setups, boot_workdir: Path, boot_pool
-) -> dict[str, concurrent.futures.Future]:
-    def wd(name: str) -> Path:
-        d = boot_workdir / name
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    # two scenarios at a time (the CLI one boots two guests): on 2 cores more guests at
-    # once only stretch every boot; the hub-late one idles a minute, so it goes early
-    aws, onprem = setups["aws"].boot_args(), setups["onprem"].boot_args(uefi=True)
-    # the two CLI nodes also reach each other through the hub (the check program's peers)
-    two = list(aws)
-    two[two.index("--append") + 1] += " nodeforge.bootcheck.peers=2"
-    out = {
-        "aws-cli": boot_pool.submit(cli_boot_test, "aws", wd("cli"), *two, "--nodes", "2"),
-        "hub-late": boot_pool.submit(
-            scenarios.run_hub_late, setups["onprem"], wd("late"), standin_gpu=True
-        ),
-        "onprem-uefi": boot_pool.submit(
-            cli_boot_test, "onprem", wd("onprem-uefi"), *onprem, "--no-reboot"
-        ),
-        "expired": boot_pool.submit(scenarios.run_expired_token, setups["aws"], wd("expired")),
-        "no-token": boot_pool.submit(
-            scenarios.run_no_seed_no_token, setups["aws"], wd("no-token")
-        ),  # fmt: skip
-    }
-    if qcow2_build is not None:  # after the packer build (the reboot is proven above)
-        out["qcow2-cli"] = chain(boot_pool, qcow2_build, lambda img: cli_boot_plain(
-            "aws", wd("qcow2-cli"), *img.boot_args(), "--no-reboot"))  # fmt: skip
-        out["site-token"] = chain(boot_pool, qcow2_build, lambda img: (
-            scenarios.run_site_token_no_seed(img, wd("site-token"))))  # fmt: skip
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +125,8 @@ def test_reboot_does_not_enroll_again(aws_cli):
     assert res["reboot"]["joined"] and res["reboot"]["address"] == res["nodes"][0]["address"]
     first, again = aws_cli["reports"][0], aws_cli["reboot_report"]
     assert check_reboot(first, again) == []
+    # the peers were checked on the first boot only (the other node is off by now)
+    assert again.get("peers_skipped") and "peers_skipped" not in first
     assert again["outcome"] == "joined"
     assert again["enroll"]["ConditionResult"] == "no"  # skipped: /var/lib/nodeforge/joined
     assert again["enroll_starts_this_boot"] == 0

@@ -13,7 +13,7 @@ import pytest
 from builder.boottest import qemu
 from tests.support.ubuntu_like_iso import _initrd, _kernel, build_fixture, cache_root
 
-pytestmark = pytest.mark.boot
+pytestmark = [pytest.mark.boot, pytest.mark.usefixtures("one_guest")]
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,8 @@ from builder.boottest.lab import cache_root
 from builder.errors import BuilderError
 from builder.fsutil import atomic_output, atomic_write
 from builder.run import require, run
-from builder.site.profile import load_profile
+from builder.site.credentials import salt_file
+from builder.site.profile import default_profiles_dir, load_profile
 from builder.site.render import render_site
 from tests.support import bootcheck, rootfs, standins
 from tests.support.reportchecks import Expect, expectations
@@ -142,6 +143,57 @@ def pin_build_identity(tree: Path) -> list[Path]:
     return changed
 
 
+# A site's crypt salt is random, made once per profiles directory (builder/site/credentials.py)
+# and not in git: a clean clone made a new one, and with a password set the rendered tree
+# (the autoinstall's password hash, in the installed disk and its key) differed per clone.
+# The stand-in disk is rendered from a copy of the profiles with this fixed salt instead.
+STANDIN_SALT = "TESTONLYstandin0"  # 16 characters of ./0-9A-Za-z; TEST-ONLY, never a real site
+
+
+def standin_profiles(profiles_dir: Path | None, workdir: Path) -> Path:
+    """A copy of ``profiles_dir`` (default: the one ``builder`` would use) in ``workdir``
+    whose ``.secrets`` holds only the TEST-ONLY ``STANDIN_SALT`` for every site: nothing of
+    the checkout's own generated secrets goes into a stand-in disk."""
+    src = profiles_dir or default_profiles_dir()
+    out = workdir / "profiles"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns(".secrets"), dirs_exist_ok=True)
+    (out / ".secrets").mkdir(mode=0o700, exist_ok=True)
+    for site in sorted(out.glob("*.yaml")):
+        salt = out / ".secrets" / f"{site.stem}.salt"
+        atomic_write(salt, STANDIN_SALT + "\n", mode=0o600)
+    return out
+
+
+def render_standin(
+    site: str, workdir: Path, profiles_dir: Path | None = None, overrides: Sequence[str] = ()
+) -> tuple[Any, Any, Path]:
+    """The site rendered for the lab hub with the stand-in repository (lab, profile, tree),
+    from ``standin_profiles`` and with ``pin_build_identity``: what a disk is made from."""
+    profiles = standin_profiles(profiles_dir, workdir)
+    with _PREP_LOCK:  # shared cache entries: one builder at a time in this process
+        lab = prepare(site, workdir / "lab", profiles_dir=profiles, overrides=overrides)
+    extra = repo_overrides(lab.profile.spec.gpu.enabled)
+    # the lab's hub settings first, the stand-in repository, then the caller's overrides
+    profile = load_profile(site, profiles, [*hub_overrides(lab.ident), *extra, *overrides])
+    if salt_file(profile) != profiles / ".secrets" / f"{site}.salt":
+        raise BuilderError(f"{site}: the salt is not read from {profiles}/.secrets")
+    tree = workdir / "build" / site
+    render_site(profile, tree)
+    pin_build_identity(tree)  # the disk is made from this tree: not from this commit
+    return lab, profile, tree
+
+
+def feed_standin_sources(h: Any) -> None:
+    """Feed what the stand-in packages are made from (standins.py and standin_programs/)
+    into the hash ``h``: a changed program must not reuse a cached disk or repository."""
+    h.update(Path(standins.__file__).read_bytes())
+    programs = Path(standins.__file__).with_name("standin_programs")
+    for prog in sorted(
+        p for p in programs.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    ):
+        h.update(prog.relative_to(programs).as_posix().encode() + b"\0" + prog.read_bytes())
+
+
 def _hash_tree(h: Any, base: Path, rel: str) -> None:
     root = base / rel
     for p in sorted(root.rglob("*")):
@@ -181,13 +233,7 @@ def disk_key(tarball: Path, tree: Path | None, versions: dict[str, str], kind: s
     else:
         h.update(f"{kind}|no tree".encode())
     h.update(json.dumps(versions, sort_keys=True).encode())
-    h.update(Path(standins.__file__).read_bytes())
-    # the stand-in packages' programs, too: a changed program must not reuse a cached disk
-    programs = Path(standins.__file__).with_name("standin_programs")
-    for prog in sorted(
-        p for p in programs.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    ):
-        h.update(prog.relative_to(programs).as_posix().encode() + b"\0" + prog.read_bytes())
+    feed_standin_sources(h)
     h.update(bootcheck.digest())
     return h.hexdigest()[:20]
 
@@ -434,15 +480,9 @@ def prepare_site(
     provisioned like Packer does, or (``installed``) by the stand-in installer step of the
     ISO path (installer.py: subiquity's files + our autoinstall late-commands)."""
     t0 = time.monotonic()
-    with _PREP_LOCK:  # shared cache entries: one builder at a time in this process
-        lab = prepare(site, workdir / "lab", profiles_dir=profiles_dir, overrides=overrides)
+    lab, profile, tree = render_standin(site, workdir, profiles_dir, overrides)
+    with _PREP_LOCK:
         rootfs.build_rootfs(ROOTFS_EXTRA)
-    extra = repo_overrides(lab.profile.spec.gpu.enabled)
-    # the lab's hub settings first, the stand-in repository, then the caller's overrides
-    profile = load_profile(site, profiles_dir, [*hub_overrides(lab.ident), *extra, *overrides])
-    tree = workdir / "build" / site
-    render_site(profile, tree)
-    pin_build_identity(tree)  # the disk is made from this tree: not from this commit
     t1 = time.monotonic()
     versions = standin_versions(profile)
     installer: Callable[[Path], None] | None = None

@@ -13,29 +13,43 @@ also be booted with no seed at all.
 The disk has no boot loader (the stand-in base has none): it boots by direct kernel boot
 with the base image's kernel and initrd (``boot_args``). Never cached: a site token is made
 per build, and the build is what is under test.
+
+The package set is, though: ``builder image`` keeps the installed package set as a layer
+(builder/targets/layers.py), keyed by the repository URLs among its inputs. The stand-in
+repository is therefore made once per content (``standin_repo``: cached, with its signing
+key) and served at a URL that names that content on a port of its own (``REPO_PORTS``), so
+the next build reuses the layer. On an ephemeral port every build had a new URL: a new layer,
+the whole package set installed again under TCG (the clean-clone CI run of 2026-11-30 spent
+most of the boot lane's 468 s first setup on it).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from builder.boottest import BootImage, Lab, boot_image, hub_overrides
+from builder.boottest.lab import cache_root
 from builder.boottest.site import lab_identity
 from builder.errors import BuilderError
 from builder.fsutil import atomic_write
 from builder.site.profile import load_profile
 from builder.site.render import render_site
 from builder.targets import packer
-from tests.support import rootfs, standins
+from tests.support import nodedisk, rootfs, standins
 
 log = logging.getLogger("tests.support.packerimage")
 
@@ -71,18 +85,77 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def serve(directory: Path) -> Iterator[int]:
-    """Serve ``directory`` on 127.0.0.1 (an ephemeral port) while the block runs."""
-    handler = functools.partial(_Quiet, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+# the stand-in repository's ports: below Linux's default ephemeral range (32768-60999) and
+# tests/support/ports.py's (its 12000 below it), one picked by the repository's content;
+# taken (another lane serves its repository): an ephemeral port, and a new layer
+REPO_PORTS = range(19000, 20000)
+
+
+def standin_repo() -> standins.StandinRepo:
+    """The stand-in repository with the default versions, built once per content (the
+    stand-in module and programs) under ``<cache>/boot-test/standin-repo/<digest>``."""
+    h = hashlib.sha256(json.dumps(standins.DEFAULT_VERSIONS, sort_keys=True).encode())
+    nodedisk.feed_standin_sources(h)
+    digest = h.hexdigest()[:16]
+    out = cache_root() / "standin-repo" / digest
+    if (out / "Release.key").is_file():
+        os.utime(out)
+        return standins.StandinRepo(out, out / "Release.key", dict(standins.DEFAULT_VERSIONS))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=out.parent))
     try:
-        yield int(server.server_address[1])
+        repo = standins.build_standin_repo(tmp / "repo")
+        try:
+            (tmp / "repo").rename(out)
+        except OSError:  # another session made it first: the same content
+            if not (out / "Release.key").is_file():
+                raise
+        return standins.StandinRepo(out, out / "Release.key", repo.versions, repo.packages)
     finally:
-        server.shutdown()
-        server.server_close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def repo_port(repo: standins.StandinRepo) -> int:
+    """The port the stand-in repository ``repo`` is served on when it is free."""
+    return REPO_PORTS[int(repo.path.name, 16) % len(REPO_PORTS)]
+
+
+# (directory, port asked for) -> [server, users]: one server per repository in a process
+_SERVERS: dict[tuple[str, int], list[Any]] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+@contextmanager
+def serve(directory: Path, port: int = 0) -> Iterator[int]:
+    """Serve ``directory`` on 127.0.0.1 while the block runs: on ``port`` when it is free,
+    else on an ephemeral one (the port is yielded). Blocks of this process that serve the
+    same directory on the same ``port`` share one server (and so one URL)."""
+    key = (str(directory), port)
+    with _SERVERS_LOCK:
+        entry = _SERVERS.get(key) if port else None
+        if entry is None:
+            handler = functools.partial(_Quiet, directory=str(directory))
+            try:
+                server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+            except OSError:
+                log.info("port %d is taken: the stand-in repository on an ephemeral port", port)
+                server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            entry = [server, 0]
+            if port:
+                _SERVERS[key] = entry
+        entry[1] += 1
+    try:
+        yield int(entry[0].server_address[1])
+    finally:
+        with _SERVERS_LOCK:
+            entry[1] -= 1
+            last = entry[1] == 0
+            if last and _SERVERS.get(key) is entry:
+                del _SERVERS[key]
+        if last:
+            entry[0].shutdown()
+            entry[0].server_close()
 
 
 def repo_overrides(url: str, key_url: str, gpu: bool) -> list[str]:
@@ -92,6 +165,28 @@ def repo_overrides(url: str, key_url: str, gpu: bool) -> list[str]:
     if gpu:
         sets += [f"gpu.nvidia.apt.url={url}", f"gpu.nvidia.apt.key_url={key_url}"]
     return sets
+
+
+@contextmanager
+def served_render(site: str, tree: Path, overrides: Sequence[str] = ()) -> Iterator[Path]:
+    """Render ``site`` (target qcow2) into ``tree`` for a packer build against the stand-in
+    repository, served (``standin_repo``) while the block runs."""
+    repo = standin_repo()
+    name = repo.path.name  # the URL names the content: a new repository is a new layer
+    with serve(repo.path.parent, repo_port(repo)) as port:
+        url = f"http://10.0.2.2:{port}/{name}/"
+        gpu = bool(load_profile(site, None, list(overrides)).spec.gpu.enabled)
+        profile = load_profile(site, None, [
+            *repo_overrides(url, url + "Release.key", gpu), "target=qcow2", *overrides,
+        ])  # fmt: skip
+        render_site(profile, tree)
+        pkrvars = tree / "packer" / "site.auto.pkrvars.json"
+        data = json.loads(pkrvars.read_text())
+        # one vCPU: one of the boot lane's guests (guestslots.py), one host thread under TCG
+        data.update(ssh_username="nodeforge-build", qemu_ssh_timeout="15m",
+                    qemu_memory_mb=1024, qemu_cpus=1, disk_size_gb=4)  # fmt: skip
+        pkrvars.write_text(json.dumps(data, indent=2) + "\n")
+        yield tree
 
 
 def build_qcow2(
@@ -116,21 +211,10 @@ def build_qcow2(
     token_file = workdir / "site-token"
     atomic_write(token_file, token + "\n", 0o600)
     base = rootfs.build_base_image()
-    repo = standins.build_standin_repo(workdir / "repo")
     tree = workdir / "build" / site
-    with serve(repo.path) as port:
-        url = f"http://10.0.2.2:{port}/"
-        gpu = bool(load_profile(site, None, list(overrides)).spec.gpu.enabled)
-        profile = load_profile(site, None, [
-            *hub_overrides(ident), *repo_overrides(url, url + "Release.key", gpu),
-            "target=qcow2", f"enrollment.site_token=file:{token_file}", *overrides,
-        ])  # fmt: skip
-        render_site(profile, tree)
-        pkrvars = tree / "packer" / "site.auto.pkrvars.json"
-        data = json.loads(pkrvars.read_text())
-        data.update(ssh_username="nodeforge-build", qemu_ssh_timeout="15m",
-                    qemu_memory_mb=1024, disk_size_gb=4)  # fmt: skip
-        pkrvars.write_text(json.dumps(data, indent=2) + "\n")
+    with served_render(site, tree, [*hub_overrides(ident),
+                                    f"enrollment.site_token=file:{token_file}",
+                                    *overrides]):  # fmt: skip
         if edit_tree is not None:
             edit_tree(tree)
         t1 = time.monotonic()

@@ -259,6 +259,7 @@ def gpu(rep: dict[str, Any]) -> None:
 
 
 PEER_PORT = 7946
+PEERS_CHECKED = "/var/lib/nodeforge-bootcheck/peers-checked"
 
 
 def peers(rep: dict[str, Any], want: int, wait: float = 240, linger: float = 5) -> None:
@@ -357,7 +358,15 @@ def main() -> None:
         time.sleep(1)
     rep = report(outcome, start)
     if outcome == "joined" and opts.get("nodeforge.bootcheck.peers"):
-        peers(rep, int(opts["nodeforge.bootcheck.peers"]))
+        # once per machine: after a reboot the other nodes are off (boot-test powers them
+        # off), and waiting for them cost the reboot 240 s (2026-11-30)
+        if os.path.exists(PEERS_CHECKED):
+            rep["peers_skipped"] = "checked on this machine's first boot"
+        else:
+            peers(rep, int(opts["nodeforge.bootcheck.peers"]))
+            os.makedirs(os.path.dirname(PEERS_CHECKED), exist_ok=True)
+            with open(PEERS_CHECKED, "w") as fh:
+                fh.write(rep.get("boot_id", "") + "\n")
     emit(rep)
     if opts.get("nodeforge.bootcheck.stay") != "1":
         time.sleep(1)
