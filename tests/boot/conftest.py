@@ -4,9 +4,12 @@ The stand-in node disk of a site is built once (and cached across runs under
 ``$BUILDER_CACHE_DIR``/``~/.cache/nodeforge``, keyed by the hash of its inputs); every boot
 in the session runs on its own qcow2 overlay of it.
 
-Both cores, never more than 2 guests: when test_node_boot.py is selected, its scenarios are
-queued in the boot pool at the start of the session (``_node_boot_early``) and boot while
-the ISO modules run in the test thread; every boot of the lane, in the pool or in the test
+Both cores, never more than 2 guests: the long runs of the selected modules (test_node_boot's
+scenarios, test_iso_install's installs and two-seeds boot, test_iso_install_cli's `--iso`
+run) are queued in the boot pool at the start of the session (``_boot_early``), so they
+boot side by side until the lane's end; their tests only wait for them and check. The short
+boots of test_iso_boot and test_qemu_runner run in the test thread first (the collection
+puts the modules that wait last). Every boot of the lane, in the pool or in the test
 thread, first takes its guests from ``guestslots.GUESTS`` (one cap for the process).
 """
 
@@ -18,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,11 +58,11 @@ def boot_pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
     """Scenarios run side by side (each guest is one vCPU; TCG uses one host thread each).
     A worker per scenario: a worker waits for its inputs and then for its guests
     (``GUESTS``), which is what limits how many boot at once."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=12, thread_name_prefix="boot") as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=24, thread_name_prefix="boot") as pool:
         yield pool
 
 
-def cli_boot_test(site: str, workdir: Path, *args: str) -> dict[str, Any]:
+def cli_boot_test(site: str, workdir: Path, *args: str, timeout: float = 2400) -> dict[str, Any]:
     """`builder boot-test SITE --json --keep` + the stand-in disk's options (which wait for
     the check program's report); the reports are read back from the consoles it keeps.
     The timeout is above the command's own (900 s a boot, a first boot and a reboot): 1200 s
@@ -68,7 +72,7 @@ def cli_boot_test(site: str, workdir: Path, *args: str) -> dict[str, Any]:
         p = subprocess.run(
             [sys.executable, "-c", "from builder.cli import main; main()",
              "boot-test", site, "--json", "--keep", *args],
-            cwd=REPO, capture_output=True, text=True, timeout=2400,
+            cwd=REPO, capture_output=True, text=True, timeout=timeout,
             env={**os.environ, "TMPDIR": str(workdir)},
         )  # fmt: skip
     out: dict[str, Any] = {"rc": p.returncode, "stderr": p.stderr}
@@ -194,14 +198,128 @@ def runs(
     return out
 
 
+# -- the ISO modules' long runs: session-wide, queued at the session's start as well --------
+ISO_INSTALL_TOOLS = ("mmdebstrap", "dpkg-deb", "dpkg-scanpackages", "gpg", "unshare")
+ISO_STATIC = (
+    "network.static={address: 192.168.50.10/24, gateway: 192.168.50.1, dns: [192.168.50.1]}"
+)
+
+
+def iso_install_missing() -> list[str]:
+    """What test_iso_install.py's host-side installs need (it skips without it)."""
+    missing = [t for t in ISO_INSTALL_TOOLS if which(t) is None]
+    if os.geteuid() != 0:
+        missing.append("root (mount namespace, chroot)")
+    return missing
+
+
+def iso_cli_missing() -> list[str]:
+    """What test_iso_install_cli.py needs (it skips without it)."""
+    return node_boot_missing() + [t for t in ("xorriso", "gzip") if which(t) is None]
+
+
+def install_root(kind: str, wd: Path) -> Path:
+    """The onprem site (GPU profile; ``static``: a static address) installed into a root on
+    the host by the stand-in installer (tests/support/installer.py)."""
+    from builder.site.profile import load_profile
+    from builder.site.render import render_site
+    from tests.support import installer, rootfs, standins
+
+    extra = nodedisk.repo_overrides(gpu=True) + ([ISO_STATIC] if kind == "static" else [])
+    profile = load_profile("onprem", None, extra)
+    tree = render_site(profile, wd / "tree").path
+    with nodedisk._PREP_LOCK:  # its cache entry: one builder at a time (as prepare_site)
+        tarball = rootfs.build_rootfs(nodedisk.ROOTFS_EXTRA)
+    root = rootfs.extract_rootfs(tarball, wd / "root")
+    standins.build_standin_repo(root / nodedisk.REPO_IN_ROOT.lstrip("/"),
+                                **nodedisk.standin_versions(profile))  # fmt: skip
+    installer.install(root, tree, wd, tarball)
+    return root
+
+
+@pytest.fixture(scope="session")
+def installed_roots(
+    tmp_path_factory: pytest.TempPathFactory, boot_pool
+) -> dict[str, concurrent.futures.Future]:
+    """test_iso_install.py's installed roots (host work of about a core: one slot each)."""
+    return {
+        k: boot_pool.submit(holding, 1, install_root, k, tmp_path_factory.mktemp(f"installed-{k}"))
+        for k in ("dhcp", "static")
+    }
+
+
+@pytest.fixture(scope="session")
+def two_seeds_run(tmp_path_factory: pytest.TempPathFactory, boot_pool) -> concurrent.futures.Future:
+    """The root installed by the stand-in installer booted twice by `builder boot-test
+    --node-seed-only --static --nodes 2` (test_iso_install.py checks it); ``site``: the
+    installed disk's StandinSite."""
+    wd = tmp_path_factory.mktemp("iso-two-seeds")
+
+    def go() -> dict[str, Any]:
+        # reused from the cache, else built: host work of about a core
+        s = holding(1, nodedisk.prepare_site, "onprem", wd / "prep", installed=True)
+        out = cli_boot_test("onprem", wd, *s.boot_args(), "--node-seed-only", "--static",
+                            "--nodes", "2", "--no-reboot")  # fmt: skip
+        out["site"] = s
+        return out
+
+    return boot_pool.submit(go)
+
+
+@pytest.fixture(scope="session")
+def iso_cli_run(tmp_path_factory: pytest.TempPathFactory, boot_pool) -> concurrent.futures.Future:
+    """`builder boot-test onprem --iso ISO --nodes 2` (test_iso_install_cli.py checks it): the
+    ISO installs in one guest, then two machines boot the installed disk. Holds 2 guests for
+    the whole run (the command boots up to two at once). ``site``: the IsoSite, ``wall``: the
+    command's wall time, ``iso_sha256``: the ISO's hash just before the command ran."""
+    site_wd, wd = tmp_path_factory.mktemp("iso-site"), tmp_path_factory.mktemp("iso-cli")
+
+    def go() -> dict[str, Any]:
+        from builder.fsutil import sha256_file
+        from tests.support.standin_iso import prepare_iso_site
+
+        # reused from the cache, else built: host work of about a core
+        site = holding(1, prepare_iso_site, "onprem", site_wd)
+        before = sha256_file(site.iso)
+        t0 = time.monotonic()
+        out = cli_boot_test("onprem", wd, *site.boot_args(), "--nodes", "2", "--no-reboot",
+                            "--boot-timeout", "2400", "--install-timeout", "3600",
+                            timeout=5400)  # fmt: skip
+        out.update(site=site, wall=time.monotonic() - t0, iso_sha256=before)
+        return out
+
+    return boot_pool.submit(go)
+
+
+# the modules whose tests wait for the runs above: collected after the others (whose short
+# boots then run in the test thread while the pool boots)
+WAITING_MODULES = ("test_iso_install.py", "test_iso_install_cli.py", "test_node_boot.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent  # stable: the order is kept otherwise
+    items.sort(key=lambda it: it.path.parent == here and it.path.name in WAITING_MODULES)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _node_boot_early(request: pytest.FixtureRequest) -> None:
-    """Queue test_node_boot.py's scenarios at the session's start when any of its tests is
-    selected (they boot beside the modules before it); an error shows in its own tests."""
-    if not any(item.path.name == "test_node_boot.py" for item in request.session.items):
-        return
-    if node_boot_missing():
-        return
-    # an error is raised again by the fixture in test_node_boot's own tests
-    with contextlib.suppress(Exception):
-        request.getfixturevalue("runs")
+def _boot_early(request: pytest.FixtureRequest) -> None:
+    """Queue the long runs of the selected modules at the session's start, the longest
+    chains first (the packer build and its two boots; the `--iso` install and its two
+    machines; test_node_boot's scenarios; the two-seeds boot; the host-side installs). An
+    error shows in the tests that use the run (their fixtures raise it again)."""
+    mods = {item.path.name for item in request.session.items}
+    wanted: list[str] = []
+    node = "test_node_boot.py" in mods and not node_boot_missing()
+    if node:
+        wanted += ["qcow2_build", "setup_futures"]
+    if "test_iso_install_cli.py" in mods and not iso_cli_missing():
+        wanted.append("iso_cli_run")
+    if node:
+        wanted.append("runs")
+    if "test_iso_install.py" in mods and not iso_install_missing():
+        if not node_boot_missing():
+            wanted.append("two_seeds_run")
+        wanted.append("installed_roots")
+    for name in wanted:
+        with contextlib.suppress(Exception):
+            request.getfixturevalue(name)

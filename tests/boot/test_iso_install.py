@@ -21,10 +21,6 @@ import pytest
 import yaml
 
 from builder.run import which
-from builder.site.profile import load_profile
-from builder.site.render import render_site
-from tests.support import installer, nodedisk, rootfs, standins
-from tests.support.guestslots import GUESTS
 
 pytestmark = pytest.mark.boot
 
@@ -34,8 +30,6 @@ if os.geteuid() != 0:
 for _tool in ("mmdebstrap", "dpkg-deb", "dpkg-scanpackages", "gpg", "unshare"):
     if not which(_tool):
         pytest.skip(f"{_tool} not installed (make deps)", allow_module_level=True)
-
-STATIC = "network.static={address: 192.168.50.10/24, gateway: 192.168.50.1, dns: [192.168.50.1]}"
 
 
 def _cloud_cfg(root: Path) -> dict:
@@ -50,18 +44,10 @@ def _cloud_cfg(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module", params=["dhcp", "static"])
-def installed(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    wd = tmp_path_factory.mktemp(f"installed-{request.param}")
-    extra = nodedisk.repo_overrides(gpu=True) + ([STATIC] if request.param == "static" else [])
-    profile = load_profile("onprem", None, extra)
-    tree = render_site(profile, wd / "tree").path
-    with GUESTS.hold(1):  # host work of about a core, beside the lane's guests
-        tarball = rootfs.build_rootfs(nodedisk.ROOTFS_EXTRA)
-        root = rootfs.extract_rootfs(tarball, wd / "root")
-        standins.build_standin_repo(root / nodedisk.REPO_IN_ROOT.lstrip("/"),
-                                    **nodedisk.standin_versions(profile))  # fmt: skip
-        installer.install(root, tree, wd, tarball)
-    return request.param, root
+def installed(request, installed_roots) -> tuple[str, Path]:
+    """The root the stand-in installer installed on the host (conftest.install_root; queued
+    at the session's start)."""
+    return request.param, installed_roots[request.param].result()
 
 
 def test_installed_root_reads_its_seed(installed: tuple[str, Path]) -> None:
@@ -107,24 +93,19 @@ def test_installed_root_reads_its_seed(installed: tuple[str, Path]) -> None:
 
 
 # -- one installed system, two seeds: two nodes ----------------------------------------------
-def test_one_installed_iso_two_seeds_two_static_nodes_join(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
+def test_one_installed_iso_two_seeds_two_static_nodes_join(request) -> None:
     """The root installed by the stand-in installer (the onprem ISO's late-commands), booted
     twice by `builder boot-test --node-seed-only --static`: each node gets only what
     `builder seed` writes (host name, one-time token, a static address). Both must come up
     with the seed's host name and address and join with distinct overlay addresses."""
-    from tests.boot.conftest import cli_boot_test, node_boot_missing
+    from tests.boot.conftest import node_boot_missing
     from tests.support.reportchecks import check_joined
 
     missing = node_boot_missing()
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
-    wd = tmp_path_factory.mktemp("iso-two-seeds")
-    with GUESTS.hold(1):  # reused from the cache, else built: host work of about a core
-        s = nodedisk.prepare_site("onprem", wd / "prep", installed=True)
-    out = cli_boot_test("onprem", wd, *s.boot_args(), "--node-seed-only", "--static",
-                         "--nodes", "2", "--no-reboot")  # fmt: skip
+    out = request.getfixturevalue("two_seeds_run").result()  # queued at the session's start
+    s = out["site"]
     res = out["result"]
     assert res is not None, out["stderr"][-4000:]
     assert out["rc"] == 0 and res["problems"] == [], "\n".join(res["problems"])

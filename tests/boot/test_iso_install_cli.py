@@ -18,11 +18,6 @@ test_iso_install.py).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +26,7 @@ import pytest
 from builder.fsutil import sha256_file
 from builder.run import run, which
 from builder.targets import seed
-from tests.boot.conftest import REPO, node_boot_missing
-from tests.support import bootcheck
-from tests.support.guestslots import GUESTS, guests_of
+from tests.boot.conftest import node_boot_missing
 from tests.support.reportchecks import check_joined
 
 pytestmark = pytest.mark.boot
@@ -43,54 +36,18 @@ if _missing:
     pytest.skip(f"the ISO boot test needs {', '.join(_missing)}", allow_module_level=True)
 
 
-def _cli(workdir: Path, *args: str, timeout: float = 5400) -> dict[str, Any]:
-    """`builder boot-test onprem --json --keep …` as a separate process, holding as many of
-    the lane's ``GUESTS`` as it boots at once (the install is one, then ``--nodes``)."""
-    with GUESTS.hold(guests_of(args)):
-        p = subprocess.run(
-            [sys.executable, "-c", "from builder.cli import main; main()",
-             "boot-test", "onprem", "--json", "--keep", *args],
-            cwd=REPO, capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "TMPDIR": str(workdir)},
-        )  # fmt: skip
-    out: dict[str, Any] = {"rc": p.returncode, "stderr": p.stderr}
-    try:
-        res = out["result"] = json.loads(p.stdout)
-    except ValueError:
-        out["result"] = None
-        return out
-    out["reports"] = [bootcheck.read_report(n["console"]) for n in res["nodes"] if n["joined"]]
-    return out
-
-
 @pytest.fixture(scope="module")
-def iso_site(tmp_path_factory: pytest.TempPathFactory):
-    from tests.support.standin_iso import prepare_iso_site
-
-    with GUESTS.hold(1):  # reused from the cache, else built: host work of about a core
-        return prepare_iso_site("onprem", tmp_path_factory.mktemp("iso-site"))
+def iso_cli(iso_cli_run) -> dict[str, Any]:
+    """The `--iso` run, queued at the session's start (conftest.iso_cli_run)."""
+    return iso_cli_run.result()
 
 
-def test_iso_installs_in_the_guest_and_two_machines_join(iso_site, tmp_path_factory):
-    wd = tmp_path_factory.mktemp("iso-cli")
-    before = sha256_file(iso_site.iso)
-    t0 = time.monotonic()
-    out = _cli(
-        wd,
-        *iso_site.boot_args(),
-        "--nodes",
-        "2",
-        "--no-reboot",
-        "--boot-timeout",
-        "2400",
-        "--install-timeout",
-        "3600",
-    )
-    wall = time.monotonic() - t0
+def test_iso_installs_in_the_guest_and_two_machines_join(iso_cli):
+    out, iso_site, wall = iso_cli, iso_cli["site"], iso_cli["wall"]
     res = out["result"]
     assert res is not None, out["stderr"][-4000:]
     assert out["rc"] == 0 and res["problems"] == [], "\n".join(res["problems"])
-    assert sha256_file(iso_site.iso) == before  # the user's ISO is never written
+    assert sha256_file(iso_site.iso) == out["iso_sha256"]  # the user's ISO is never written
     console = Path(res["install_console"]).read_text(errors="replace")
     assert "STANDIN-INSTALL-DONE" in console  # the in-guest installer ran to the end
     assert "autoinstall" in console.split("FIXTURE-CMDLINE: ", 1)[1].splitlines()[0]
