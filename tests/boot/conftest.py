@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from builder.run import which
-from tests.support import bootcheck, nodedisk, packerimage, scenarios
+from tests.support import bootcheck, guestgate, nodedisk, packerimage, scenarios
 from tests.support.guestslots import GUESTS, guests_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,18 +62,28 @@ def boot_pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
         yield pool
 
 
+def gated(
+    workdir: Path, args: tuple[str, ...]
+) -> contextlib.AbstractContextManager[dict[str, str]]:
+    """The environment of a `builder boot-test` subprocess whose guests each take a slot of
+    ``GUESTS`` when they start (tests/support/guestgate.py): it starts with the guests the
+    command boots side by side first (``--iso``: the install alone; else its ``--nodes``,
+    which must see each other) and gives back what its one-guest phases do not use."""
+    return guestgate.gate(workdir, 1 if "--iso" in args else guests_of(args))
+
+
 def cli_boot_test(site: str, workdir: Path, *args: str, timeout: float = 2400) -> dict[str, Any]:
     """`builder boot-test SITE --json --keep` + the stand-in disk's options (which wait for
     the check program's report); the reports are read back from the consoles it keeps.
     The timeout is above the command's own (900 s a boot, a first boot and a reboot): 1200 s
     cut a two-node run with its reboot short at load ~30 (2026-11-30). Takes as many
-    ``GUESTS`` as the command boots at once (``--nodes``) for its whole run."""
-    with GUESTS.hold(guests_of(args)):
+    ``GUESTS`` as it runs or starts guests (``gated``)."""
+    with gated(workdir, args) as env:
         p = subprocess.run(
             [sys.executable, "-c", "from builder.cli import main; main()",
              "boot-test", site, "--json", "--keep", *args],
             cwd=REPO, capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "TMPDIR": str(workdir)},
+            env={**env, "TMPDIR": str(workdir)},
         )  # fmt: skip
     out: dict[str, Any] = {"rc": p.returncode, "stderr": p.stderr}
     try:
@@ -89,12 +99,12 @@ def cli_boot_test(site: str, workdir: Path, *args: str, timeout: float = 2400) -
 
 def cli_boot_plain(site: str, workdir: Path, *args: str) -> dict[str, Any]:
     """`builder boot-test SITE --json` for an image without the check program."""
-    with GUESTS.hold(guests_of(args)):
+    with gated(workdir, args) as env:
         p = subprocess.run(
             [sys.executable, "-c", "from builder.cli import main; main()",
              "boot-test", site, "--json", "--keep", *args],
             cwd=REPO, capture_output=True, text=True, timeout=2400,
-            env={**os.environ, "TMPDIR": str(workdir)},
+            env={**env, "TMPDIR": str(workdir)},
         )  # fmt: skip
     try:
         res = json.loads(p.stdout)

@@ -4,8 +4,9 @@ Under TCG a guest's vCPU is one busy host thread, so on a machine with 2 cores a
 only stretches every boot (4-6 at once pushed boots past their time limits, 2026-11-30).
 Every boot of the lane takes its guests from ``GUESTS`` first — the scenarios of the boot
 pool and the tests run in the test thread alike, and a ``builder boot-test`` subprocess
-takes as many as it boots at once — so both cores stay busy and never more than
-``NF_BOOT_GUESTS`` (default: the CPUs this process may use, at least 1) guests run.
+one for each guest it runs (tests/support/guestgate.py) — so both cores stay busy and
+never more than ``NF_BOOT_GUESTS`` (default: the CPUs this process may use, at least 1)
+guests run.
 
 Grants go in arrival order, except that a waiter that fits in the free slots goes before
 an earlier one that does not (a single guest fills the second core while a two-node boot
@@ -48,10 +49,9 @@ class GuestSlots:
                 return t is ticket
         return False
 
-    @contextmanager
-    def hold(self, guests: int = 1) -> Iterator[None]:
-        """Wait until ``guests`` slots are free and no earlier waiter that fits is left;
-        hold them for the block. More than the capacity is clamped to it."""
+    def acquire(self, guests: int = 1) -> int:
+        """Wait until ``guests`` slots are free and no earlier waiter that fits is left, take
+        them and return how many were taken (more than the capacity is clamped to it)."""
         n = max(1, min(guests, self.capacity))
         ticket = (object(), n)
         with self._cond:
@@ -64,12 +64,22 @@ class GuestSlots:
                 self._cond.notify_all()
             self.in_use += n
             self.peak = max(self.peak, self.in_use)
+        return n
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` slots taken by ``acquire``."""
+        with self._cond:
+            self.in_use -= n
+            self._cond.notify_all()
+
+    @contextmanager
+    def hold(self, guests: int = 1) -> Iterator[None]:
+        """``acquire(guests)`` for the block."""
+        n = self.acquire(guests)
         try:
             yield
         finally:
-            with self._cond:
-                self.in_use -= n
-                self._cond.notify_all()
+            self.release(n)
 
 
 def guests_of(args: Sequence[str]) -> int:

@@ -1,0 +1,123 @@
+"""The gate that counts a `builder boot-test` subprocess's guests one by one
+(tests/support/guestgate.py), with a stand-in QEMU that only sleeps and logs its interval."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.guestgate import gate
+from tests.support.guestslots import GuestSlots
+
+FAKE_QEMU = """#!{python}
+import sys, time
+name, seconds, log = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+t0 = time.time()
+time.sleep(seconds)
+with open(log, "a") as f:
+    f.write("%s %f %f\\n" % (name, t0, time.time()))
+"""
+
+# the "command": phases of guests, each phase side by side, like boot-test's
+COMMAND = """
+import subprocess, sys
+log = sys.argv[1]
+for phase in sys.argv[2:]:
+    procs = [subprocess.Popen(["qemu-system-x86_64", name, "0.8", log])
+             for name in phase.split(",")]
+    assert all(p.wait() == 0 for p in procs)
+"""
+
+
+@pytest.fixture
+def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    q = bindir / "qemu-system-x86_64"
+    q.write_text(FAKE_QEMU.format(python=sys.executable))
+    q.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+    return tmp_path / "guests.log"
+
+
+def _intervals(log: Path) -> dict[str, tuple[float, float]]:
+    out = {}
+    for line in log.read_text().splitlines():
+        name, a, b = line.split()
+        out[name] = (float(a), float(b))
+    return out
+
+
+def _max_overlap(iv: dict[str, tuple[float, float]]) -> int:
+    events = sorted([(a, 1) for a, _ in iv.values()] + [(b, -1) for _, b in iv.values()])
+    cur = best = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def _other(slots: GuestSlots, log: Path, after: float, seconds: float) -> threading.Thread:
+    """Another of the lane's single guests, asking for its slot ``after`` s from now."""
+
+    def go() -> None:
+        time.sleep(after)
+        with slots.hold(1):
+            t0 = time.time()
+            time.sleep(seconds)
+            with open(log, "a") as f:
+                f.write(f"other {t0} {time.time()}\n")
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t
+
+
+def _command(tmp_path: Path, slots: GuestSlots, start: int, log: Path, *phases: str) -> None:
+    with gate(tmp_path / "cmd", start, slots) as env:
+        subprocess.run([sys.executable, "-c", COMMAND, str(log), *phases], env=env, check=True,
+                       timeout=60)  # fmt: skip
+
+
+def test_the_install_alone_leaves_the_other_slot_free(tmp_path: Path, fake_qemu: Path) -> None:
+    """--iso: the install alone (one slot), then two nodes (a second slot, taken when they
+    ask): another single guest runs beside the install, never three at once."""
+    slots = GuestSlots(2)
+    other = _other(slots, fake_qemu, 0.2, 1.6)  # still running when the nodes ask
+    _command(tmp_path, slots, 1, fake_qemu, "install", "node1,node2")
+    other.join(timeout=30)
+    iv = _intervals(fake_qemu)
+    assert set(iv) == {"install", "node1", "node2", "other"}
+    assert iv["other"][0] < iv["install"][1]  # beside the install
+    assert _max_overlap(iv) <= 2
+    assert slots.in_use == 0 and slots.peak == 2
+
+
+def test_a_reboot_alone_gives_the_second_slot_back(tmp_path: Path, fake_qemu: Path) -> None:
+    """Two nodes side by side (both slots from the start), then the first again alone: the
+    other single guest gets the slot the second node gave back."""
+    slots = GuestSlots(2)
+    other = _other(slots, fake_qemu, 0.1, 0.5)  # asks while the pair runs: must wait
+    _command(tmp_path, slots, 2, fake_qemu, "node1,node2", "reboot")
+    other.join(timeout=30)
+    iv = _intervals(fake_qemu)
+    assert iv["other"][0] >= max(iv["node1"][1], iv["node2"][1]) - 0.05  # not beside the pair
+    assert iv["other"][0] < iv["reboot"][1]  # beside the reboot
+    assert _max_overlap(iv) <= 2
+    assert slots.in_use == 0
+
+
+def test_without_the_gate_a_third_would_run(tmp_path: Path, fake_qemu: Path) -> None:
+    """Control: the overlap count sees three at once when nothing gates the command."""
+    slots = GuestSlots(2)
+    other = _other(slots, fake_qemu, 0.0, 1.0)
+    time.sleep(0.1)
+    subprocess.run([sys.executable, "-c", COMMAND, str(fake_qemu), "node1,node2"], check=True,
+                   timeout=60)  # fmt: skip
+    other.join(timeout=30)
+    assert _max_overlap(_intervals(fake_qemu)) == 3
