@@ -20,6 +20,7 @@ from builder.hub.config import StoreConfig
 from builder.hub.store import EnrollRequest, Pool
 from builder.hub.stores.etcd import EtcdStore
 from builder.hub.stores.etcd_client import StoreUnavailable, put
+from tests.support.hubstore import close_in_another_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 import test_hub_store as base  # noqa: E402 - the unit lane's tests, run here on etcd
@@ -70,18 +71,7 @@ def test_a_store_closed_twice_or_in_another_thread_reads_again(store):
     assert store.client._session() is first  # one per thread
     store.close()
     store.close()  # twice: nothing to close
-    errors: list[Exception] = []
-
-    def close_elsewhere() -> None:
-        try:
-            store.close()
-        except Exception as exc:
-            errors.append(exc)
-
-    other = threading.Thread(target=close_elsewhere)
-    other.start()
-    other.join()
-    assert errors == []
+    assert close_in_another_thread(store) == []
     assert len(store.list_tokens()) == 1
     assert store.client._session() is not first
 

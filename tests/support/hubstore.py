@@ -16,6 +16,7 @@ cannot reach by themselves.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,20 @@ def edit_node(store: HubStore, node_id: str, **columns: Any) -> None:
         f"UPDATE nodes SET {sets} WHERE node_id=?",  # noqa: S608 - column names from the test
         (*columns.values(), node_id),
     )
+
+
+def close_in_another_thread(store: HubStore) -> list[Exception]:
+    """Close ``store`` from a thread that never used it; what that raised (nothing, if
+    ``close`` is thread-safe and idempotent as the hub's shutdown needs)."""
+    errors: list[Exception] = []
+
+    def close_elsewhere() -> None:
+        try:
+            store.close()
+        except Exception as exc:
+            errors.append(exc)
+
+    other = threading.Thread(target=close_elsewhere)
+    other.start()
+    other.join()
+    return errors

@@ -14,7 +14,6 @@ import json
 import logging
 import sqlite3
 import stat
-import threading
 
 import pytest
 from test_hub_store import Clock
@@ -23,7 +22,7 @@ from test_hub_store import key as wgkey
 from builder.errors import UsageError
 from builder.hub import tokens as tok
 from builder.hub.store import EnrollRequest, Pool, Store
-from tests.support.hubstore import edit_node, new_store, quarantine_rows
+from tests.support.hubstore import close_in_another_thread, edit_node, new_store, quarantine_rows
 
 T0 = 1_800_000_000.0
 KEY = b"s" * 32
@@ -718,18 +717,7 @@ def test_the_database_file_and_its_settings(tmp_path, clock):
     assert s.conn().execute("SELECT count(*) FROM nodes").fetchone()[0] == 0
     s.close()
     s.close()  # twice: nothing to close
-    errors: list[Exception] = []
-
-    def close_elsewhere() -> None:  # a thread that never opened a connection
-        try:
-            s.close()
-        except Exception as exc:
-            errors.append(exc)
-
-    other = threading.Thread(target=close_elsewhere)
-    other.start()
-    other.join()
-    assert errors == []
+    assert close_in_another_thread(s) == []  # a thread that never opened a connection
 
 
 @pytest.mark.sqlite_only("an old hub.db; etcd's side: test_hub_store_etcd.py")
