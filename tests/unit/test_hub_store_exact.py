@@ -5,29 +5,17 @@ connection can see is read with a second, independent connection."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 import logging
 import sqlite3
 
 import pytest
+from test_hub_store import Clock
+from test_hub_store import key as pub
 
 from builder.hub.store import EnrollRequest, Pool, Store
 
 KEY = b"s" * 32
-
-
-class Clock:
-    def __init__(self, t: float = 1_800_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def pub(seed: str) -> str:
-    return base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode()
 
 
 @pytest.fixture
