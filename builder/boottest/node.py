@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from builder.errors import BuilderError, UsageError
+from builder.node import agent
 from builder.run import run
 from builder.targets import seed
 
@@ -194,6 +196,31 @@ class JoinWatch:
         return False
 
 
+# the agent's line on the console once its joined marker is written (builder/node/agent.py)
+JOINED_CONSOLE = re.compile(rf"^{re.escape(agent.PREFIX)} {re.escape(agent.JOINED_SAY)}\b", re.M)
+SETTLE_GRACE = 20.0  # seconds after "joined" when the console does not show the agent's line
+
+
+class Settled:
+    """``watch`` (the hub sees the node joined), and the node has nothing of ours left to
+    write: the agent said so on the console (``JOINED_CONSOLE``), or — an image whose kernel
+    console is not the serial port, e.g. ``console=tty0`` only — ``SETTLE_GRACE`` s have
+    passed since the hub saw it joined. The machine is powered off after this."""
+
+    def __init__(self, watch: JoinWatch, grace: float = SETTLE_GRACE) -> None:
+        self.watch, self.grace = watch, grace
+        self.joined_at: float | None = None
+
+    def __call__(self, console: str = "", final: bool = False) -> bool:
+        if not self.watch(console, final):
+            return False
+        if self.joined_at is None:
+            self.joined_at = time.monotonic()
+        if final or JOINED_CONSOLE.search(console):
+            return True
+        return time.monotonic() - self.joined_at >= self.grace
+
+
 @dataclass
 class NodeBoot:
     """One boot of a node: what the hub saw and where the console is."""
@@ -224,9 +251,10 @@ def boot_node(
     timeout: float = 900,
     wait_exit: float = 20,
 ) -> NodeBoot:
-    """Boot ``node`` once in ``lab``'s namespace until the hub sees it joined (and every
-    ``console`` regex matched), then let it power off (ACPI power button after
-    ``wait_exit`` s). Raises ``qemu.BootFailed`` with the console tail when it does not."""
+    """Boot ``node`` once in ``lab``'s namespace until the hub sees it joined and the node
+    has settled (``Settled``), and every ``console`` regex matched; then press its power
+    button and wait up to ``wait_exit`` s for it to power off. Raises ``qemu.BootFailed``
+    with the console tail when it does not."""
     n = len(node.boots) + 1
     log_path = node.workdir / f"console-{n}.log"
     sock = node.workdir / f"qmp-{n}.sock"
@@ -246,7 +274,7 @@ def boot_node(
         failure=[r"Kernel panic", r"end Kernel panic"],
         timeout=timeout,
         wait_exit=wait_exit,
-        ready=watch if until_joined else None,
+        ready=Settled(watch) if until_joined else None,
         powerdown=(lambda: qemu.qmp_powerdown(sock)) if "-qmp" in vm.extra else None,
     )
     row = watch.row or {}

@@ -203,6 +203,28 @@ def _exited(proc: subprocess.Popen[bytes], wait: float) -> bool:
     return True
 
 
+PRESS_EVERY = 5.0  # seconds between presses of the power button while waiting for power-off
+
+
+def _power_off(
+    proc: subprocess.Popen[bytes], wait: float, powerdown: Callable[[], object] | None
+) -> bool:
+    """Has the guest powered off within ``wait`` s, pressing ``powerdown`` (if any) at once
+    and every ``PRESS_EVERY`` s until it has? A guest that powers off by itself (a check
+    program) is not slowed down by the press; one that never would is not waited for."""
+    if powerdown is None:
+        return _exited(proc, wait)
+    deadline = time.monotonic() + wait
+    while proc.poll() is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        powerdown()
+        if _exited(proc, min(PRESS_EVERY, left)):
+            return True
+    return True
+
+
 def qmp_argv(sock: Path) -> list[str]:
     """QEMU options for a QMP control socket at ``sock`` (for ``qmp_powerdown``)."""
     return ["-qmp", f"unix:{sock},server=on,wait=off"]
@@ -254,8 +276,10 @@ def boot(
     Returns once every regex in ``success`` has matched the console (MULTILINE). Raises
     ``BootFailed`` (with the console tail) as soon as a ``failure`` regex matches, when
     QEMU exits before success, or at ``timeout`` seconds (QEMU is killed). With
-    ``wait_exit`` > 0, waits that long after success for the guest to power off by itself,
-    then calls ``powerdown()`` (e.g. ``qmp_powerdown``) if given and waits that long again.
+    ``wait_exit`` > 0, waits up to that long after success for the guest to power off;
+    with ``powerdown`` (e.g. ``qmp_powerdown``) it is called at once and again every
+    ``PRESS_EVERY`` s meanwhile (a press before the guest's power-key handler is up is lost),
+    without it the guest must power off by itself.
     ``ready(console, final)``, if given, must also be true for success (it may look
     elsewhere, e.g. at a hub): asked on every poll, and a ``final`` time once QEMU exited.
     QEMU's own stdout/stderr go to ``<log_path>.qemu``.
@@ -298,10 +322,7 @@ def boot(
                             )
                     matches = [rx.search(text) for rx in ok]
                     if all(matches) and (ready is None or ready(text, gone)):
-                        exited = _exited(proc, wait_exit)
-                        if not exited and powerdown is not None:
-                            powerdown()
-                            exited = _exited(proc, wait_exit)
+                        exited = _power_off(proc, wait_exit, powerdown)
                         return BootResult(
                             console=text + fh.read().decode(errors="replace"),
                             seconds=time.monotonic() - start,

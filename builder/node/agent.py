@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 PREFIX = "nodeforge-enroll:"
+# on the console once this boot has nothing left to do: the joined marker is written
+JOINED_SAY = "joined the cluster"
 DEFAULT_CONFIG = "/etc/nodeforge/node.json"
 EXIT_OK, EXIT_RETRY, EXIT_STOP, EXIT_NOTINSTALLED = 0, 75, 78, 5
 FAILOVER_UNIT = "nodeforge-failover.service"  # builder/node/nodeforge-failover.service
@@ -389,6 +391,7 @@ class Agent:
     def run(self) -> int:
         if self.cfg.joined_marker.exists():
             log("done", "already joined", marker=self.cfg.joined_marker)
+            self.sys.console(self.cfg.console_file, f"{PREFIX} {JOINED_SAY} (on an earlier boot)")
             return EXIT_OK
         try:
             self.check_programs()
@@ -403,6 +406,10 @@ class Agent:
             self.complete(enr)
             atomic_write(self.cfg.joined_marker, f"{int(self.clock())}\n", 0o644)
             log("done", "node enrolled and joined", address=enr["address"])
+            # the operator at the machine's screen sees it without the journal; `builder
+            # boot-test` powers the machine off once it shows (nothing of ours left to write)
+            said = f"{PREFIX} {JOINED_SAY}: overlay address {enr['address']}"
+            self.sys.console(self.cfg.console_file, said)
             self.start_failover(enr)
             return EXIT_OK
         except Stop as exc:

@@ -219,6 +219,27 @@ def test_happy_path(tmp_path, ca, capsys):
     assert rc == 0
 
 
+def test_joined_is_said_on_the_console_once_nothing_is_left_to_write(tmp_path, ca):
+    """`builder boot-test` powers a machine off when this line shows: the joined marker must
+    be on disk by then (the next boot must not enroll again), on this boot and the next."""
+    cfg = make_cfg(tmp_path, ca, console_file="/dev/test-console")
+    marker = tmp_path / "state" / "joined"
+    seen: list[tuple[str, bool]] = []
+
+    class Watching(FakeSystem):
+        def console(self, path, msg):
+            seen.append((msg, marker.exists()))
+            super().console(path, msg)
+
+    rc, _ = run_agent(cfg, Watching(handshake_after=1), FakeHttp([(200, {}, enrollment())]))
+    assert rc == 0
+    assert seen == [("nodeforge-enroll: joined the cluster: overlay address 10.100.0.7", True)]
+    seen.clear()
+    rc, _ = run_agent(cfg, Watching(), FakeHttp([]))
+    assert rc == 0
+    assert seen == [("nodeforge-enroll: joined the cluster (on an earlier boot)", True)]
+
+
 def test_key_and_node_id_are_created_once_and_the_answer_is_reused(tmp_path, ca):
     cfg = make_cfg(tmp_path, ca, handshake_timeout=2)
     sysm = FakeSystem(handshake_after=10**6)

@@ -251,6 +251,87 @@ def test_joined_needs_the_hub_state_and_a_handshake_from_this_boot():
     assert w(final=True)
 
 
+def test_settled_waits_for_the_agents_console_line_or_a_grace(monkeypatch):
+    """The node is powered off once the hub sees it joined AND the agent said so on the
+    console (its joined marker written): at once, not after a fixed wait; without the line
+    (a console that is not the serial port) only after the grace."""
+    from builder.boottest import node as node_mod
+    from builder.node import agent
+
+    row = {"hostname": "n1", "pubkey": "K1", "state": "joined", "ip": "10.200.0.7"}
+    now = [500.0]
+    monkeypatch.setattr(node_mod.time, "monotonic", lambda: now[0])
+    line = f"\r\n{agent.PREFIX} {agent.JOINED_SAY}: overlay address 10.100.0.7\r\n"
+    ready = node_mod.Settled(JoinWatch(FakeLab({"K1": 1005}, [row]), "n1", 1000.0), grace=20)
+    assert ready("[  40.1] booting\n" + line)  # joined and said: at once
+    # the agent's line alone is not "joined": the hub decides
+    pending = FakeLab({"K1": 1005}, [{**row, "state": "pending"}])
+    assert node_mod.Settled(JoinWatch(pending, "n1", 1000.0))(line, final=True) is False
+    # joined, no line: not before the grace, then yes
+    quiet = node_mod.Settled(JoinWatch(FakeLab({"K1": 1005}, [row]), "n1", 1000.0), grace=20)
+    assert not quiet("[  40.1] booting\n")
+    now[0] += 19.5
+    assert not quiet("[  60.0] still nothing\n")
+    now[0] += 0.5
+    assert quiet("[  61.0] still nothing\n")
+    # the line quoted inside another line (e.g. a journal echo) is not the agent's line
+    echo = node_mod.Settled(JoinWatch(FakeLab({"K1": 1005}, [row]), "n1", 1000.0), grace=20)
+    assert not echo(f"x[1]: {agent.PREFIX} {agent.JOINED_SAY}\n")
+
+
+def test_power_off_presses_at_once_and_again_until_the_guest_is_off(monkeypatch):
+    """A guest that never powers off by itself is not waited for: the button is pressed at
+    success, again every PRESS_EVERY s; one that is off already is not pressed."""
+    from builder.boottest import qemu
+
+    class Proc:
+        def __init__(self, off_after_presses):
+            self.left, self.waits = off_after_presses, []
+
+        def poll(self):
+            return 0 if self.left <= 0 else None
+
+        def wait(self, timeout):
+            self.waits.append(timeout)
+            if self.left > 0:
+                raise qemu.subprocess.TimeoutExpired("qemu", timeout)
+            return 0
+
+    presses = []
+
+    def press(proc):
+        def f():
+            presses.append(1)
+            proc.left -= 1
+
+        return f
+
+    p = Proc(1)  # takes the first press
+    assert qemu._power_off(p, 20, press(p)) and len(presses) == 1 and p.waits == []
+    presses.clear()
+    p = Proc(3)  # the first two presses are lost (no power-key handler yet)
+    assert qemu._power_off(p, 20, press(p)) and len(presses) == 3
+    assert p.waits == [qemu.PRESS_EVERY, qemu.PRESS_EVERY]
+    presses.clear()
+    p = Proc(0)  # off already
+    assert qemu._power_off(p, 20, press(p)) and presses == []
+    presses.clear()
+    p = Proc(10**6)  # never: gives up after the wait, pressing meanwhile
+    now = [0.0]
+    monkeypatch.setattr(qemu.time, "monotonic", lambda: now[0])
+
+    def wait(timeout):
+        now[0] += timeout
+        raise qemu.subprocess.TimeoutExpired("qemu", timeout)
+
+    p.wait = wait
+    assert not qemu._power_off(p, 12, press(p)) and len(presses) == 3  # at 0, 5, 10 s
+    # no button: the guest must power off by itself within the wait
+    q = Proc(10**6)
+    q.wait = wait
+    assert not qemu._power_off(q, 12, None)
+
+
 def test_boot_image_refuses_what_it_cannot_boot(tmp_path):
     with pytest.raises(UsageError, match="no such disk image"):
         boottest.boot_image(tmp_path / "none.qcow2")
