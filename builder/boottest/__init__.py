@@ -166,6 +166,7 @@ def boot_test_iso(
     iso: Path,
     *,
     seed: Path | None = None,
+    node_seed_only: bool = False,
     nodes: int = 1,
     uefi: bool = False,
     kernel: Path | None = None,
@@ -182,7 +183,9 @@ def boot_test_iso(
     static: bool = False,
 ) -> dict[str, Any]:
     """``builder boot-test SITE --iso ISO [--seed SEED]``: install the ISO onto a blank
-    disk, then boot the installed disk as ``boot_test`` boots an image."""
+    disk, then boot the installed disk as ``boot_test`` boots an image (``node_seed_only``:
+    each node's seed carries only what ``builder seed`` writes, so the installed system's
+    own configuration must do the rest)."""
     iso = install.check_iso(iso)
     check_boot_options(uefi=uefi, kernel=kernel, initrd=initrd, append=append)
     if seed is not None:
@@ -192,6 +195,9 @@ def boot_test_iso(
             raise UsageError("--seed: one seed is one machine (use --nodes 1)")
         if static:
             raise UsageError("--seed and --static exclude each other (the seed has the network)")
+        if node_seed_only:
+            raise UsageError("--seed and --node-seed-only exclude each other (the node's seed "
+                             "is yours, with the lab's token and hub settings)")  # fmt: skip
     preflight(uefi=uefi)
     require("xorriso")
     with workspace(keep) as wd:
@@ -204,7 +210,7 @@ def boot_test_iso(
         name = install.seed_hostname(user_seed) if user_seed is not None else None
         result = run_boot_test(lab_site, img, wd, nodes=nodes, reboot=reboot, console=console,
                                timeout=timeout, static=static, user_seed=user_seed,
-                               user_seed_name=name)  # fmt: skip
+                               user_seed_name=name, node_seed_only=node_seed_only)  # fmt: skip
         result["iso"] = str(iso)
         result["seed"] = str(seed) if seed is not None else None
         result["install_console"] = str(inst.console)

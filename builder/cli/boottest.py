@@ -82,8 +82,9 @@ log = logging.getLogger("builder")
 @click.option(
     "--node-seed-only",
     is_flag=True,
-    help="Seed only what `builder seed` writes (host name, token), not the site's "
-    "user-data: for a system installed from the site's ISO.",
+    help="Seed only what `builder seed` writes (host name, token, --static's address), not "
+    "the site's user-data: for a system installed from the site's ISO (with --iso: an ISO "
+    "built for the lab's hub, as the tests build it; a user's ISO trusts only its own hub).",
 )
 @click.option(
     "--static",
@@ -142,10 +143,9 @@ def boot_test(
     if iso is None and (seed is not None or online_install):
         raise UsageError("--seed/--online-install: only with --iso")
     if iso is not None:
-        if node_seed_only:
-            raise UsageError("--node-seed-only: not with --iso (its nodes get per-node seeds)")
         result = boot_test_iso(
-            site, iso, seed=seed, nodes=nodes, uefi=uefi, kernel=kernel, initrd=initrd,
+            site, iso, seed=seed, node_seed_only=node_seed_only, nodes=nodes, uefi=uefi,
+            kernel=kernel, initrd=initrd,
             append=append, keep=keep, profiles_dir=profiles_dir, overrides=overrides,
             reboot=reboot, console=expect_console, install_timeout=install_timeout,
             online=online_install, static=static, timeout=boot_timeout,

@@ -5,7 +5,7 @@ The stand-in node disk of a site is built once (and cached across runs under
 in the session runs on its own qcow2 overlay of it.
 
 Both cores, never more than 2 guests: the long runs of the selected modules (test_node_boot's
-scenarios, test_iso_install's installs and two-seeds boot, test_iso_install_cli's `--iso`
+scenarios, test_iso_install's host-side installs, test_iso_install_cli's `--iso`
 run) are queued in the boot pool at the start of the session (``_boot_early``), so they
 boot side by side until the lane's end; their tests only wait for them and check. The short
 boots of test_iso_boot and test_qemu_runner run in the test thread first (the collection
@@ -259,29 +259,13 @@ def installed_roots(
 
 
 @pytest.fixture(scope="session")
-def two_seeds_run(tmp_path_factory: pytest.TempPathFactory, boot_pool) -> concurrent.futures.Future:
-    """The root installed by the stand-in installer booted twice by `builder boot-test
-    --node-seed-only --static --nodes 2` (test_iso_install.py checks it); ``site``: the
-    installed disk's StandinSite."""
-    wd = tmp_path_factory.mktemp("iso-two-seeds")
-
-    def go() -> dict[str, Any]:
-        # reused from the cache, else built: host work of about a core
-        s = holding(1, nodedisk.prepare_site, "onprem", wd / "prep", installed=True)
-        out = cli_boot_test("onprem", wd, *s.boot_args(), "--node-seed-only", "--static",
-                            "--nodes", "2", "--no-reboot")  # fmt: skip
-        out["site"] = s
-        return out
-
-    return boot_pool.submit(go)
-
-
-@pytest.fixture(scope="session")
 def iso_cli_run(tmp_path_factory: pytest.TempPathFactory, boot_pool) -> concurrent.futures.Future:
-    """`builder boot-test onprem --iso ISO --nodes 2` (test_iso_install_cli.py checks it): the
-    ISO installs in one guest, then two machines boot the installed disk. Holds 2 guests for
-    the whole run (the command boots up to two at once). ``site``: the IsoSite, ``wall``: the
-    command's wall time, ``iso_sha256``: the ISO's hash just before the command ran."""
+    """`builder boot-test onprem --iso ISO --node-seed-only --static --nodes 2`
+    (test_iso_install_cli.py checks it): the ISO installs in one guest, then the installed
+    disk boots as two machines, each seeded with only what `builder seed` writes (host name,
+    one-time token, a static address). Takes a guest for the install, two for the machines
+    (``gated``). ``site``: the IsoSite, ``wall``: the command's wall time, ``iso_sha256``:
+    the ISO's hash just before the command ran."""
     site_wd, wd = tmp_path_factory.mktemp("iso-site"), tmp_path_factory.mktemp("iso-cli")
 
     def go() -> dict[str, Any]:
@@ -292,7 +276,8 @@ def iso_cli_run(tmp_path_factory: pytest.TempPathFactory, boot_pool) -> concurre
         site = holding(1, prepare_iso_site, "onprem", site_wd)
         before = sha256_file(site.iso)
         t0 = time.monotonic()
-        out = cli_boot_test("onprem", wd, *site.boot_args(), "--nodes", "2", "--no-reboot",
+        out = cli_boot_test("onprem", wd, *site.boot_args(), "--node-seed-only", "--static",
+                            "--nodes", "2", "--no-reboot",
                             "--boot-timeout", "2400", "--install-timeout", "3600",
                             timeout=5400)  # fmt: skip
         out.update(site=site, wall=time.monotonic() - t0, iso_sha256=before)
@@ -315,7 +300,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _boot_early(request: pytest.FixtureRequest) -> None:
     """Queue the long runs of the selected modules at the session's start, the longest
     chains first (the packer build and its two boots; the `--iso` install and its two
-    machines; test_node_boot's scenarios; the two-seeds boot; the host-side installs). An
+    machines; test_node_boot's scenarios; the host-side installs). An
     error shows in the tests that use the run (their fixtures raise it again)."""
     mods = {item.path.name for item in request.session.items}
     wanted: list[str] = []
@@ -327,8 +312,6 @@ def _boot_early(request: pytest.FixtureRequest) -> None:
     if node:
         wanted.append("runs")
     if "test_iso_install.py" in mods and not iso_install_missing():
-        if not node_boot_missing():
-            wanted.append("two_seeds_run")
         wanted.append("installed_roots")
     for name in wanted:
         with contextlib.suppress(Exception):

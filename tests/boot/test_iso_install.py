@@ -90,29 +90,3 @@ def test_installed_root_reads_its_seed(installed: tuple[str, Path]) -> None:
     assert (root / "etc/nodeforge-release").exists()
     assert not (root / "var/lib/nodeforge/provision").exists()
     assert (root / "etc/hostname").read_text() == "onprem-node\n"  # subiquity's identity
-
-
-# -- one installed system, two seeds: two nodes ----------------------------------------------
-def test_one_installed_iso_two_seeds_two_static_nodes_join(request) -> None:
-    """The root installed by the stand-in installer (the onprem ISO's late-commands), booted
-    twice by `builder boot-test --node-seed-only --static`: each node gets only what
-    `builder seed` writes (host name, one-time token, a static address). Both must come up
-    with the seed's host name and address and join with distinct overlay addresses."""
-    from tests.boot.conftest import node_boot_missing
-    from tests.support.reportchecks import check_joined
-
-    missing = node_boot_missing()
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-    out = request.getfixturevalue("two_seeds_run").result()  # queued at the session's start
-    s = out["site"]
-    res = out["result"]
-    assert res is not None, out["stderr"][-4000:]
-    assert out["rc"] == 0 and res["problems"] == [], "\n".join(res["problems"])
-    names = [n["node"] for n in res["nodes"]]
-    assert names == ["onprem-node1", "onprem-node2"] and all(n["joined"] for n in res["nodes"])
-    assert len({n["address"] for n in res["nodes"]}) == 2
-    for name, r in zip(names, out["reports"], strict=True):
-        assert r["hostname"] == name  # from the seed, not the installer's onprem-node
-        assert r["addresses"]["eth0"] == [res["static_addresses"][name]]
-        assert check_joined(r, s.expect) == []

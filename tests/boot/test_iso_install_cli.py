@@ -9,7 +9,9 @@ runs the same subiquity/curtin steps as the host-side stand-in installer
 (tests/support/standin_installer.py: subiquity's cloud-init files, then OUR rendered
 late-commands, provisioning included, through `curtin in-target`), then reboots. The CLI
 boots the installed disk (direct kernel boot: the stand-in root has no boot loader) as two
-machines, each with its own seed and one-time token, and decides "joined" on the hub's side.
+machines, each seeded with only what `builder seed` writes (`--node-seed-only`: host name,
+one-time token, `--static`'s address), so what makes them nodes comes from the installed
+system itself, and decides "joined" on the hub's side: one ISO, two seeds, two nodes.
 
 Before `--iso` existed `builder boot-test onprem --iso …` was a usage error ("No such
 option"); the installed root failed to read its seed before the late-commands fix (see
@@ -55,7 +57,8 @@ def test_iso_installs_in_the_guest_and_two_machines_join(iso_cli):
     assert [n["node"] for n in nodes] == ["onprem-node1", "onprem-node2"]
     assert all(n["joined"] for n in nodes) and len({n["address"] for n in nodes}) == 2
     for n, r in zip(nodes, out["reports"], strict=True):
-        assert r["hostname"] == n["node"]  # from its own seed, not the installer's name
+        assert r["hostname"] == n["node"]  # from its own seed, not the installer's onprem-node
+        assert r["addresses"]["eth0"] == [res["static_addresses"][n["node"]]]  # the seed's
         assert check_joined(r, iso_site.expect) == []  # provisioned by the late-commands
     t = res["timings"]
     print(f"\n--iso: install {t['install']} s, first boot {t['first_boot']} s, joined after "

@@ -53,7 +53,10 @@ def _invoke(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> t
         (("--image", "{disk}", "--online-install"), "--seed/--online-install: only with --iso"),
         (("--iso", "{iso}", "--seed", "{seed}", "--nodes", "2"), "--seed: one seed is one machine"),
         (("--iso", "{iso}", "--seed", "{seed}", "--static"), "--seed and --static exclude"),
-        (("--iso", "{iso}", "--node-seed-only"), "--node-seed-only: not with --iso"),
+        (
+            ("--iso", "{iso}", "--seed", "{seed}", "--node-seed-only"),
+            "--seed and --node-seed-only exclude",
+        ),
         (("--iso", "{disk}"), "not an ISO 9660 image"),
         (("--iso", "{iso}", "--kernel", "{disk}", "--uefi"), "--kernel: direct kernel boot and"),
         (("--iso", "{iso}", "--append", "x"), "--initrd/--append: need --kernel"),
