@@ -53,6 +53,19 @@ def _intervals(log: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _intervals_all(log: Path) -> dict[str, tuple[float, float]]:
+    """Every interval, a repeated name numbered (``other``, ``other2``, ...)."""
+    out: dict[str, tuple[float, float]] = {}
+    for line in log.read_text().splitlines():
+        name, a, b = line.split()
+        key, i = name, 1
+        while key in out:
+            i += 1
+            key = f"{name}{i}"
+        out[key] = (float(a), float(b))
+    return out
+
+
 def _max_overlap(iv: dict[str, tuple[float, float]]) -> int:
     events = sorted([(a, 1) for a, _ in iv.values()] + [(b, -1) for _, b in iv.values()])
     cur = best = 0
@@ -96,6 +109,28 @@ def test_the_install_alone_leaves_the_other_slot_free(tmp_path: Path, fake_qemu:
     assert iv["other"][0] < iv["install"][1]  # beside the install
     assert _max_overlap(iv) <= 2
     assert slots.in_use == 0 and slots.peak == 2
+
+
+def test_the_nodes_go_before_single_guests_queued_earlier(tmp_path: Path, fake_qemu: Path) -> None:
+    """--iso: after the install the gate holds one slot and needs a second for its two nodes;
+    that slot sits idle until it gets the second, so it goes before the single guests that
+    queued before it (they run after, on both cores), never three at once."""
+    slots = GuestSlots(2)
+    cmd = threading.Thread(target=_command,
+                           args=(tmp_path, slots, 1, fake_qemu, "install", "node1,node2"))  # fmt: skip
+    cmd.start()  # the install: 0.8 s on the gate's one slot
+    beside = _other(slots, fake_qemu, 0.1, 1.6)  # the other slot, past the install's end
+    queued = [_other(slots, fake_qemu, 0.4, 0.3) for _ in range(2)]  # both slots busy: wait
+    for t in (cmd, beside, *queued):
+        t.join(timeout=30)
+    lines = fake_qemu.read_text().splitlines()
+    starts = sorted((float(a), name) for name, a, _ in (x.split() for x in lines))
+    nodes = [t for t, name in starts if name.startswith("node")]
+    singles = [t for t, name in starts if name == "other"]
+    assert len(nodes) == 2 and len(singles) == 3
+    assert max(nodes) < sorted(singles)[1]  # the two queued singles started after the nodes
+    assert _max_overlap(_intervals_all(fake_qemu)) <= 2
+    assert slots.in_use == 0
 
 
 def test_a_reboot_alone_gives_the_second_slot_back(tmp_path: Path, fake_qemu: Path) -> None:

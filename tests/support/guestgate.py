@@ -12,7 +12,9 @@ guests that run or wait, and never fewer than one until the command ends:
 
 - it starts with ``start`` (the guests the command starts side by side at once: a pair of
   nodes that must see each other starts together);
-- a want beyond what it holds takes the difference (one request);
+- a want beyond what it holds takes the difference (one request, served before the lane's
+  other waiters: what it holds is idle until then — the ``--iso`` run's slot sat idle for
+  170 s after the install while two single boots queued earlier ran, 2026-11-30 lane);
 - when a guest ends, what the guests left (running or waiting) do not need goes back.
 
 So no guest of the command runs without a slot of its own, and the cap stays honest.
@@ -73,7 +75,7 @@ class _Gate:
         wants = self._wants()
         need = max(1, len(self.running) + len(wants))
         if need > self.held:
-            self.held += self.slots.acquire(need - self.held)
+            self.held += self.slots.acquire(need - self.held, first=True)
         elif ended and need < self.held:  # only what ended is given back, never the start
             self.slots.release(self.held - need)
             self.held = need

@@ -49,13 +49,18 @@ class GuestSlots:
                 return t is ticket
         return False
 
-    def acquire(self, guests: int = 1) -> int:
+    def acquire(self, guests: int = 1, *, first: bool = False) -> int:
         """Wait until ``guests`` slots are free and no earlier waiter that fits is left, take
-        them and return how many were taken (more than the capacity is clamped to it)."""
+        them and return how many were taken (more than the capacity is clamped to it).
+        ``first``: go before every waiter — for a caller whose slots already held sit idle
+        until it has these too (a `builder boot-test` whose nodes start together)."""
         n = max(1, min(guests, self.capacity))
         ticket = (object(), n)
         with self._cond:
-            self._queue.append(ticket)
+            if first:
+                self._queue.appendleft(ticket)
+            else:
+                self._queue.append(ticket)
             try:
                 while not self._my_turn(ticket):
                     self._cond.wait()

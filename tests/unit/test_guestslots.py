@@ -65,6 +65,29 @@ def test_first_come_first_served_among_those_that_fit() -> None:
     assert order == ["x", "y", "z"]
 
 
+def test_first_goes_before_every_earlier_waiter() -> None:
+    slots = GuestSlots(1)
+    order: list[str] = []
+    busy = slots.hold(1)
+    busy.__enter__()
+    early = threading.Thread(target=lambda: _run(slots, 1, [], "early", 0) or order.append("early"))
+    early.start()
+    time.sleep(0.1)
+
+    def top_up() -> None:
+        n = slots.acquire(1, first=True)
+        order.append("top-up")
+        slots.release(n)
+
+    late = threading.Thread(target=top_up)
+    late.start()
+    time.sleep(0.1)
+    busy.__exit__(None, None, None)
+    for t in (early, late):
+        t.join(timeout=5)
+    assert order == ["top-up", "early"] and slots.in_use == 0
+
+
 def test_more_than_the_capacity_is_one_at_a_time_not_a_deadlock() -> None:
     slots = GuestSlots(2)
     with slots.hold(5):
