@@ -116,8 +116,8 @@ def test_the_nodes_go_before_single_guests_queued_earlier(tmp_path: Path, fake_q
     that slot sits idle until it gets the second, so it goes before the single guests that
     queued before it (they run after, on both cores), never three at once."""
     slots = GuestSlots(2)
-    cmd = threading.Thread(target=_command,
-                           args=(tmp_path, slots, 1, fake_qemu, "install", "node1,node2"))  # fmt: skip
+    phases = ("install", "node1,node2")
+    cmd = threading.Thread(target=_command, args=(tmp_path, slots, 1, fake_qemu, *phases))
     cmd.start()  # the install: 0.8 s on the gate's one slot
     beside = _other(slots, fake_qemu, 0.1, 1.6)  # the other slot, past the install's end
     queued = [_other(slots, fake_qemu, 0.4, 0.3) for _ in range(2)]  # both slots busy: wait
