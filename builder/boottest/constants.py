@@ -10,6 +10,7 @@ log = logging.getLogger("builder.boottest")
 FORMAT = 1  # bump when the cached hub identity (lab.py) changes in a way its key does not show
 HUB_HOST = "10.0.2.2"  # QEMU user networking: the host side, i.e. the namespace's loopback
 HUB_PORT = 8443
+HUB_URL = f"https://{HUB_HOST}:{HUB_PORT}"  # the lab hub's enrollment URL, as nodes see it
 WG_PORT = 51820
 # a bootstrap token for the hub's `static` join provider: no cluster here, kubeadm on the
 # node only gets join material it cannot use against a real API server

@@ -29,6 +29,7 @@ from .constants import (
     FORMAT,
     HUB_HOST,
     HUB_PORT,
+    HUB_URL,
     STATIC_CA_HASH,
     STATIC_JOIN_TOKEN,
     WG_PORT,
@@ -73,7 +74,7 @@ def hub_identity(overlay_cidr: str, hub_ip: str) -> HubIdentity:
     out = builder_cli(
         "hub", "init", str(tmp),
         "--endpoint", f"{HUB_HOST}:{WG_PORT}",
-        "--url", f"https://{HUB_HOST}:{HUB_PORT}",
+        "--url", HUB_URL,
         "--overlay-cidr", overlay_cidr,
         "--hub-ip", hub_ip,
         "--listen", f"0.0.0.0:{HUB_PORT}", "--json",
@@ -89,7 +90,7 @@ def hub_identity(overlay_cidr: str, hub_ip: str) -> HubIdentity:
 def hub_overrides(ident: HubIdentity, retry_max_seconds: int = 15) -> list[str]:
     """``--set`` overrides pointing a site's node config at the lab's hub."""
     return [
-        f"enrollment.url=https://{HUB_HOST}:{HUB_PORT}",
+        f"enrollment.url={HUB_URL}",
         f"enrollment.ca_cert=file:{ident.ca_cert}",
         f"enrollment.ca_pin={ident.ca_pin}",
         f"enrollment.retry_max_seconds={retry_max_seconds}",

@@ -21,7 +21,7 @@ from builder.run import run
 from builder.targets import seed
 
 from . import qemu
-from .constants import APPEND, HUB_POLL, log
+from .constants import APPEND, HUB_POLL, HUB_URL, log
 from .lab import Lab
 
 FORMATS = ("qcow2", "raw")
@@ -198,7 +198,25 @@ class JoinWatch:
 
 # the agent's line on the console once its joined marker is written (builder/node/agent.py)
 JOINED_CONSOLE = re.compile(rf"^{re.escape(agent.PREFIX)} {re.escape(agent.JOINED_SAY)}\b", re.M)
+# the agent's line when it cannot reach its hub, naming a hub that is not the lab's: the
+# image was built for another hub (its enrollment config is baked in, the seed cannot move it)
+OTHER_HUB = re.compile(
+    rf"^{re.escape(agent.PREFIX)} {re.escape(agent.UNREACHABLE_SAY)} "
+    rf"(?!{re.escape(HUB_URL)}:)(\S+?): ",
+    re.M,
+)
 SETTLE_GRACE = 20.0  # seconds after "joined" when the console does not show the agent's line
+
+
+def other_hub_message(url: str) -> str:
+    """Why a node that tries another hub cannot join the lab's."""
+    return (
+        f"the image enrolls with the hub at {url}, not the lab's ({HUB_URL}): its enrollment "
+        "config (/etc/nodeforge/node.json, the hub CA) is baked in at build time and a seed "
+        "cannot move it. Boot-test an image built from the site rendered for the lab (as "
+        "`builder boot-test` renders it: the boot lane's stand-in disks and Packer-built qcow2 "
+        "are), or boot yours where your hub is reachable"
+    )
 
 
 class Settled:
@@ -267,16 +285,22 @@ def boot_node(
     argv = lab.exec_argv(machine_identity(qemu.build_argv(vm, node.workdir / f"fw-{n}"), node))
     since = time.time()
     watch = JoinWatch(lab, node.name, since - 1)
-    res = qemu.boot(
-        argv,
-        log_path,
-        success=list(console),
-        failure=[r"Kernel panic", r"end Kernel panic"],
-        timeout=timeout,
-        wait_exit=wait_exit,
-        ready=Settled(watch) if until_joined else None,
-        powerdown=(lambda: qemu.qmp_powerdown(sock)) if "-qmp" in vm.extra else None,
-    )
+    try:
+        res = qemu.boot(
+            argv,
+            log_path,
+            success=list(console),
+            failure=[r"Kernel panic", r"end Kernel panic", OTHER_HUB.pattern],
+            timeout=timeout,
+            wait_exit=wait_exit,
+            ready=Settled(watch) if until_joined else None,
+            powerdown=(lambda: qemu.qmp_powerdown(sock)) if "-qmp" in vm.extra else None,
+        )
+    except qemu.BootFailed as exc:
+        other = OTHER_HUB.search(exc.tail)
+        if other is None:
+            raise
+        raise qemu.BootFailed(other_hub_message(other.group(1)), exc.tail) from None
     row = watch.row or {}
     nb = NodeBoot(node.name, n, str(log_path), round(res.seconds, 1), watch.row is not None,
                   row.get("ip"), row.get("node_id"), row.get("pubkey"),

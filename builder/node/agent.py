@@ -49,6 +49,8 @@ from typing import Any
 PREFIX = "nodeforge-enroll:"
 # on the console once this boot has nothing left to do: the joined marker is written
 JOINED_SAY = "joined the cluster"
+# on the console, once a run, when the hub cannot be reached (followed by the hub's URL)
+UNREACHABLE_SAY = "cannot reach the hub at"
 DEFAULT_CONFIG = "/etc/nodeforge/node.json"
 EXIT_OK, EXIT_RETRY, EXIT_STOP, EXIT_NOTINSTALLED = 0, 75, 78, 5
 FAILOVER_UNIT = "nodeforge-failover.service"  # builder/node/nodeforge-failover.service
@@ -377,12 +379,23 @@ class Agent:
         self.sleep = sleep
         self.rand = rand
         self._named = ""
+        self._said_unreachable = False
         self.state = Path(cfg.state_dir)
 
     # backoff with full jitter, capped by retry_max_seconds
     def backoff(self, attempt: int, base: float = 2.0) -> float:
         cap = max(1.0, float(self.cfg.retry_max_seconds))
         return self.rand() * min(cap, base * (2 ** min(attempt, 20)))
+
+    def say_unreachable(self, problem: str) -> None:
+        """Once a run, on the console: the hub cannot be reached, and why (the operator at a
+        machine that does not join sees it on the screen, not only in the journal)."""
+        if self._said_unreachable:
+            return
+        self._said_unreachable = True
+        self.sys.console(self.cfg.console_file, f"{PREFIX} {UNREACHABLE_SAY} "
+                         f"{self.cfg.enroll_url}: {problem}; retrying (journalctl -u "
+                         "nodeforge-enroll)")  # fmt: skip
 
     def pause(self, seconds: float, step: str, why: str) -> None:
         log(step, f"waiting {seconds:.1f}s: {why}")
@@ -472,6 +485,8 @@ class Agent:
                 else:
                     if not self.sys.has_route(addr, port):
                         problem = f"no route to {addr}"
+                if problem:
+                    self.say_unreachable(problem)
             if not problem:
                 log("network", "route, DNS and clock ok", hub=host)
                 return
@@ -663,6 +678,7 @@ class Agent:
                 if isinstance(exc, ssl.SSLCertVerificationError):
                     raise Stop(f"hub certificate rejected: {exc.verify_message}") from exc
                 status, headers, data = 0, {}, {"error": str(exc)}
+                self.say_unreachable(str(exc)[:200])
             err = str(data.get("error", ""))[:200]
             retry_after = self._retry_after(headers)
             if status == 200:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from builder.boottest import Lab, make_node, node_user_data
-from builder.boottest.constants import HUB_PORT
+from builder.boottest.constants import HUB_PORT, HUB_URL
 from builder.boottest.node import boot_node
 from builder.errors import BuilderError
+from builder.node import agent
 from builder.run import PIPE, popen, stop
 from tests.support import bootcheck
 from tests.support.bootcheck import STANDIN_GPU_ARG
@@ -132,6 +133,14 @@ def run_hub_late(
         out["retries_logged"] = len(waits)
         if not waits:
             p.append("the agent logged no retry while the hub was down")
+        # and said so on the console (once an agent run), naming the lab's hub: a wait, not a
+        # failure of the boot (boot_node fails at once only for another hub's URL)
+        said = re.findall(rf"^{re.escape(agent.PREFIX)} {re.escape(agent.UNREACHABLE_SAY)} "
+                          rf"{re.escape(HUB_URL)}: .*$",
+                          Path(boot.console).read_text(errors="replace"), re.M)  # fmt: skip
+        out["console_unreachable"] = said
+        if not said:
+            p.append("the node did not say on the console that it cannot reach the hub")
         if not boot.joined:
             p.append("the hub did not see the node joined")
         p += check_joined(report, s.expect, gpu_device=standin_gpu)

@@ -320,6 +320,55 @@ def test_waits_for_clock_dns_and_route(tmp_path, ca):
         a.wait_for_network(max_attempts=3)
 
 
+def test_an_unreachable_hub_is_said_on_the_console_once_with_its_url(tmp_path, ca):
+    """The operator of a node that does not join sees why on the screen: the hub's URL and
+    the first problem, once a run (not once per retry); a clock behind the build time is
+    not the hub's problem. `builder boot-test` reads the URL to tell an image built for
+    another hub from a slow one."""
+    url = "https://hub.example:8443"
+    say = f"nodeforge-enroll: cannot reach the hub at {url}"
+    cfg = make_cfg(tmp_path, ca, build_time=1_800_000_100, console_file="/dev/c")
+    sysm = FakeSystem()
+    sysm.dns_fail = 3
+    rc, _ = run_agent(cfg, sysm, FakeHttp([(200, {}, enrollment())]), rand=1.0)
+    assert rc == 0
+    said = [m for _, m in sysm.console_lines]
+    assert said[0] == (f"{say}: cannot resolve hub.example: Temporary failure in name "
+                       "resolution; retrying (journalctl -u nodeforge-enroll)")  # fmt: skip
+    assert len(said) == 2 and said[1].startswith("nodeforge-enroll: joined the cluster")
+    # no route, then refused connections: still one line, the first problem
+    (tmp_path / "b").mkdir()
+    cfg = make_cfg(tmp_path / "b", ca, console_file="/dev/c")
+    sysm = FakeSystem()
+    sysm.route_ok = False
+    a = agent.Agent(cfg, sysm, FakeHttp([]), clock=lambda: 1_800_000_000.0,
+                    sleep=lambda s: None, rand=lambda: 0.0)  # fmt: skip
+    a.check_ca()
+    with pytest.raises(agent.Retry):
+        a.wait_for_network(max_attempts=3)
+    assert [m for _, m in sysm.console_lines] == [f"{say}: no route to 192.0.2.1; retrying "
+                                                  "(journalctl -u nodeforge-enroll)"]  # fmt: skip
+    # the hub down (connection refused at enrollment), then up
+    (tmp_path / "c").mkdir()
+    cfg = make_cfg(tmp_path / "c", ca, console_file="/dev/c")
+    sysm = FakeSystem()
+    answers = [ConnectionRefusedError(111, "Connection refused")] * 3 + [(200, {}, enrollment())]
+    rc, _ = run_agent(cfg, sysm, FakeHttp(answers))
+    assert rc == 0
+    said = [m for _, m in sysm.console_lines]
+    assert (
+        said[0]
+        == f"{say}: [Errno 111] Connection refused; retrying (journalctl -u nodeforge-enroll)"
+    )
+    assert len(said) == 2
+    # a clock behind the build time alone says nothing
+    (tmp_path / "d").mkdir()
+    cfg = make_cfg(tmp_path / "d", ca, build_time=1_800_000_100, console_file="/dev/c")
+    sysm = FakeSystem()
+    rc, _ = run_agent(cfg, sysm, FakeHttp([(200, {}, enrollment())]), rand=1.0)
+    assert rc == 0 and [m for _, m in sysm.console_lines if "cannot reach" in m] == []
+
+
 def test_failed_join_resets_and_fetches_fresh_material(tmp_path, ca):
     cfg = make_cfg(tmp_path, ca)
     sysm = FakeSystem(join_failures=1)

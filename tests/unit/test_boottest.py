@@ -279,6 +279,30 @@ def test_settled_waits_for_the_agents_console_line_or_a_grace(monkeypatch):
     assert not echo(f"x[1]: {agent.PREFIX} {agent.JOINED_SAY}\n")
 
 
+def test_a_node_trying_another_hub_fails_the_boot_at_once_with_why():
+    """The agent names its hub on the console when it cannot reach it: the lab's own URL
+    (its hub not up yet) is a wait; any other is an image built for another hub, which
+    will never join here: a clear failure at once, not a timeout after 900 s."""
+    from builder.boottest import node as node_mod
+    from builder.boottest.constants import HUB_URL
+    from builder.node import agent
+
+    def line(url):
+        return (f"[  50.2] systemd[1]: Started x\r\n{agent.PREFIX} {agent.UNREACHABLE_SAY} "
+                f"{url}: [Errno 111] Connection refused; retrying (journalctl -u "
+                "nodeforge-enroll)\r\n")  # fmt: skip
+
+    assert HUB_URL == "https://10.0.2.2:8443"
+    assert node_mod.OTHER_HUB.search(line(HUB_URL)) is None
+    m = node_mod.OTHER_HUB.search(line("https://hub.example.com:8443"))
+    assert m is not None and m.group(1) == "https://hub.example.com:8443"
+    # a longer URL that starts with the lab's is another hub
+    m = node_mod.OTHER_HUB.search(line(HUB_URL + "0"))
+    assert m is not None and m.group(1) == HUB_URL + "0"
+    msg = node_mod.other_hub_message("https://hub.example.com:8443")
+    assert "https://hub.example.com:8443" in msg and HUB_URL in msg and "baked" in msg
+
+
 def test_power_off_presses_at_once_and_again_until_the_guest_is_off(monkeypatch):
     """A guest that never powers off by itself is not waited for: the button is pressed at
     success, again every PRESS_EVERY s; one that is off already is not pressed."""
