@@ -128,6 +128,9 @@ def holding(guests: int, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
 
 # -- test_node_boot.py's inputs and scenarios: session-wide, queued at the session's start --
 NODE_BOOT_SITES = ("aws", "onprem")
+# a hub that is not the lab's (RFC 6761 reserves .test: never resolves, nothing leaves the
+# lab's namespace anyway)
+OTHER_HUB_URL = "https://hub.example.test:8443"
 
 
 @pytest.fixture(scope="session")
@@ -183,6 +186,14 @@ def runs(
         s = site(name)
         return holding(1, fn, s, wd(workdir), **kw)
 
+    def other_hub() -> dict[str, Any]:
+        # an image built for another hub than the lab's (a user's own): its node config names
+        # OTHER_HUB_URL; the seed cannot move it, the node must fail at once with why
+        s = holding(1, nodedisk.prepare_site, "aws", wd("prep-other-hub"),
+                    overrides=[f"enrollment.url={OTHER_HUB_URL}"])  # fmt: skip
+        return cli_boot_plain("aws", wd("other-hub"), *s.boot_args(), "--no-reboot",
+                              "--boot-timeout", "600")  # fmt: skip
+
     out = {
         "aws-cli": boot_pool.submit(aws_cli),
         "hub-late": boot_pool.submit(
@@ -191,6 +202,7 @@ def runs(
         "onprem-uefi": boot_pool.submit(onprem_uefi),
         "expired": boot_pool.submit(one, scenarios.run_expired_token, "aws", "expired"),
         "no-token": boot_pool.submit(one, scenarios.run_no_seed_no_token, "aws", "no-token"),
+        "other-hub": boot_pool.submit(other_hub),
     }
     if qcow2_build is not None:  # after the packer build (the reboot is proven above)
         build = qcow2_build

@@ -280,3 +280,23 @@ def test_no_seed_site_token_machines_join_under_names_of_their_own(runs):
     assert all(r["state"] == "joined" for r in res["hub_nodes"])
     assert "aws-node" not in names and "nodeforge-base" not in names
     assert res["site_token_used"] == 2
+
+
+def test_an_image_built_for_another_hub_fails_at_once_saying_why(runs):
+    """A user's image built for their own hub, booted by `builder boot-test`: its enrollment
+    config is baked in and names their hub, which the lab cannot be. Before, the node waited
+    for the boot timeout and the result said only "not joined"; now the agent names its hub
+    on the console and boot-test stops the boot at once with what to do."""
+    from tests.boot.conftest import OTHER_HUB_URL
+
+    out = runs["other-hub"].result()
+    res = out["result"]
+    assert res is not None, out["stderr"][-4000:]
+    assert out["rc"] == 1 and len(res["problems"]) == 1, res["problems"]
+    (problem,) = res["problems"]
+    want = (
+        f"the image enrolls with the hub at {OTHER_HUB_URL}, not the lab's (https://10.0.2.2:8443)"
+    )
+    assert problem.startswith(f"aws-node1: not joined: {want}")
+    assert "timed out" not in problem and "cannot resolve hub.example.test" in problem
+    assert "baked in" in out["stderr"]  # the CLI's error says what to do
