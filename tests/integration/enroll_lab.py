@@ -234,6 +234,7 @@ def node_config(lab: Lab, hub: dict, name: str, token: str) -> tuple[Path, dict]
     d.mkdir()
     (d / "token").write_text(token + "\n")
     (d / "token").chmod(0o600)
+    (d / "console").write_text("")  # the agent writes to a console, never creates one
     kubeadm = standin("kubeadm_node.py", d / "bin")
     # the cluster CA the node's kubeadm finds through discovery (its pin must match)
     shutil.copyfile(hub["dir"] / "cluster-ca.pem", d / "cluster-ca.pem")
@@ -252,6 +253,7 @@ def node_config(lab: Lab, hub: dict, name: str, token: str) -> tuple[Path, dict]
         "wireguard_dir": str(d / "wireguard"),
         "run_dir": str(d / "run"),
         "sys_dir": str(d / "sys"),
+        "console_file": str(d / "console"),  # never this machine's own /dev/console
         "kubeadm": str(kubeadm),
         "enable_wg_unit": False,
         "hostname": f"node-{name}",

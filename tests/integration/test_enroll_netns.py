@@ -133,6 +133,10 @@ def test_two_nodes_enroll_handshake_and_join_through_the_tunnel(lab, hub):
         key = Path(cfgs[name]["state_dir"]) / "wg.key"
         assert oct(key.stat().st_mode & 0o777) == "0o600"
         assert (Path(cfgs[name]["state_dir"]) / "joined").exists()
+        # what the operator's screen shows: joined, with the overlay address
+        said = (lab.tmp / f"node-{name}" / "console").read_bytes().decode()
+        addr = addrs[f"node-{name}"]
+        assert said == f"\r\nnodeforge-enroll: joined the cluster: overlay address {addr}\r\n"
         # the stand-in kubeadm got a v1beta4 JoinConfiguration with node-ip = overlay address
         recs = records(lab.tmp / f"node-{name}" / "kubeadm.jsonl")
         joins = [e for e in recs if e["argv"][0] == "join"]
