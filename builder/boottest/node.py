@@ -205,7 +205,30 @@ OTHER_HUB = re.compile(
     rf"(?!{re.escape(HUB_URL)}:)(\S+?): ",
     re.M,
 )
+# the agent's line when it stops for good (a refused or expired token, a wrong CA pin, no
+# WireGuard tools): the node will not join on this boot, however long one waits
+STOPPED = re.compile(rf"^{re.escape(agent.PREFIX)} {re.escape(agent.STOPPED_SAY)} (.*?)\r?$", re.M)
 SETTLE_GRACE = 20.0  # seconds after "joined" when the console does not show the agent's line
+
+
+def failure_patterns(until_joined: bool) -> list[str]:
+    """What ends a boot at once as failed: a kernel panic, a node trying another hub, and —
+    when the boot must end joined — the agent stopping for good (a boot that only watches
+    a failure, e.g. an expired token's, waits for its own console lines instead)."""
+    out = [r"Kernel panic", r"end Kernel panic", OTHER_HUB.pattern]
+    return out + [STOPPED.pattern] if until_joined else out
+
+
+def failed_message(exc: qemu.BootFailed) -> qemu.BootFailed:
+    """``exc`` said in the terms of what the console showed (the other hub, the stop)."""
+    other = OTHER_HUB.search(exc.tail)
+    if other is not None:
+        return qemu.BootFailed(other_hub_message(other.group(1)), exc.tail)
+    stopped = STOPPED.search(exc.tail)
+    if stopped is not None and "console matched" in exc.message:
+        return qemu.BootFailed(f"the node's enrollment stopped for good: {stopped.group(1)}",
+                               exc.tail)  # fmt: skip
+    return exc
 
 
 def other_hub_message(url: str) -> str:
@@ -221,9 +244,10 @@ def other_hub_message(url: str) -> str:
 
 class Settled:
     """``watch`` (the hub sees the node joined), and the node has nothing of ours left to
-    write: the agent said so on the console (``JOINED_CONSOLE``), or — an image whose kernel
-    console is not the serial port, e.g. ``console=tty0`` only — ``SETTLE_GRACE`` s have
-    passed since the hub saw it joined. The machine is powered off after this."""
+    write: the agent said so on the console (``JOINED_CONSOLE``), or ``SETTLE_GRACE`` s have
+    passed since the hub saw it joined (a later boot, where the unit is skipped by its
+    condition and says nothing; an image whose kernel console is not the serial port, e.g.
+    ``console=tty0`` only), or the guest powered off by itself. It is powered off after this."""
 
     def __init__(self, watch: JoinWatch, grace: float = SETTLE_GRACE) -> None:
         self.watch, self.grace = watch, grace
@@ -290,17 +314,17 @@ def boot_node(
             argv,
             log_path,
             success=list(console),
-            failure=[r"Kernel panic", r"end Kernel panic", OTHER_HUB.pattern],
+            failure=failure_patterns(until_joined),
             timeout=timeout,
             wait_exit=wait_exit,
             ready=Settled(watch) if until_joined else None,
             powerdown=(lambda: qemu.qmp_powerdown(sock)) if "-qmp" in vm.extra else None,
         )
     except qemu.BootFailed as exc:
-        other = OTHER_HUB.search(exc.tail)
-        if other is None:
+        said = failed_message(exc)
+        if said is exc:
             raise
-        raise qemu.BootFailed(other_hub_message(other.group(1)), exc.tail) from None
+        raise said from None
     row = watch.row or {}
     nb = NodeBoot(node.name, n, str(log_path), round(res.seconds, 1), watch.row is not None,
                   row.get("ip"), row.get("node_id"), row.get("pubkey"),

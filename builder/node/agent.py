@@ -51,6 +51,8 @@ PREFIX = "nodeforge-enroll:"
 JOINED_SAY = "joined the cluster"
 # on the console, once a run, when the hub cannot be reached (followed by the hub's URL)
 UNREACHABLE_SAY = "cannot reach the hub at"
+# on the console when the agent stops for good (exit 78/5: systemd does not restart it)
+STOPPED_SAY = "FAILED, not retrying:"
 DEFAULT_CONFIG = "/etc/nodeforge/node.json"
 EXIT_OK, EXIT_RETRY, EXIT_STOP, EXIT_NOTINSTALLED = 0, 75, 78, 5
 FAILOVER_UNIT = "nodeforge-failover.service"  # builder/node/nodeforge-failover.service
@@ -427,7 +429,7 @@ class Agent:
             return EXIT_OK
         except Stop as exc:
             log("failed", f"permanent failure, not retrying: {exc}")
-            self.sys.console(self.cfg.console_file, f"{PREFIX} FAILED, not retrying: {exc}")
+            self.sys.console(self.cfg.console_file, f"{PREFIX} {STOPPED_SAY} {exc}")
             return EXIT_NOTINSTALLED if isinstance(exc, NotInstalled) else EXIT_STOP
         except Retry as exc:
             log("failed", f"will retry (systemd restarts this unit): {exc}")

@@ -303,6 +303,31 @@ def test_a_node_trying_another_hub_fails_the_boot_at_once_with_why():
     assert "https://hub.example.com:8443" in msg and HUB_URL in msg and "baked" in msg
 
 
+def test_a_node_that_stops_for_good_fails_a_boot_that_must_join_at_once():
+    """The agent's permanent failure (its console line) ends a boot that waits for "joined"
+    at once, in its own words, not at the boot timeout; a boot that only watches a failure
+    (an expired token's) is not ended by it; a timeout stays a timeout."""
+    import re
+
+    from builder.boottest import node as node_mod
+    from builder.boottest import qemu
+    from builder.node import agent
+
+    line = (f"\r\n{agent.PREFIX} {agent.STOPPED_SAY} hub refused enrollment: HTTP 403: token "
+            "expired\r\n")  # fmt: skip
+    must_join = [re.compile(x, re.M) for x in node_mod.failure_patterns(True)]
+    watching = [re.compile(x, re.M) for x in node_mod.failure_patterns(False)]
+    assert any(rx.search(line) for rx in must_join)
+    assert not any(rx.search(line) for rx in watching)
+    failover = f"\r\n{agent.PREFIX} failover FAILED, not retrying: no hub answers\r\n"
+    assert not any(rx.search(failover) for rx in must_join)  # joined already: not a stop
+    got = node_mod.failed_message(qemu.BootFailed("guest failed: console matched 'x': 'y'", line))
+    assert got.message.startswith("the node's enrollment stopped for good: hub refused "
+                                  "enrollment: HTTP 403: token expired\n")  # fmt: skip
+    timeout = qemu.BootFailed("timed out after 900 s waiting for ['ready']", line)
+    assert node_mod.failed_message(timeout) is timeout
+
+
 def test_power_off_presses_at_once_and_again_until_the_guest_is_off(monkeypatch):
     """A guest that never powers off by itself is not waited for: the button is pressed at
     success, again every PRESS_EVERY s; one that is off already is not pressed."""
