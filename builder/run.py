@@ -62,9 +62,10 @@ def missing_message(tool: str) -> str:
     return f"needs {tool}: apt-get install --no-install-recommends {PACKAGES.get(tool, tool)}"
 
 
-def require(tool: str) -> str:
-    """Return the path of ``tool`` or raise ToolMissing with an install hint."""
-    path = shutil.which(tool)
+def require(tool: str, search: str | None = None) -> str:
+    """Return the path of ``tool`` or raise ToolMissing with an install hint (``search``: a
+    PATH to look in instead of this process's)."""
+    path = shutil.which(tool, path=search)
     if path is None:
         raise ToolMissing(
             missing_message(tool),

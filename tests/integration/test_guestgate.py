@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -35,14 +36,20 @@ for phase in sys.argv[2:]:
 
 
 @pytest.fixture
-def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def fake_qemu(tmp_path: Path) -> Path:
+    """The guests' log; the stand-in QEMU is ``fakebin/qemu-system-x86_64`` beside it. Never
+    put on this process's PATH: the boot lane's pool threads start the real QEMU meanwhile
+    (a `bash .ci/run` of 2026-11-30 booted this stand-in in two scenarios)."""
     bindir = tmp_path / "fakebin"
     bindir.mkdir()
     q = bindir / "qemu-system-x86_64"
     q.write_text(FAKE_QEMU.format(python=sys.executable))
     q.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
     return tmp_path / "guests.log"
+
+
+def _fake(log: Path) -> str:
+    return str(log.parent / "fakebin" / "qemu-system-x86_64")
 
 
 def _intervals(log: Path) -> dict[str, tuple[float, float]]:
@@ -92,7 +99,7 @@ def _other(slots: GuestSlots, log: Path, after: float, seconds: float) -> thread
 
 
 def _command(tmp_path: Path, slots: GuestSlots, start: int, log: Path, *phases: str) -> None:
-    with gate(tmp_path / "cmd", start, slots) as env:
+    with gate(tmp_path / "cmd", start, slots, real=_fake(log)) as env:
         subprocess.run([sys.executable, "-c", COMMAND, str(log), *phases], env=env, check=True,
                        timeout=60)  # fmt: skip
 
@@ -152,7 +159,8 @@ def test_without_the_gate_a_third_would_run(tmp_path: Path, fake_qemu: Path) -> 
     slots = GuestSlots(2)
     other = _other(slots, fake_qemu, 0.0, 1.0)
     time.sleep(0.1)
+    path = f"{Path(_fake(fake_qemu)).parent}:{os.environ['PATH']}"  # the command's PATH only
     subprocess.run([sys.executable, "-c", COMMAND, str(fake_qemu), "node1,node2"], check=True,
-                   timeout=60)  # fmt: skip
+                   timeout=60, env={**os.environ, "PATH": path})  # fmt: skip
     other.join(timeout=30)
     assert _max_overlap(_intervals(fake_qemu)) == 3

@@ -96,10 +96,13 @@ class _Gate:
 
 
 @contextmanager
-def gate(workdir: Path, start: int, slots: GuestSlots = GUESTS) -> Iterator[dict[str, str]]:
+def gate(
+    workdir: Path, start: int, slots: GuestSlots = GUESTS, real: str | None = None
+) -> Iterator[dict[str, str]]:
     """Hold ``start`` of ``slots`` (blocking), then yield the environment for a
-    `builder boot-test` subprocess whose QEMUs each wait for a slot of their own."""
-    real = shutil.which(QEMU)
+    `builder boot-test` subprocess whose QEMUs each wait for a slot of their own and then
+    become ``real`` (default: the QEMU on PATH)."""
+    real = real or shutil.which(QEMU)
     if real is None:
         raise FileNotFoundError(QEMU)
     directory = workdir / "guest-gate"

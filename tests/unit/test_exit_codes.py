@@ -7,12 +7,15 @@ A missing tool is its own message ("needs packer: apt-get install … packer"), 
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
 import pytest
 
 from builder import cli, errors
+from builder.run import require
+from builder.targets import packer
 
 TABLE = {0: "ok", 1: "failed", 2: "usage", 3: "refused", 130: "interrupted"}
 FIXTURES = Path(__file__).parent / "fixtures" / "blockdev"
@@ -79,7 +82,9 @@ def test_missing_tool_is_1_with_its_own_message(
 def test_missing_packer_is_1(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PATH", "/nonexistent")
+    # packer looked up on an empty PATH (never this process's PATH: the boot lane's threads
+    # start QEMU with it meanwhile in a whole `pytest tests` run)
+    monkeypatch.setattr(packer, "require", functools.partial(require, search="/nonexistent"))
     code, _, err = run_cli(capsys, "image", "aws", "--allow-demo")
     assert code == 1
     assert "error: needs packer: apt-get install --no-install-recommends packer" in err

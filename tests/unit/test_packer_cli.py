@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from builder.cli import cli, main
+from builder.run import require
 from builder.targets import packer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +50,8 @@ def test_iso_site_is_a_usage_error(capsys):
 
 
 def test_missing_packer_is_a_clear_error(capsys, monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
+    # packer looked up on an empty PATH, not this process's (test_exit_codes says why)
+    monkeypatch.setattr(packer, "require", functools.partial(require, search="/nonexistent"))
     with pytest.raises(SystemExit) as exc:
         main(["image", "aws", "--allow-demo"])
     assert exc.value.code == 1
