@@ -8,10 +8,9 @@ Both cores, never more than 2 guests: the long runs of the selected modules (tes
 scenarios, test_iso_install's host-side installs, test_iso_install_cli's `--iso`
 run) are queued in the boot pool at the start of the session (``_boot_early``), so they
 boot side by side until the lane's end; their tests only wait for them and check. The short
-boots of test_iso_boot and test_qemu_runner run in the test thread meanwhile (the collection
-puts them after every test that boots nothing, and the modules that wait last). Every boot
-of the lane, in the pool or in the test thread, first takes its guests from
-``guestslots.GUESTS`` (one cap for the process).
+boots of test_iso_boot and test_qemu_runner run in the test thread first (the collection
+puts the modules that wait last). Every boot of the lane, in the pool or in the test
+thread, first takes its guests from ``guestslots.GUESTS`` (one cap for the process).
 """
 
 from __future__ import annotations
@@ -302,24 +301,11 @@ def iso_cli_run(tmp_path_factory: pytest.TempPathFactory, boot_pool) -> concurre
 # the modules whose tests wait for the runs above: collected after the others (whose short
 # boots then run in the test thread while the pool boots)
 WAITING_MODULES = ("test_iso_install.py", "test_iso_install_cli.py", "test_node_boot.py")
-# the modules that boot short guests in the test thread (each waits for a slot of GUESTS):
-# after every test that boots nothing, so that in a whole `pytest tests` run the integration
-# and unit lanes run while the pool boots, not behind these tests' waits (359 s for one slot,
-# `bash .ci/run` of 2026-11-30); alone, the lane's order is unchanged
-SHORT_BOOT_MODULES = ("test_iso_boot.py", "test_qemu_runner.py")
-
-
-def collection_rank(item_path: Path) -> int:
-    """0: boots nothing; 1: short boots in the test thread; 2: waits for the pool's runs."""
-    if item_path.parent != Path(__file__).parent:
-        return 0
-    if item_path.name in WAITING_MODULES:
-        return 2
-    return 1 if item_path.name in SHORT_BOOT_MODULES else 0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda it: collection_rank(Path(it.path)))  # stable: the order is kept otherwise
+    here = Path(__file__).parent  # stable: the order is kept otherwise
+    items.sort(key=lambda it: it.path.parent == here and it.path.name in WAITING_MODULES)
 
 
 @pytest.fixture(scope="session", autouse=True)
