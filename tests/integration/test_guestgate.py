@@ -53,15 +53,7 @@ def _fake(log: Path) -> str:
 
 
 def _intervals(log: Path) -> dict[str, tuple[float, float]]:
-    out = {}
-    for line in log.read_text().splitlines():
-        name, a, b = line.split()
-        out[name] = (float(a), float(b))
-    return out
-
-
-def _intervals_all(log: Path) -> dict[str, tuple[float, float]]:
-    """Every interval, a repeated name numbered (``other``, ``other2``, ...)."""
+    """Every guest's (start, end), a repeated name numbered (``other``, ``other2``, ...)."""
     out: dict[str, tuple[float, float]] = {}
     for line in log.read_text().splitlines():
         name, a, b = line.split()
@@ -130,13 +122,12 @@ def test_the_nodes_go_before_single_guests_queued_earlier(tmp_path: Path, fake_q
     queued = [_other(slots, fake_qemu, 0.4, 0.3) for _ in range(2)]  # both slots busy: wait
     for t in (cmd, beside, *queued):
         t.join(timeout=30)
-    lines = fake_qemu.read_text().splitlines()
-    starts = sorted((float(a), name) for name, a, _ in (x.split() for x in lines))
-    nodes = [t for t, name in starts if name.startswith("node")]
-    singles = [t for t, name in starts if name == "other"]
+    iv = _intervals(fake_qemu)
+    nodes = [a for name, (a, _) in iv.items() if name.startswith("node")]
+    singles = sorted(a for name, (a, _) in iv.items() if name.startswith("other"))
     assert len(nodes) == 2 and len(singles) == 3
-    assert max(nodes) < sorted(singles)[1]  # the two queued singles started after the nodes
-    assert _max_overlap(_intervals_all(fake_qemu)) <= 2
+    assert max(nodes) < singles[1]  # the two queued singles started after the nodes
+    assert _max_overlap(iv) <= 2
     assert slots.in_use == 0
 
 
